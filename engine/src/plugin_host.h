@@ -1,0 +1,87 @@
+// Finds plugin libraries, checks their manifests, and creates plugin objects.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "mfglab/manifest.h"
+#include "mfglab/params.h"
+
+namespace boost::dll { class shared_library; }
+
+namespace mfglab {
+struct RunContext;
+class Plugin;
+}
+
+namespace mfglab::engine {
+
+const char* kind_name(int32_t kind);               // "dataset", "model", ...
+std::optional<int32_t> parse_kind(const std::string& name);
+
+struct LoadedPlugin {
+  std::string file;  // the library's path
+  const mfglab_manifest* manifest = nullptr;
+  std::vector<std::string> fields;  // manifest->fields split at commas
+  std::shared_ptr<boost::dll::shared_library> library;
+
+  std::string name() const { return manifest->name; }
+  int32_t kind() const { return manifest->kind; }
+  bool has_field(const std::string& f) const;
+};
+
+class PluginHost {
+ public:
+  // Loads every *.so in the given directories, in order. Libraries that fail a check are
+  // refused (see problems()); the others load.
+  explicit PluginHost(const std::vector<std::string>& directories);
+  ~PluginHost();
+  PluginHost(const PluginHost&) = delete;
+  PluginHost& operator=(const PluginHost&) = delete;
+
+  // The search path: the plugin folder beside the executable (../lib/mfglab/plugins),
+  // then MFGLAB_PLUGIN_PATH (colon-separated), then the given extra directories.
+  static std::vector<std::string> search_path(const std::vector<std::string>& extra_directories);
+
+  // One line per refused library or name clash, naming the file(s) and the reason.
+  const std::vector<std::string>& problems() const { return problems_; }
+  // All accepted plugins, sorted by kind then name; optionally of one kind.
+  std::vector<const LoadedPlugin*> plugins(std::optional<int32_t> kind = std::nullopt) const;
+  // The plugin with this name, or null. Throws mfglab::Error when two libraries claim it.
+  const LoadedPlugin* find(const std::string& name) const;
+  // Names of accepted plugins (for did-you-mean suggestions).
+  std::vector<std::string> names(std::optional<int32_t> kind = std::nullopt) const;
+
+  // Creates a plugin object of the expected kind from user parameters: fills declared
+  // defaults, validates (unknown keys, types, bounds, choices) and calls the factory.
+  // Throws mfglab::Error naming the plugin, its file and the reason.
+  std::unique_ptr<Plugin> create(const std::string& name, int32_t expected_kind,
+                                 const nlohmann::json& params, const RunContext& context) const;
+  template <class T>
+  std::unique_ptr<T> create_as(const std::string& name, int32_t expected_kind,
+                               const nlohmann::json& params, const RunContext& context) const {
+    return std::unique_ptr<T>(static_cast<T*>(create(name, expected_kind, params, context).release()));
+  }
+
+ private:
+  void load_file(const std::string& path);
+  std::vector<std::unique_ptr<LoadedPlugin>> plugins_;
+  std::vector<std::string> problems_;
+  std::vector<std::pair<std::string, std::string>> clashes_;  // name, message
+};
+
+// Parameter validation against a manifest's declarations, shared by the host and the
+// experiment validator. Returns the resolved parameters (defaults filled in) or throws
+// ParamError with a JSON path relative to the params object ("/width") and a reason.
+struct ParamError {
+  std::string path;
+  std::string message;
+};
+nlohmann::json resolve_params(const mfglab_manifest& manifest, const nlohmann::json& params,
+                              std::vector<ParamError>& errors);
+
+}  // namespace mfglab::engine
