@@ -1,0 +1,83 @@
+// Experiment files: parsing, validation against the plugins' declarations, and
+// expansion of seeds x sweep into runs.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace mfglab::engine {
+
+class PluginHost;
+
+// Bad input: every line names the file and a JSON path (or line:column) and what was
+// expected. The CLI prints the lines and exits with code 2.
+struct ExperimentError : std::runtime_error {
+  explicit ExperimentError(std::vector<std::string> lines);
+  std::vector<std::string> lines;
+};
+
+struct PluginUse {
+  std::string plugin;
+  nlohmann::json params = nlohmann::json::object();  // as written (defaults filled by the host)
+  double weight = 1.0;                               // regularizers only
+  std::string label;                                 // metrics only: prefix of value names
+};
+
+struct TrainConfig {
+  int64_t iterations = 1000;
+  int64_t batch_size = 256;
+  std::string optimizer = "adam";  // adam | sgd
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double momentum = 0.0;  // sgd
+  double weight_decay = 0.0;
+  std::string schedule = "constant";  // constant | step | exponential | cosine
+  int64_t step_size = 100;            // step: multiply by gamma every step_size iterations
+  double gamma = 0.5;                 // step / exponential (per iteration)
+  double min_lr = 0.0;                // cosine
+  double grad_clip = 0.0;             // max global gradient norm; 0 = off
+  int64_t log_every = 100;
+  int64_t checkpoint_every = 1000;    // 0 = only the final checkpoint
+};
+
+struct EvalConfig {
+  int64_t samples = 2000;
+  int64_t every = 0;  // periodic evaluation every N iterations; 0 = only at the end
+  std::vector<PluginUse> metrics;
+};
+
+struct RunSpec {
+  std::string experiment;
+  std::string run_id;  // directory name: "<label>,seed=<s>" or "seed=<s>"
+  std::string label;   // the configuration without the seed: "width=64" or "default"
+  uint64_t seed = 0;
+  std::string dtype = "float32";
+  PluginUse dataset, model;
+  std::optional<PluginUse> hamiltonian;
+  std::vector<PluginUse> regularizers;
+  TrainConfig train;
+  EvalConfig eval;
+  nlohmann::json config;  // the resolved configuration of this run (written to config.json)
+};
+
+struct Experiment {
+  std::string file;
+  std::string name;
+  std::vector<RunSpec> runs;
+};
+
+// Reads, validates and expands an experiment file. Throws ExperimentError.
+Experiment load_experiment(const std::string& file, const PluginHost& host);
+// Same from JSON text (file is used in messages only).
+Experiment parse_experiment(const std::string& text, const std::string& file, const PluginHost& host);
+
+// Edit distance, for did-you-mean suggestions.
+size_t edit_distance(const std::string& a, const std::string& b);
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace mfglab::engine

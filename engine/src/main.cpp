@@ -1,0 +1,332 @@
+// The mfglab command line: plugins, describe, validate, run, compare, metric.
+#include <malloc.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <ATen/Parallel.h>
+
+#include "compare.h"
+#include "experiment.h"
+#include "mfglab/sdk.h"
+#include "plugin_host.h"
+#include "progress.h"
+#include "results.h"
+#include "runner.h"
+
+namespace fs = std::filesystem;
+using namespace mfglab;
+using namespace mfglab::engine;
+
+namespace {
+
+constexpr int kExitFailedRuns = 1;
+constexpr int kExitBadInput = 2;
+
+// Speed hygiene that must happen before the first tensor exists (DESIGN.md section 4):
+// keep LibTorch's large buffers in the heap instead of mmap/munmap on every free, and
+// keep OpenBLAS single-threaded (runs parallelise across cores instead).
+void tune_process() {
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);  // glibc's maximum on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+  using SetThreads = void (*)(int);
+  if (auto f = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(1);
+}
+
+void set_thread_budget(int threads) {
+  at::set_num_threads(threads);
+  at::set_num_interop_threads(1);
+}
+
+std::string describe_bounds(const mfglab_param& p) {
+  std::string out;
+  if (!std::isnan(p.min)) out += fmt::format("{} {}", p.min_exclusive ? ">" : ">=", p.min);
+  if (!std::isnan(p.max)) out += fmt::format("{}{} {}", out.empty() ? "" : ", ", p.max_exclusive ? "<" : "<=", p.max);
+  if (p.choices) out += (out.empty() ? "" : ", ") + std::string("one of ") + p.choices;
+  return out;
+}
+
+nlohmann::json manifest_json(const LoadedPlugin& p) {
+  const auto& m = *p.manifest;
+  nlohmann::json params = nlohmann::json::array();
+  for (uint32_t i = 0; i < m.param_count; ++i) {
+    const auto& d = m.params[i];
+    nlohmann::json j = {{"name", d.name}, {"type", d.type}, {"default", nlohmann::json::parse(d.default_json)},
+                        {"doc", d.doc ? d.doc : ""}};
+    if (!std::isnan(d.min)) j[d.min_exclusive ? "exclusive_min" : "min"] = d.min;
+    if (!std::isnan(d.max)) j[d.max_exclusive ? "exclusive_max" : "max"] = d.max;
+    if (d.choices) {
+      nlohmann::json choices = nlohmann::json::array();
+      std::string c = d.choices;
+      size_t start = 0;
+      while (start <= c.size()) {
+        size_t bar = c.find('|', start);
+        if (bar == std::string::npos) bar = c.size();
+        choices.push_back(c.substr(start, bar - start));
+        start = bar + 1;
+      }
+      j["choices"] = choices;
+    }
+    params.push_back(j);
+  }
+  return {{"name", m.name}, {"kind", kind_name(m.kind)}, {"version", m.version}, {"description", m.description},
+          {"fields", p.fields}, {"file", p.file}, {"params", params}};
+}
+
+void print_problems(const PluginHost& host) {
+  for (const auto& p : host.problems()) std::fprintf(stderr, "warning: %s\n", p.c_str());
+}
+
+int cmd_plugins(const PluginHost& host, const std::string& kind_filter, bool as_json) {
+  std::optional<int32_t> kind;
+  if (!kind_filter.empty()) {
+    kind = parse_kind(kind_filter);
+    if (!kind) {
+      std::fprintf(stderr, "error: --kind '%s' is not a plugin kind (dataset, model, hamiltonian, regularizer, metric)\n", kind_filter.c_str());
+      return kExitBadInput;
+    }
+  }
+  print_problems(host);
+  if (as_json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (auto* p : host.plugins(kind)) out.push_back(manifest_json(*p));
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  for (auto* p : host.plugins(kind)) {
+    const auto& m = *p->manifest;
+    std::cout << fmt::format("{:<20} {:<12} {:<8} {}\n", m.name, kind_name(m.kind), m.version, m.description);
+    std::string defaults;
+    for (uint32_t i = 0; i < m.param_count; ++i) defaults += fmt::format(" {}={}", m.params[i].name, m.params[i].default_json);
+    if (!defaults.empty()) std::cout << fmt::format("{:<20}  params:{}\n", "", defaults);
+  }
+  return 0;
+}
+
+int cmd_describe(const PluginHost& host, const std::string& name) {
+  print_problems(host);
+  const LoadedPlugin* p = nullptr;
+  try {
+    p = host.find(name);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
+  }
+  if (!p) {
+    std::fprintf(stderr, "error: no plugin named '%s'%s\n", name.c_str(), did_you_mean(name, host.names()).c_str());
+    return kExitBadInput;
+  }
+  const auto& m = *p->manifest;
+  std::cout << fmt::format("{} ({} plugin, version {})\n  {}\n  file: {}\n", m.name, kind_name(m.kind), m.version, m.description, p->file);
+  if (!p->fields.empty())
+    std::cout << fmt::format("  {}: {}\n", m.kind == MFGLAB_KIND_MODEL ? "provides" : "needs", fmt::join(p->fields, ", "));
+  std::cout << (m.param_count ? "parameters:\n" : "parameters: none\n");
+  for (uint32_t i = 0; i < m.param_count; ++i) {
+    const auto& d = m.params[i];
+    std::string bounds = describe_bounds(d);
+    std::cout << fmt::format("  {:<16} {:<7} default {}{}\n      {}\n", d.name, d.type, d.default_json,
+                             bounds.empty() ? "" : "; " + bounds, d.doc ? d.doc : "");
+  }
+  return 0;
+}
+
+int report_experiment_error(const ExperimentError& e) {
+  for (const auto& line : e.lines) std::fprintf(stderr, "error: %s\n", line.c_str());
+  return kExitBadInput;
+}
+
+int cmd_validate(const PluginHost& host, const std::string& file) {
+  print_problems(host);
+  try {
+    auto ex = load_experiment(file, host);
+    std::cout << fmt::format("{}: valid experiment '{}' with {} run(s)\n", file, ex.name, ex.runs.size());
+    return 0;
+  } catch (const ExperimentError& e) {
+    return report_experiment_error(e);
+  }
+}
+
+int cmd_run(const PluginHost& host, const std::string& file, RunOptions options, bool quiet) {
+  print_problems(host);
+  Experiment ex;
+  try {
+    ex = load_experiment(file, host);
+  } catch (const ExperimentError& e) {
+    return report_experiment_error(e);
+  }
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (options.jobs <= 0) options.jobs = std::max(1, std::min<int>(static_cast<int>(ex.runs.size()), cores / options.threads));
+  if (options.jobs * options.threads > cores)
+    std::fprintf(stderr, "warning: %d jobs x %d threads exceeds the %d cores\n", options.jobs, options.threads, cores);
+  set_thread_budget(options.threads);
+  const bool terminal = ::isatty(STDERR_FILENO) != 0;
+  std::fprintf(stderr, "experiment '%s': %zu run(s), %d in parallel, %d thread(s) each, results in %s\n", ex.name.c_str(),
+               ex.runs.size(), options.jobs, options.threads, (fs::path(options.out_dir) / ex.name).c_str());
+  size_t pending = 0;
+  Progress progress(0, terminal, quiet);
+  // Count runs that will execute (finished ones are skipped) for the progress display.
+  for (const auto& r : ex.runs) {
+    auto dir = fs::path(options.out_dir) / ex.name / r.run_id / "summary.json";
+    bool ok = false;
+    if (!options.force && fs::exists(dir)) try { ok = read_json_file(dir.string()).value("status", "") == "ok"; } catch (...) {}
+    pending += ok ? 0 : 1;
+  }
+  Progress live(static_cast<int>(pending), terminal, quiet);
+  auto outcomes = run_experiment(ex, host, options, live);
+  int ok = 0, failed = 0, skipped = 0;
+  for (const auto& o : outcomes) {
+    if (o.status == "ok") ++ok;
+    else if (o.status == "skipped") ++skipped;
+    else ++failed;
+  }
+  std::cout << fmt::format("results: {}\n", (fs::path(options.out_dir) / ex.name).string());
+  std::cout << fmt::format("runs: {} ok, {} failed, {} already finished (skipped; --force reruns them)\n", ok, failed, skipped);
+  for (const auto& o : outcomes)
+    if (o.status == "failed") std::cout << fmt::format("failed: {}: {}\n", o.run_id, o.error);
+  try {
+    std::cout << "\n" << format_table(collect_runs({(fs::path(options.out_dir) / ex.name).string()}));
+  } catch (const std::exception&) {
+  }
+  return failed ? kExitFailedRuns : 0;
+}
+
+int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json) {
+  try {
+    auto rows = collect_runs(dirs);
+    if (as_json) std::cout << format_json(rows).dump(2) << "\n";
+    else if (csv) std::cout << format_csv(rows);
+    else std::cout << format_table(rows);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
+  }
+}
+
+int cmd_metric(const PluginHost& host, const std::string& name, const std::string& samples_file,
+               const std::string& data_file, const std::string& params_text, uint64_t seed, bool as_json) {
+  print_problems(host);
+  nlohmann::json params = nlohmann::json::object();
+  if (!params_text.empty()) {
+    try {
+      params = nlohmann::json::parse(params_text);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: --params is not valid JSON: %s\n", e.what());
+      return kExitBadInput;
+    }
+  }
+  set_thread_budget(1);
+  try {
+    const LoadedPlugin* p = host.find(name);
+    if (!p) throw Error(fmt::format("no metric plugin named '{}'{}", name, did_you_mean(name, host.names(MFGLAB_KIND_METRIC))));
+    std::vector<ParamError> errs;
+    resolve_params(*p->manifest, params, errs);
+    if (!errs.empty()) throw Error(fmt::format("--params{}: {}", errs[0].path, errs[0].message));
+    auto samples = load_samples(samples_file);
+    auto data = load_samples(data_file);
+    if (samples.size(1) != data.size(1))
+      throw Error(fmt::format("{} has dimension {} but {} has dimension {}", samples_file, samples.size(1), data_file, data.size(1)));
+    RunContext ctx;
+    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+    ctx.dtype = torch::kFloat64;
+    ctx.seed = seed;
+    ctx.data_dim = samples.size(1);
+    auto metric = host.create_as<Metric>(name, MFGLAB_KIND_METRIC, params, ctx);
+    MetricInput in;
+    in.samples = samples;
+    in.reference = data;
+    auto values = metric->evaluate(in);
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& [k, v] : values) out[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+    if (as_json) std::cout << out.dump() << "\n";
+    else
+      for (const auto& [k, v] : values) std::cout << fmt::format("{}: {:.8g}\n", k, v);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tune_process();
+
+  CLI::App app{"mfglab: a mean-field-game laboratory for generative modeling"};
+  app.require_subcommand(1);
+  std::vector<std::string> plugin_dirs;
+  app.add_option("--plugin-dir", plugin_dirs, "extra folder to search for plugins (repeatable)")->check(CLI::ExistingDirectory);
+
+  auto* plugins = app.add_subcommand("plugins", "list plugins (reads manifests only)");
+  std::string kind;
+  bool plugins_json = false;
+  plugins->add_option("--kind", kind, "dataset | model | hamiltonian | regularizer | metric");
+  plugins->add_flag("--json", plugins_json, "print a JSON array");
+
+  auto* describe = app.add_subcommand("describe", "show one plugin's parameters");
+  std::string describe_name;
+  describe->add_option("name", describe_name, "plugin name")->required();
+
+  auto* validate = app.add_subcommand("validate", "check an experiment file; writes nothing");
+  std::string validate_file;
+  validate->add_option("file", validate_file, "experiment JSON")->required();
+
+  auto* run = app.add_subcommand("run", "run an experiment: seeds x sweep, in parallel");
+  std::string run_file;
+  RunOptions options;
+  options.jobs = 0;
+  bool quiet = false;
+  run->add_option("file", run_file, "experiment JSON")->required();
+  run->add_option("--out", options.out_dir, "results root (runs go to OUT/<experiment>/<run-id>)")->capture_default_str();
+  run->add_option("--jobs", options.jobs, "runs in parallel (default: min(runs, cores / threads))")->check(CLI::Range(1, 1024));
+  run->add_option("--threads", options.threads, "intra-op threads per run")->capture_default_str()->check(CLI::Range(1, 256));
+  run->add_flag("--force", options.force, "rerun runs that already finished");
+  run->add_flag("--quiet", quiet, "no progress output");
+
+  auto* compare = app.add_subcommand("compare", "table of runs: one row per configuration, mean ± std over seeds");
+  std::vector<std::string> compare_dirs;
+  bool compare_csv = false, compare_json = false;
+  compare->add_option("dirs", compare_dirs, "run, experiment or results folders")->required();
+  auto* csv_flag = compare->add_flag("--csv", compare_csv, "print CSV");
+  compare->add_flag("--json", compare_json, "print JSON")->excludes(csv_flag);
+
+  auto* metric = app.add_subcommand("metric", "compute a metric plugin on two sample files (.npy or .csv)");
+  std::string metric_name, samples_file, data_file, params_text;
+  uint64_t metric_seed = 0;
+  bool metric_json = false;
+  metric->add_option("name", metric_name, "metric plugin")->required();
+  metric->add_option("--samples", samples_file, "generated samples")->required()->check(CLI::ExistingFile);
+  metric->add_option("--data", data_file, "reference data")->required()->check(CLI::ExistingFile);
+  metric->add_option("--params", params_text, "plugin parameters as a JSON object");
+  metric->add_option("--seed", metric_seed, "seed for randomised metrics")->capture_default_str();
+  metric->add_flag("--json", metric_json, "print one JSON object");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitBadInput;
+  }
+
+  try {
+    PluginHost host(PluginHost::search_path(plugin_dirs));
+    if (*plugins) return cmd_plugins(host, kind, plugins_json);
+    if (*describe) return cmd_describe(host, describe_name);
+    if (*validate) return cmd_validate(host, validate_file);
+    if (*run) return cmd_run(host, run_file, options, quiet);
+    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json);
+    if (*metric) return cmd_metric(host, metric_name, samples_file, data_file, params_text, metric_seed, metric_json);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitFailedRuns;
+  }
+  return 0;
+}
