@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs mfglab's build and run dependencies from Debian's packages; does nothing when
+# everything is already installed.
+set -euo pipefail
+
+PACKAGES=(
+  cmake g++ make binutils            # toolchain (nm checks exported symbols)
+  libtorch-dev                        # tensors and autograd
+  libboost-dev libboost-filesystem-dev  # Boost.DLL plugin loading
+  nlohmann-json3-dev libfmt-dev libtbb-dev libcli11-dev
+  catch2                              # tests (v2)
+  libopenblas0-pthread                # without it Debian's BLAS is the reference one, 4-8x slower
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "mfglab setup: installing ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
