@@ -1,0 +1,192 @@
+// End to end through the mfglab binary: runs, determinism across --jobs, learning,
+// resumability, compare, and an out-of-tree plugin built against the installed SDK.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "cli.h"
+
+namespace fs = std::filesystem;
+using mfglab::test::mfglab_cli;
+using mfglab::test::read_text;
+using mfglab::test::shell;
+using mfglab::test::TempDir;
+
+namespace {
+
+// A tiny sgm experiment on 8gaussians; `extra` is spliced into the top-level object.
+std::string tiny_experiment(const std::string& name, int iterations, const std::string& seeds,
+                            const std::string& extra = "") {
+  return R"({"name": ")" + name + R"(", "seeds": )" + seeds + R"(,
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 4000, "test_size": 1000}},
+    "model": {"plugin": "sgm", "params": {"width": 64, "depth": 2, "sample_steps": 200}},
+    "train": {"iterations": )" + std::to_string(iterations) + R"(, "batch_size": 256,
+              "optimizer": {"type": "adam", "lr": 0.003}, "log_every": 50},
+    "eval": {"samples": 1000, "metrics": [{"plugin": "mmd", "params": {"bandwidth": [0.5, 1, 2]}},
+                                          {"plugin": "sliced_wasserstein", "params": {"projections": 50}}]})" +
+         extra + "}";
+}
+
+nlohmann::json summary(const fs::path& run_dir) {
+  return nlohmann::json::parse(read_text((run_dir / "summary.json").string()));
+}
+
+}  // namespace
+
+TEST_CASE("a run writes a complete run directory", "[e2e]") {
+  TempDir tmp("e2e_run");
+  auto file = tmp.file("exp.json", tiny_experiment("basic", 60, "[3]"));
+  auto r = mfglab_cli("run " + file + " --out " + tmp.str() + "/out");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const fs::path run = tmp.path / "out" / "basic" / "seed=3";
+  for (const char* f : {"config.json", "losses.csv", "samples.npy", "summary.json", "checkpoint.pt", "log.txt"})
+    CHECK(fs::exists(run / f));
+  auto s = summary(run);
+  CHECK(s["status"] == "ok");
+  CHECK(s["seed"] == 3);
+  CHECK(s["iterations"] == 60);
+  CHECK(s["train_seconds"].get<double>() > 0);
+  CHECK(s["seconds_per_iteration"].get<double>() > 0);
+  CHECK(s["error"].is_null());
+  CHECK(s["metrics"].contains("mmd"));
+  CHECK(s["metrics"].contains("sliced_wasserstein"));
+  // The resolved config has every plugin default filled in.
+  auto cfg = nlohmann::json::parse(read_text((run / "config.json").string()));
+  CHECK(cfg["model"]["params"]["beta_max"] == 20.0);
+  // losses.csv: a header and one row per iteration.
+  auto csv = read_text((run / "losses.csv").string());
+  CHECK(csv.rfind("iteration,lr,total,dsm,seconds\n", 0) == 0);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 61);
+  // samples.npy is numpy format 1.0 with the declared shape.
+  auto npy = read_text((run / "samples.npy").string());
+  CHECK(npy.substr(1, 5) == "NUMPY");
+  CHECK(npy.find("'shape': (1000, 2)") != std::string::npos);
+  CHECK(r.out.find("results: " + tmp.str() + "/out/basic") != std::string::npos);
+
+  SECTION("running again skips the finished run; --force reruns it") {
+    auto again = mfglab_cli("run " + file + " --out " + tmp.str() + "/out");
+    CHECK(again.exit_code == 0);
+    CHECK(again.out.find("0 ok, 0 failed, 1 already finished") != std::string::npos);
+    auto forced = mfglab_cli("run " + file + " --out " + tmp.str() + "/out --force");
+    CHECK(forced.exit_code == 0);
+    CHECK(forced.out.find("1 ok, 0 failed, 0 already finished") != std::string::npos);
+  }
+}
+
+TEST_CASE("the same experiment with --jobs 1 and --jobs 2 gives byte-identical samples", "[e2e][determinism]") {
+  TempDir tmp("e2e_det");
+  auto file = tmp.file("exp.json", tiny_experiment("det", 40, "[0, 1]",
+                                                   R"(, "sweep": {"model.params.width": [32, 48]})"));
+  auto a = mfglab_cli("run " + file + " --jobs 1 --out " + tmp.str() + "/a");
+  auto b = mfglab_cli("run " + file + " --jobs 2 --out " + tmp.str() + "/b");
+  REQUIRE(a.exit_code == 0);
+  REQUIRE(b.exit_code == 0);
+  int compared = 0;
+  for (const char* id : {"width=32,seed=0", "width=32,seed=1", "width=48,seed=0", "width=48,seed=1"}) {
+    auto sa = read_text((tmp.path / "a/det" / id / "samples.npy").string());
+    auto sb = read_text((tmp.path / "b/det" / id / "samples.npy").string());
+    INFO(id);
+    REQUIRE(sa.size() > 128);
+    CHECK(sa == sb);
+    ++compared;
+  }
+  CHECK(compared == 4);
+  // Different seeds give different samples.
+  CHECK(read_text((tmp.path / "a/det/width=32,seed=0/samples.npy").string()) !=
+        read_text((tmp.path / "a/det/width=32,seed=1/samples.npy").string()));
+
+  SECTION("compare: one row per configuration, mean and std over seeds") {
+    auto c = mfglab_cli("compare " + tmp.str() + "/a --json");
+    REQUIRE(c.exit_code == 0);
+    auto rows = nlohmann::json::parse(c.out);
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[0]["config"] == "width=32");
+    CHECK(rows[0]["runs_ok"] == 2);
+    const auto& mmd = rows[0]["metrics"]["mmd"];
+    const double v0 = mmd["values"][0], v1 = mmd["values"][1];
+    CHECK(mmd["mean"].get<double>() == Approx((v0 + v1) / 2));
+    CHECK(mmd["std"].get<double>() == Approx(std::abs(v0 - v1) / std::sqrt(2.0)));
+    auto table = mfglab_cli("compare " + tmp.str() + "/a");
+    CHECK(table.out.find("width=48") != std::string::npos);
+    auto csv = mfglab_cli("compare " + tmp.str() + "/a --csv");
+    CHECK(csv.out.rfind("experiment,config,runs_ok,runs_failed,mmd_mean,mmd_std", 0) == 0);
+  }
+}
+
+TEST_CASE("a trained sgm beats the untrained one by 10x in MMD", "[e2e][learns]") {
+  // A smaller version of experiments/quickstart.json; iterations 0 is the untrained model.
+  TempDir tmp("e2e_learn");
+  auto file = tmp.file("exp.json", tiny_experiment("learn", 1500, "[0]",
+                                                   R"(, "sweep": {"train.iterations": [0, 1500]})"));
+  auto r = mfglab_cli("run " + file + " --jobs 2 --out " + tmp.str());
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const double untrained = summary(tmp.path / "learn" / "iterations=0,seed=0")["metrics"]["mmd"];
+  const double trained = summary(tmp.path / "learn" / "iterations=1500,seed=0")["metrics"]["mmd"];
+  INFO("untrained MMD " << untrained << ", trained MMD " << trained);
+  CHECK(untrained > 0.05);
+  CHECK(trained * 10 < untrained);
+}
+
+TEST_CASE("one failing run does not stop the others; the exit code reports it", "[e2e]") {
+  TempDir tmp("e2e_fail");
+  // lr so large that the loss overflows: the NaN/Inf guard must name the step and term.
+  auto file = tmp.file("exp.json", tiny_experiment("fail", 30, "[0]",
+                                                   R"(, "sweep": {"train.optimizer.lr": [0.003, 1e30]})"));
+  auto r = mfglab_cli("run " + file + " --out " + tmp.str());
+  CHECK(r.exit_code == 1);
+  CHECK(summary(tmp.path / "fail" / "lr=0.003,seed=0")["status"] == "ok");
+  auto bad = summary(tmp.path / "fail" / "lr=1e+30,seed=0");
+  CHECK(bad["status"] == "failed");
+  const std::string error = bad["error"];
+  INFO(error);
+  CHECK((error.find("non-finite loss term 'dsm'") != std::string::npos ||
+         error.find("samples contain NaN") != std::string::npos));
+}
+
+TEST_CASE("an out-of-tree plugin builds against the installed SDK and runs in the engine", "[e2e][sdk]") {
+  TempDir tmp("e2e_sdk");
+  const std::string prefix = tmp.str() + "/prefix";
+  auto install = shell("cmake --install \"" + std::string(MFGLAB_BUILD_DIR) + "\" --prefix " + prefix);
+  INFO(install.out << install.err);
+  REQUIRE(install.exit_code == 0);
+  REQUIRE(fs::exists(prefix + "/bin/mfglab"));
+  REQUIRE(fs::exists(prefix + "/include/mfglab/plugin.h"));
+  REQUIRE(fs::exists(prefix + "/lib/cmake/mfglab/mfglabConfig.cmake"));
+
+  // The installed engine finds the installed built-in plugins with no flags.
+  auto listed = shell(prefix + "/bin/mfglab plugins --json");
+  REQUIRE(listed.exit_code == 0);
+  auto plugins = nlohmann::json::parse(listed.out);
+  bool has_sgm = false;
+  for (const auto& p : plugins) has_sgm |= p["name"] == "sgm" && p["kind"] == "model";
+  CHECK(has_sgm);
+
+  const std::string build = tmp.str() + "/example-build";
+  auto configure = shell("cmake -S \"" + std::string(MFGLAB_SOURCE_DIR) + "/sdk/example\" -B " + build +
+                         " -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=" + prefix);
+  INFO(configure.out << configure.err);
+  REQUIRE(configure.exit_code == 0);
+  auto compile = shell("cmake --build " + build);
+  INFO(compile.out << compile.err);
+  REQUIRE(compile.exit_code == 0);
+
+  auto describe = shell(prefix + "/bin/mfglab --plugin-dir " + build + " describe gaussian_blob");
+  CHECK(describe.exit_code == 0);
+  CHECK(describe.out.find("dataset plugin") != std::string::npos);
+  CHECK(describe.out.find("train_size") != std::string::npos);
+
+  auto file = tmp.file("exp.json", R"({"name": "blob", "seeds": [0],
+    "dataset": {"plugin": "gaussian_blob", "params": {"mean": 2.0, "std": 0.5, "train_size": 2000}},
+    "model": {"plugin": "sgm", "params": {"width": 32, "depth": 2, "sample_steps": 100}},
+    "train": {"iterations": 30, "batch_size": 128},
+    "eval": {"samples": 500, "metrics": [{"plugin": "mmd"}]}})");
+  // MFGLAB_PLUGIN_PATH is the other way to point at plugin folders.
+  auto run = shell("MFGLAB_PLUGIN_PATH=" + build + " " + prefix + "/bin/mfglab run " + file + " --out " + tmp.str() + "/out");
+  INFO(run.err);
+  CHECK(run.exit_code == 0);
+  CHECK(summary(tmp.path / "out" / "blob" / "seed=0")["status"] == "ok");
+}
