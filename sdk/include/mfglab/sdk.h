@@ -135,6 +135,41 @@ class Metric : public Plugin {
   virtual MetricValues evaluate(const MetricInput& input) = 0;
 };
 
+// ---- optional capabilities (Plugin::capability) -----------------------------------
+
+// "mfglab.exact_density/1", offered by datasets whose density is known in closed form
+// (e.g. Gaussian mixtures): the ground truth for score errors, NLL checks and HJB tests.
+// It describes the law of alpha * X + sigma * Z with X ~ data and Z ~ N(0, I)
+// independent: every linear forward noising process (VP, sub-VP, VE, OU) has marginals
+// of this form. alpha and sigma are scalars or [N, 1]; alpha = 1, sigma = 0 is the data.
+class ExactDensity {
+ public:
+  virtual ~ExactDensity() = default;
+  virtual torch::Tensor log_density(const torch::Tensor& x, const torch::Tensor& alpha,
+                                    const torch::Tensor& sigma) = 0;  // [N]
+  virtual torch::Tensor score(const torch::Tensor& x, const torch::Tensor& alpha,
+                              const torch::Tensor& sigma) = 0;        // [N, d]
+};
+inline constexpr const char* kExactDensity = "mfglab.exact_density/1";
+
+// "mfglab.forward_process/1", offered by score models: the marginal of their forward
+// noising process, X_t = alpha(t) X_0 + sigma(t) Z, on [t_min, t_max].
+class ForwardProcess {
+ public:
+  virtual ~ForwardProcess() = default;
+  virtual torch::Tensor alpha(const torch::Tensor& t) = 0;  // same shape as t
+  virtual torch::Tensor sigma(const torch::Tensor& t) = 0;
+  virtual double t_min() const = 0;
+  virtual double t_max() const = 0;
+};
+inline constexpr const char* kForwardProcess = "mfglab.forward_process/1";
+
+// Looks a capability up: `if (auto* d = capability<ExactDensity>(dataset, kExactDensity))`.
+template <class T>
+T* capability(Plugin* p, const char* id) {
+  return p ? static_cast<T*>(p->capability(id)) : nullptr;
+}
+
 // ---- defaults for optional model fields -------------------------------------------
 inline torch::Tensor Model::log_prob(const torch::Tensor&) {
   throw Error("this model has no log_prob");
