@@ -32,7 +32,7 @@ inline CliResult shell(const std::string& command) {
   const fs::path dir = fs::temp_directory_path() / ("mfglab_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
   fs::create_directories(dir);
   const std::string out = (dir / "out").string(), err = (dir / "err").string();
-  const int status = std::system((command + " >" + out + " 2>" + err + " </dev/null").c_str());
+  const int status = std::system(("{ " + command + "\n} >" + out + " 2>" + err + " </dev/null").c_str());
   CliResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = read_text(out);

@@ -190,3 +190,31 @@ TEST_CASE("an out-of-tree plugin builds against the installed SDK and runs in th
   CHECK(run.exit_code == 0);
   CHECK(summary(tmp.path / "out" / "blob" / "seed=0")["status"] == "ok");
 }
+
+TEST_CASE("an interrupted run resumes exactly where it stopped", "[e2e][resume]") {
+  TempDir tmp("e2e_resume");
+  auto file = tmp.file("exp.json", tiny_experiment("resume", 20000, "[0]"));
+  auto whole = mfglab_cli("run " + file + " --out " + tmp.str() + "/whole");
+  REQUIRE(whole.exit_code == 0);
+
+  // SIGINT once training has logged: the run saves a checkpoint, writes no summary and
+  // exits with 130.
+  const std::string losses = tmp.str() + "/cut/resume/seed=0/losses.csv";
+  auto stopped = shell("\"" + std::string(MFGLAB_BINARY) + "\" run " + file + " --out " + tmp.str() +
+                       "/cut & pid=$!; for i in $(seq 1200); do [ -f " + losses +
+                       " ] && break; sleep 0.05; done; kill -INT $pid; wait $pid");
+  INFO(stopped.out << stopped.err);
+  REQUIRE(stopped.exit_code == 130);
+  const fs::path run = tmp.path / "cut" / "resume" / "seed=0";
+  REQUIRE_FALSE(fs::exists(run / "summary.json"));
+  REQUIRE(fs::exists(run / "checkpoint.pt"));
+  CHECK(stopped.out.find("run the same command again to resume") != std::string::npos);
+
+  auto resumed = mfglab_cli("run " + file + " --out " + tmp.str() + "/cut");
+  INFO(resumed.err);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK(resumed.err.find("resuming at iteration") != std::string::npos);
+  CHECK(read_text((run / "samples.npy").string()) ==
+        read_text((tmp.path / "whole" / "resume" / "seed=0" / "samples.npy").string()));
+  CHECK(summary(run)["iterations"] == 20000);
+}

@@ -1,18 +1,13 @@
 // Experiment validation: every malformed file gets its exact one-line error (file, JSON
 // path, reason); a good file expands into seeds x sweep runs; the CLI exits with code 2
 // on bad input and writes nothing.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "cli.h"
 #include "experiment.h"
 #include "plugin_host.h"
 
@@ -116,7 +111,7 @@ TEST_CASE("top-level keys", "[experiment]") {
   }
   SECTION("bad dtype and description") {
     CHECK_ERROR(patched(R"({"dtype": "float16"})"),
-                "bad.json: /dtype: expected one of float32, float64, got \"float16\"");
+                "bad.json: /dtype: expected one of float32, float64, got \"float16\" (did you mean 'float32'?)");
     CHECK_ERROR(patched(R"({"description": ["x"]})"), "bad.json: /description: expected a string, got [\"x\"]");
   }
 }
@@ -309,10 +304,11 @@ TEST_CASE("sweeps", "[experiment]") {
 
 TEST_CASE("several errors are all reported, one line each", "[experiment]") {
   auto lines = errors_of(patched(R"({"model": {"params": {"width": 0, "depth": "x"}}, "train": {"batch_size": 0}})"));
-  CHECK(lines == std::vector<std::string>{
-                     "bad.json: /model/params/width: expected an integer >= 1, got 0",
-                     "bad.json: /model/params/depth: expected an integer >= 1, got \"x\"",
-                     "bad.json: /train/batch_size: expected an integer >= 1 and <= 100000000, got 0"});
+  const std::vector<std::string> expected = {
+      "bad.json: /model/params/width: expected an integer >= 1, got 0",
+      "bad.json: /model/params/depth: expected an integer >= 1, got \"x\"",
+      "bad.json: /train/batch_size: expected an integer >= 1 and <= 100000000, got 0"};
+  CHECK(lines == expected);
 }
 
 TEST_CASE("a 2x2 sweep with 3 seeds expands into 12 runs", "[experiment]") {
@@ -322,16 +318,18 @@ TEST_CASE("a 2x2 sweep with 3 seeds expands into 12 runs", "[experiment]") {
   // Sweep keys in file order, the last varying fastest, then the seeds.
   std::vector<std::string> ids;
   for (const auto& r : ex.runs) ids.push_back(r.run_id);
-  CHECK(ids == std::vector<std::string>{
-                   "width=32,depth=2,seed=0", "width=32,depth=2,seed=1", "width=32,depth=2,seed=2",
-                   "width=32,depth=3,seed=0", "width=32,depth=3,seed=1", "width=32,depth=3,seed=2",
-                   "width=64,depth=2,seed=0", "width=64,depth=2,seed=1", "width=64,depth=2,seed=2",
-                   "width=64,depth=3,seed=0", "width=64,depth=3,seed=1", "width=64,depth=3,seed=2"});
+  const std::vector<std::string> expected = {
+      "width=32,depth=2,seed=0", "width=32,depth=2,seed=1", "width=32,depth=2,seed=2",
+      "width=32,depth=3,seed=0", "width=32,depth=3,seed=1", "width=32,depth=3,seed=2",
+      "width=64,depth=2,seed=0", "width=64,depth=2,seed=1", "width=64,depth=2,seed=2",
+      "width=64,depth=3,seed=0", "width=64,depth=3,seed=1", "width=64,depth=3,seed=2"};
+  CHECK(ids == expected);
   REQUIRE(ex.runs.size() == 12);
   const auto& last = ex.runs.back();
   CHECK(last.label == "width=64,depth=3");
   CHECK(last.seed == 2);
-  CHECK(last.model.params == json{{"width", 64}, {"depth", 3}});
+  const json params = {{"width", 64}, {"depth", 3}};
+  CHECK(last.model.params == params);
   CHECK(last.config.at("seed") == 2);
   CHECK(last.config.at("run_id") == "width=64,depth=3,seed=2");
   CHECK_FALSE(last.config.contains("sweep"));
@@ -340,67 +338,32 @@ TEST_CASE("a 2x2 sweep with 3 seeds expands into 12 runs", "[experiment]") {
 
 // ---- the command line --------------------------------------------------------------
 
-namespace {
-
-// A fresh empty folder, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("mfglab_test_experiment_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void write_file(const fs::path& p, const std::string& text) {
-  std::ofstream out(p);
-  out << text;
-}
-
-// Runs the mfglab binary with its own plugin folder only; returns the exit code.
-int run_cli(const std::string& args, const fs::path& out, const fs::path& err) {
-  const std::string cmd = "env -u MFGLAB_PLUGIN_PATH '" + std::string(MFGLAB_BINARY) + "' " + args + " >'" +
-                          out.string() + "' 2>'" + err.string() + "'";
-  int status = std::system(cmd.c_str());
-  REQUIRE(WIFEXITED(status));
-  return WEXITSTATUS(status);
-}
-
-}  // namespace
-
 TEST_CASE("the CLI refuses a bad file with exit code 2, the error on stderr, and writes nothing",
           "[experiment][cli]") {
-  TempDir tmp;
-  const fs::path bad = tmp.path / "bad.json";
-  write_file(bad, patched(R"({"model": {"params": {"width": 0}}})"));
-  const fs::path out = tmp.path / "stdout.txt", err = tmp.path / "stderr.txt";
-  const std::string expected = "error: " + bad.string() + ": /model/params/width: expected an integer >= 1, got 0\n";
+  using mfglab::test::mfglab_cli;
+  mfglab::test::TempDir tmp("test_experiment");
+  const std::string bad = tmp.file("bad.json", patched(R"({"model": {"params": {"width": 0}}})"));
+  const std::string expected = "error: " + bad + ": /model/params/width: expected an integer >= 1, got 0\n";
 
   SECTION("validate") {
-    CHECK(run_cli("validate '" + bad.string() + "'", out, err) == 2);
-    CHECK(read_file(err) == expected);
-    CHECK(read_file(out).empty());
+    auto r = mfglab_cli("validate '" + bad + "'");
+    CHECK(r.exit_code == 2);
+    CHECK(r.err == expected);
+    CHECK(r.out.empty());
   }
   SECTION("run") {
     const fs::path results = tmp.path / "results";
     fs::create_directories(results);
-    CHECK(run_cli("run --quiet --out '" + results.string() + "' '" + bad.string() + "'", out, err) == 2);
-    CHECK(read_file(err) == expected);
+    auto r = mfglab_cli("run --quiet --out '" + results.string() + "' '" + bad + "'");
+    CHECK(r.exit_code == 2);
+    CHECK(r.err == expected);
     CHECK(fs::is_empty(results));
   }
   SECTION("validate accepts the good file") {
-    const fs::path good = tmp.path / "good.json";
-    write_file(good, patched(R"({"seeds": [0, 1]})"));
-    CHECK(run_cli("validate '" + good.string() + "'", out, err) == 0);
-    CHECK(read_file(out) == good.string() + ": valid experiment 'unit' with 2 run(s)\n");
-    CHECK(read_file(err).empty());
+    const std::string good = tmp.file("good.json", patched(R"({"seeds": [0, 1]})"));
+    auto r = mfglab_cli("validate '" + good + "'");
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == good + ": valid experiment 'unit' with 2 run(s)\n");
+    CHECK(r.err.empty());
   }
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "plugin_host.h"
 #include <mfglab/sdk.h>
@@ -108,32 +109,40 @@ double brute_wpp(const Tensor& x, const Tensor& y, double p) {
 // ---- mmd ------------------------------------------------------------------------------
 
 TEST_CASE("mmd matches the closed form for two Gaussians", "[metrics][mmd]") {
-  auto m1 = torch::tensor({0.0, 0.0}, kF64), m2 = torch::tensor({0.5, -0.3}, kF64);
+  auto m1 = torch::tensor({0.0, 0.0}, kF64), m2 = torch::tensor({1.0, -0.5}, kF64);
   auto s1 = torch::tensor({{1.0, 0.3}, {0.3, 0.5}}, kF64);
   auto s2 = torch::tensor({{0.8, 0.0}, {0.0, 1.2}}, kF64);
-  auto x = gaussian(1, 4000, m1, s1), y = gaussian(2, 4000, m2, s2);
   auto zero = torch::zeros({2}, kF64);
+  // The estimate is unbiased, so averaging independent replications tightens it more
+  // cheaply than one large sample (the cost grows as n^2).
+  const int replications = 16;
+  const int64_t n = 1000;
   for (double h : {0.5, 1.0, 2.0}) {
     const double expected = expected_kernel(zero, 2 * s1, h) + expected_kernel(zero, 2 * s2, h) -
                             2 * expected_kernel(m1 - m2, s1 + s2, h);
     MetricUnderTest mmd("mmd", {{"bandwidth", h}});
-    const double value = mmd(x, y);
-    INFO("h = " << h << ": mmd " << value << ", closed form " << expected);
-    // The estimator's standard deviation at n = m = 4000 is below 0.003 here.
-    CHECK(value == Approx(expected).margin(0.01));
-    CHECK(expected > 0.05);  // the margin is small next to the value
+    std::vector<double> values;
+    for (int r = 0; r < replications; ++r)
+      values.push_back(mmd(gaussian(100 + 2 * r, n, m1, s1), gaussian(101 + 2 * r, n, m2, s2)));
+    auto v = torch::tensor(values, kF64);
+    const double mean = v.mean().item<double>();
+    const double se = v.std().item<double>() / std::sqrt(double(replications));
+    INFO("h = " << h << ": mean mmd " << mean << " (se " << se << "), closed form " << expected);
+    CHECK(std::abs(mean - expected) <= 5 * se);
+    CHECK(5 * se < 0.1 * expected);  // so the check above pins the value to within 10%
   }
 }
 
 TEST_CASE("mmd is near 0 for two samples of one law, and symmetric", "[metrics][mmd]") {
   auto mean = torch::tensor({1.0, -2.0, 0.5}, kF64);
   auto cov = torch::tensor({{1.0, 0.2, 0.0}, {0.2, 2.0, 0.3}, {0.0, 0.3, 0.7}}, kF64);
-  auto x = gaussian(3, 3000, mean, cov), y = gaussian(4, 2500, mean, cov);
+  auto x = gaussian(3, 2000, mean, cov), y = gaussian(4, 1500, mean, cov);
   MetricUnderTest mmd("mmd", nlohmann::json::object());
   const double same = mmd(x, y);
   INFO("mmd on one law: " << same);
-  // Under equality the unbiased estimate has mean 0 and standard deviation O(1/n).
-  CHECK(std::abs(same) < 2e-3);
+  // Under equality the unbiased estimate has mean 0 and a standard deviation O(1/n),
+  // about 1.5e-4 here.
+  CHECK(std::abs(same) < 1e-3);
   CHECK(mmd(y, x) == Approx(same).margin(1e-12));
   auto shifted = y + torch::tensor({0.5, 0.0, 0.0}, kF64);
   CHECK(mmd(x, shifted) > 20 * std::abs(same));
@@ -232,15 +241,15 @@ TEST_CASE("sliced_wasserstein: SW_2^2 -> |Δ|^2/d for a mean shift of isotropic 
           "[metrics][sliced_wasserstein]") {
   // Along a unit direction θ both projections are N(., 1), 1-D W_2^2 = (θ·Δ)^2, and
   // E (θ·Δ)^2 = |Δ|^2/d for θ uniform on the sphere.
-  const int64_t d = 3, n = 1000, projections = 10000;
+  const int64_t d = 3, n = 1000, projections = 4000;
   auto delta = torch::tensor({2.0, 0.0, 0.0}, kF64);
   auto eye = torch::eye(d, kF64);
   auto x = gaussian(10, n, torch::zeros({d}, kF64), eye), y = gaussian(11, n, delta, eye);
   const double sw = MetricUnderTest("sliced_wasserstein", {{"projections", projections}})(x, y);
   // Monte Carlo over directions: Var (θ·Δ)^2 = |Δ|^4 (1/5 - 1/9) in 3-D, so the standard
-  // error is 4·sqrt(4/45)/sqrt(10000) ≈ 0.012; the finite samples add O(1/n) ≈ 0.01.
+  // error is 4·sqrt(4/45)/sqrt(4000) ≈ 0.019; the finite samples add O(1/n) ≈ 0.01.
   INFO("SW_2^2 = " << sw * sw);
-  CHECK(sw * sw == Approx(4.0 / 3).margin(0.08));
+  CHECK(sw * sw == Approx(4.0 / 3).margin(0.1));
 }
 
 TEST_CASE("sliced_wasserstein is 0 on identical inputs and symmetric",

@@ -24,9 +24,9 @@ namespace {
 
 const std::string kBrokenDir = MFGLAB_TEST_BROKEN_PLUGIN_DIR;
 
-// The path the host reports for a library of the broken folder.
-std::string broken_file(const std::string& stem) {
-  return kBrokenDir + "/mfglab_plugin_" + stem + ".so";
+// The path the host reports for a library of the broken folder, by its CMake target.
+std::string broken_file(const std::string& target) {
+  return kBrokenDir + "/mfglab_plugin_" + target + ".so";
 }
 
 // Loading libraries is cheap but not free: one host over the broken folder serves all.
@@ -68,26 +68,26 @@ TEST_CASE("each broken library is refused with one line naming the file and the 
   const auto& host = broken_host();
 
   SECTION("no entry symbol") {
-    CHECK(has_problem(host, "refused " + broken_file("no_entry") +
+    CHECK(has_problem(host, "refused " + broken_file("broken_no_entry") +
                                 ": no entry symbol 'mfglab_plugin_entry' (not an mfglab plugin)"));
   }
   SECTION("another SDK major") {
     CHECK(has_problem(host, fmt::format("refused {}: built for SDK major {}, this engine supports major {}",
-                                        broken_file("sdk_major"), MFGLAB_SDK_MAJOR + 1, MFGLAB_SDK_MAJOR)));
+                                        broken_file("broken_sdk_major"), MFGLAB_SDK_MAJOR + 1, MFGLAB_SDK_MAJOR)));
   }
   SECTION("manifest struct too small") {
     CHECK(has_problem(host, fmt::format("refused {}: manifest struct is {} bytes, SDK {}.{} needs at least {}",
-                                        broken_file("struct_size"), offsetof(mfglab_manifest, create),
+                                        broken_file("broken_struct_size"), offsetof(mfglab_manifest, create),
                                         MFGLAB_SDK_MAJOR, MFGLAB_SDK_MINOR, sizeof(mfglab_manifest))));
   }
   SECTION("another LibTorch") {
     CHECK(has_problem(host, fmt::format("refused {}: built against LibTorch 0.0.1, this engine uses LibTorch {}",
-                                        broken_file("torch_version"), TORCH_VERSION)));
+                                        broken_file("broken_torch_version"), TORCH_VERSION)));
   }
   SECTION("another C++ ABI") {
     CHECK(has_problem(host, fmt::format("refused {}: C++ ABI tag 'gxx-abi-0-cxx11abi-0' differs from the "
                                         "engine's '{}'",
-                                        broken_file("abi_tag"), MFGLAB_ABI_TAG)));
+                                        broken_file("broken_abi_tag"), MFGLAB_ABI_TAG)));
   }
   SECTION("nothing else is reported, and every report is one line") {
     // Five refusals and one name clash; the failing factory only fails on create().
@@ -102,7 +102,8 @@ TEST_CASE("each broken library is refused with one line naming the file and the 
 
 TEST_CASE("good plugins load beside broken ones and work", "[plugin_host]") {
   const auto& host = broken_host();
-  CHECK(host.names() == std::vector<std::string>{"failing", "good_metric", "twin"});
+  const std::vector<std::string> loaded = {"failing", "good_metric", "twin"};
+  CHECK(host.names() == loaded);
   CHECK(host.names(MFGLAB_KIND_MODEL).empty());
 
   const LoadedPlugin* good = host.find("good_metric");
@@ -112,16 +113,17 @@ TEST_CASE("good plugins load beside broken ones and work", "[plugin_host]") {
 
   auto ctx = cpu_context();
   auto metric = host.create_as<Metric>("good_metric", MFGLAB_KIND_METRIC, nlohmann::json::object(), ctx);
-  CHECK(metric->evaluate({}) == MetricValues{{"good", 1.5}});  // the declared default
+  const MetricValues by_default = {{"good", 1.5}}, given = {{"good", 2.0}};
+  CHECK(metric->evaluate({}) == by_default);  // the declared default
   metric = host.create_as<Metric>("good_metric", MFGLAB_KIND_METRIC, {{"value", 2.0}}, ctx);
-  CHECK(metric->evaluate({}) == MetricValues{{"good", 2.0}});
+  CHECK(metric->evaluate({}) == given);
 }
 
 TEST_CASE("two libraries with the same name: an error naming both, and using the name fails",
           "[plugin_host]") {
   const auto& host = broken_host();
-  const std::string clash = fmt::format("two plugins are named 'twin': {} and {}", broken_file("twin_a"),
-                                        broken_file("twin_b"));
+  const std::string clash = fmt::format("two plugins are named 'twin': {} and {}", broken_file("broken_twin_a"),
+                                        broken_file("broken_twin_b"));
   CHECK(has_problem(host, clash));
   CHECK_THROWS_MATCHES(host.find("twin"), Error, Catch::Message(clash));
   auto ctx = cpu_context();
@@ -137,7 +139,7 @@ TEST_CASE("create() reports factory failures and misuse with the plugin's name",
     CHECK_THROWS_MATCHES(
         host.create("failing", MFGLAB_KIND_METRIC, nlohmann::json::object(), ctx), Error,
         Catch::Message(fmt::format("plugin 'failing' ({}) failed to create: deliberate failure",
-                                   broken_file("failing"))));
+                                   broken_file("broken_failing"))));
   }
   SECTION("unknown name") {
     CHECK_THROWS_MATCHES(host.create("nope", MFGLAB_KIND_MODEL, {}, ctx), Error,
@@ -169,8 +171,9 @@ TEST_CASE("resolve_params fills defaults and checks keys, types, bounds and choi
     std::vector<ParamError> errors;
     auto resolved = resolve_params(good_manifest(), {{"count", 7}, {"mode", "slow"}, {"scales", 0.5}}, errors);
     CHECK(errors.empty());
-    CHECK(resolved == nlohmann::json{{"value", 1.5}, {"count", 7}, {"mode", "slow"}, {"flag", false},
-                                     {"scales", 0.5}});
+    const nlohmann::json expected = {
+        {"value", 1.5}, {"count", 7}, {"mode", "slow"}, {"flag", false}, {"scales", 0.5}};
+    CHECK(resolved == expected);
   }
   SECTION("valid edge values") {
     // An integral float counts as an integer; bounds are inclusive unless declared otherwise.

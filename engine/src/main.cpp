@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -154,6 +155,8 @@ int cmd_validate(const PluginHost& host, const std::string& file) {
   }
 }
 
+void on_stop_signal(int) { request_stop(); }
+
 int cmd_run(const PluginHost& host, const std::string& file, RunOptions options, bool quiet) {
   print_problems(host);
   Experiment ex;
@@ -171,7 +174,6 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   std::fprintf(stderr, "experiment '%s': %zu run(s), %d in parallel, %d thread(s) each, results in %s\n", ex.name.c_str(),
                ex.runs.size(), options.jobs, options.threads, (fs::path(options.out_dir) / ex.name).c_str());
   size_t pending = 0;
-  Progress progress(0, terminal, quiet);
   // Count runs that will execute (finished ones are skipped) for the progress display.
   for (const auto& r : ex.runs) {
     auto dir = fs::path(options.out_dir) / ex.name / r.run_id / "summary.json";
@@ -180,17 +182,23 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
     pending += ok ? 0 : 1;
   }
   Progress live(static_cast<int>(pending), terminal, quiet);
+
   auto outcomes = run_experiment(ex, host, options, live);
-  int ok = 0, failed = 0, skipped = 0;
+  int ok = 0, failed = 0, skipped = 0, interrupted = 0;
   for (const auto& o : outcomes) {
     if (o.status == "ok") ++ok;
     else if (o.status == "skipped") ++skipped;
+    else if (o.status == "interrupted") ++interrupted;
     else ++failed;
   }
   std::cout << fmt::format("results: {}\n", (fs::path(options.out_dir) / ex.name).string());
   std::cout << fmt::format("runs: {} ok, {} failed, {} already finished (skipped; --force reruns them)\n", ok, failed, skipped);
   for (const auto& o : outcomes)
     if (o.status == "failed") std::cout << fmt::format("failed: {}: {}\n", o.run_id, o.error);
+  if (interrupted) {
+    std::cout << fmt::format("interrupted: {} run(s); run the same command again to resume them\n", interrupted);
+    return 130;
+  }
   try {
     std::cout << "\n" << format_table(collect_runs({(fs::path(options.out_dir) / ex.name).string()}));
   } catch (const std::exception&) {
@@ -316,6 +324,11 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : kExitBadInput;
   }
 
+  if (*run) {
+    // Ctrl-C stops cleanly: each run saves a checkpoint and the next `run` resumes it.
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+  }
   try {
     PluginHost host(PluginHost::search_path(plugin_dirs));
     if (*plugins) return cmd_plugins(host, kind, plugins_json);

@@ -1,6 +1,8 @@
 #include "runner.h"
 
 #include <algorithm>
+#include <atomic>
+#include <sstream>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -28,6 +30,19 @@ using Clock = std::chrono::steady_clock;
 namespace mfglab::engine {
 
 namespace {
+
+std::atomic<bool> g_stop{false};
+
+struct Interrupted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 // Sends plugin messages to the run's log file and the console.
 class RunLogger final : public Logger {
@@ -108,16 +123,70 @@ nlohmann::json evaluate(const RunSpec& spec, RunObjects& o, const torch::Tensor&
   return out;
 }
 
-void save_checkpoint(const std::string& dir, Model& model, int64_t iteration, torch::Generator& gen) {
+// Everything needed to continue a run exactly where it stopped: parameters, optimizer
+// state, the generator, the batch order, and a fingerprint of the configuration.
+struct Checkpoint {
+  int64_t iteration = 0;
+  torch::Tensor order;
+  int64_t cursor = 0;
+};
+
+uint64_t fingerprint(const std::string& text) {  // FNV-1a: stable across builds
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+void save_checkpoint(const std::string& dir, const std::vector<torch::Tensor>& params, torch::optim::Optimizer* optimizer,
+                     const Checkpoint& state, torch::Generator& gen, uint64_t config_fingerprint) {
   torch::serialize::OutputArchive archive;
-  auto params = model.parameters();
-  for (size_t i = 0; i < params.size(); ++i) archive.write(fmt::format("param_{}", i), params[i]);
-  archive.write("iteration", torch::tensor(iteration));
+  for (size_t i = 0; i < params.size(); ++i) archive.write(fmt::format("param_{}", i), params[i].detach());
+  if (optimizer) {
+    torch::serialize::OutputArchive opt;
+    optimizer->save(opt);
+    archive.write("optimizer", opt);
+  }
+  archive.write("iteration", torch::tensor(state.iteration));
+  archive.write("cursor", torch::tensor(state.cursor));
+  archive.write("order", state.order.defined() ? state.order : torch::empty({0}, torch::kLong));
   archive.write("generator_state", gen.get_state());
+  archive.write("config_fingerprint", torch::tensor(static_cast<int64_t>(config_fingerprint)));
   const std::string path = dir + "/checkpoint.pt";
-  const std::string tmp = path + ".tmp";
-  archive.save_to(tmp);
-  fs::rename(tmp, path);
+  archive.save_to(path + ".tmp");
+  fs::rename(path + ".tmp", path);
+}
+
+// Restores a checkpoint written for the same configuration; false when there is none
+// (or it belongs to another configuration).
+bool load_checkpoint(const std::string& dir, const std::vector<torch::Tensor>& params, torch::optim::Optimizer* optimizer,
+                     Checkpoint& state, torch::Generator& gen, uint64_t config_fingerprint) {
+  const std::string path = dir + "/checkpoint.pt";
+  if (!fs::exists(path)) return false;
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  // A fresh tensor per read: reading into a loaded tensor would try to resize its storage.
+  auto read = [&](const std::string& key) {
+    torch::Tensor t;
+    archive.read(key, t);
+    return t;
+  };
+  torch::Tensor t = read("config_fingerprint");
+  if (static_cast<uint64_t>(t.item<int64_t>()) != config_fingerprint) return false;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].copy_(read(fmt::format("param_{}", i)));
+  }
+  if (optimizer) {
+    torch::serialize::InputArchive opt;
+    archive.read("optimizer", opt);
+    optimizer->load(opt);
+  }
+  state.iteration = read("iteration").item<int64_t>();
+  state.cursor = read("cursor").item<int64_t>();
+  state.order = read("order").clone();
+  if (state.order.numel() == 0) state.order = torch::Tensor();
+  gen.set_state(read("generator_state"));
+  return true;
 }
 
 std::string csv_line(const std::vector<std::string>& cells) {
@@ -128,8 +197,11 @@ std::string csv_line(const std::vector<std::string>& cells) {
 
 }  // namespace
 
+void request_stop() { g_stop.store(true); }
+bool stop_requested() { return g_stop.load(); }
+
 RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::string& dir, int threads,
-                   int run_index, Progress& progress) {
+                   bool resume, int run_index, Progress& progress) {
   RunOutcome outcome{spec.run_id, dir, "failed", ""};
   nlohmann::json summary = {{"experiment", spec.experiment}, {"run_id", spec.run_id}, {"label", spec.label},
                             {"seed", spec.seed}, {"status", "failed"}, {"iterations", 0},
@@ -138,10 +210,15 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
   int64_t iteration = 0;
   std::string losses_csv;
   const auto run_start = Clock::now();
+  progress.set_run(run_index, spec.run_id, spec.train.iterations);
   try {
     fs::create_directories(dir);
     fs::remove(dir + "/summary.json");
-    fs::remove(dir + "/log.txt");
+    if (!resume) {
+      fs::remove(dir + "/log.txt");
+      fs::remove(dir + "/checkpoint.pt");
+      fs::remove(dir + "/evals.json");
+    }
     RunLogger logger(dir + "/log.txt", spec.run_id, progress);
 
     RunContext ctx;
@@ -218,13 +295,13 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
 
     torch::Generator gen = ctx.generator;
     const int64_t n_train = train.size(0);
-    torch::Tensor order;
-    int64_t cursor = n_train;  // forces a fresh permutation on the first batch
+    Checkpoint state;
+    state.cursor = n_train;  // forces a fresh permutation on the first batch
     auto next_batch = [&]() {
       if (tc.batch_size >= n_train) return train.index_select(0, torch::randint(n_train, {tc.batch_size}, gen, torch::kLong));
-      if (cursor + tc.batch_size > n_train) order = torch::randperm(n_train, gen, torch::kLong), cursor = 0;
-      auto idx = order.slice(0, cursor, cursor + tc.batch_size);
-      cursor += tc.batch_size;
+      if (state.cursor + tc.batch_size > n_train) state.order = torch::randperm(n_train, gen, torch::kLong), state.cursor = 0;
+      auto idx = state.order.slice(0, state.cursor, state.cursor + tc.batch_size);
+      state.cursor += tc.batch_size;
       return train.index_select(0, idx);
     };
 
@@ -232,8 +309,41 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     std::vector<double> step_seconds;
     nlohmann::json evals = nlohmann::json::array();
     std::map<std::string, double> last_terms;
-    progress.set_run(run_index, spec.run_id, tc.iterations);
-    for (iteration = 0; iteration < tc.iterations; ++iteration) {
+    const uint64_t config_fp = fingerprint(config.dump());
+
+    // Resume an interrupted run: parameters, optimizer, generator and batch order come
+    // from the checkpoint, the loss history up to it from losses.csv.
+    int64_t start = 0;
+    if (resume && tc.iterations > 0 && fs::exists(dir + "/losses.csv") &&
+        load_checkpoint(dir, params, optimizer.get(), state, gen, config_fp)) {
+      std::istringstream in(read_text_file(dir + "/losses.csv"));
+      std::string line;
+      std::getline(in, line);
+      losses_csv = line + "\n";
+      std::string cell;
+      std::istringstream header(line);
+      for (int col = 0; std::getline(header, cell, ','); ++col)
+        if (col >= 3 && cell != "seconds") term_names.push_back(cell);
+      for (int64_t i = 0; i < state.iteration && std::getline(in, line); ++i) {
+        losses_csv += line + "\n";
+        step_seconds.push_back(std::stod(line.substr(line.rfind(',') + 1)));
+      }
+      if (static_cast<int64_t>(step_seconds.size()) == state.iteration) {
+        start = state.iteration;
+        if (fs::exists(dir + "/evals.json")) evals = read_json_file(dir + "/evals.json");
+        logger.info(fmt::format("resumed from the checkpoint at iteration {}", start));
+        progress.message(fmt::format("[run {}] resuming at iteration {}", spec.run_id, start));
+      } else {
+        throw Error("losses.csv is shorter than the checkpoint; rerun with --force");
+      }
+    }
+    for (iteration = start; iteration < tc.iterations; ++iteration) {
+      if (stop_requested()) {
+        write_file_atomic(dir + "/losses.csv", losses_csv);
+        state.iteration = iteration;
+        save_checkpoint(dir, params, optimizer.get(), state, gen, config_fp);
+        throw Interrupted(fmt::format("interrupted at iteration {}; run again to resume", iteration));
+      }
       const auto t0 = Clock::now();
       const double lr = learning_rate(tc, iteration);
       for (auto& group : optimizer->param_groups()) group.options().set_lr(lr);
@@ -285,8 +395,11 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       const bool log_point = done % tc.log_every == 0 || done == tc.iterations;
       progress.iteration(run_index, done, total_v, log_point);
       if (log_point) write_file_atomic(dir + "/losses.csv", losses_csv);
-      if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0 && done < tc.iterations)
-        save_checkpoint(dir, *o.model, done, gen);
+      if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0 && done < tc.iterations) {
+        write_file_atomic(dir + "/losses.csv", losses_csv);
+        state.iteration = done;
+        save_checkpoint(dir, params, optimizer.get(), state, gen, config_fp);
+      }
       if (spec.eval.every > 0 && done % spec.eval.every == 0 && done < tc.iterations && !o.metrics.empty()) {
         torch::Tensor s;
         stage("model '" + spec.model.plugin + "' sample", [&] { s = o.model->sample(spec.eval.samples); });
@@ -299,7 +412,8 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     const double train_seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
     if (tc.iterations > 0) {
       write_file_atomic(dir + "/losses.csv", losses_csv);
-      save_checkpoint(dir, *o.model, iteration, gen);
+      state.iteration = iteration;
+      save_checkpoint(dir, params, optimizer.get(), state, gen, config_fp);
     }
 
     // ---- evaluation -----------------------------------------------------------------
@@ -328,6 +442,11 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     std::string brief;
     for (const auto& [k, v] : metrics.items()) brief += fmt::format("{}{}={}", brief.empty() ? "" : " ", k, v.dump());
     progress.run_finished(run_index, "ok", brief);
+  } catch (const Interrupted& e) {
+    // No summary: the run is not finished, and the next `run` resumes it.
+    outcome.status = "interrupted";
+    outcome.error = e.what();
+    progress.run_finished(run_index, "interrupted", outcome.error);
   } catch (const std::exception& e) {
     outcome.error = e.what();
     summary["status"] = "failed";
@@ -367,7 +486,12 @@ std::vector<RunOutcome> run_experiment(const Experiment& ex, const PluginHost& h
     tbb::parallel_for(tbb::blocked_range<size_t>(0, todo.size(), 1), [&](const tbb::blocked_range<size_t>& range) {
       for (size_t k = range.begin(); k != range.end(); ++k) {
         const size_t i = todo[k];
-        outcomes[i] = run_one(ex.runs[i], host, outcomes[i].dir, options.threads, static_cast<int>(k), progress);
+        if (stop_requested()) {
+          outcomes[i].status = "interrupted";
+          outcomes[i].error = "not started";
+          continue;
+        }
+        outcomes[i] = run_one(ex.runs[i], host, outcomes[i].dir, options.threads, !options.force, static_cast<int>(k), progress);
       }
     }, tbb::simple_partitioner());
   });

@@ -23,7 +23,7 @@ struct RunOptions {
 struct RunOutcome {
   std::string run_id;
   std::string dir;
-  std::string status;  // ok | failed | skipped (already finished)
+  std::string status;  // ok | failed | skipped (already finished) | interrupted
   std::string error;
 };
 
@@ -34,7 +34,14 @@ std::vector<RunOutcome> run_experiment(const Experiment& experiment, const Plugi
                                        const RunOptions& options, Progress& progress);
 
 // Trains and evaluates one run into `dir`; never throws: failures land in summary.json.
+// With `resume`, a checkpoint of the same configuration left by an interrupted run is
+// continued exactly (parameters, optimizer, generator, batch order).
 RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::string& dir,
-                   int threads, int run_index, Progress& progress);
+                   int threads, bool resume, int run_index, Progress& progress);
+
+// Asks running trainings to stop at their next iteration, saving a checkpoint and no
+// summary (async-signal-safe: the CLI calls it from SIGINT/SIGTERM handlers).
+void request_stop();
+bool stop_requested();
 
 }  // namespace mfglab::engine

@@ -16,21 +16,29 @@ using torch::Tensor;
 
 constexpr int64_t kBlock = 512;  // rows per block: a block holds kBlock x (other set) doubles
 
-// Squared distances between the rows of a [B, d] and b [M, d]: one matmul. In float64 the
-// cancellation in |a|² + |b|² - 2 a.b is negligible for data of moderate scale.
-Tensor squared_distances(const Tensor& a, const Tensor& b) {
-  return (a.pow(2).sum(1, true) + b.pow(2).sum(1).unsqueeze(0) - 2 * a.mm(b.t())).clamp_min(0);
+// Squared distances between the rows of a [B, d] and b [M, d], written into out [B, M];
+// b_sq holds |b_j|², [1, M]. One matmul; in float64 the cancellation in
+// |a|² + |b|² - 2 a.b is negligible for data of moderate scale.
+void squared_distances(Tensor out, const Tensor& a, const Tensor& b, const Tensor& b_sq) {
+  torch::add_out(out, a.pow(2).sum(1, true), b_sq);
+  out.addmm_(a, b.t(), 1, -2).clamp_min_(0);
 }
 
 // Σ_{i,j} k(a_i, b_j), where k sums exp(-c |a-b|²) over c in coefficients. When a and b are
-// the same set, the diagonal (i = j) is left out.
+// the same set, the diagonal (i = j) is left out. Two block buffers are reused throughout:
+// large allocations are costly (each is fresh pages from the system).
 double kernel_sum(const Tensor& a, const Tensor& b, const std::vector<double>& coefficients,
                   bool same_set) {
+  const auto b_sq = b.pow(2).sum(1).unsqueeze(0);
+  auto d2_buffer = torch::empty({std::min(kBlock, a.size(0)), b.size(0)}, a.options());
+  auto k_buffer = torch::empty_like(d2_buffer);
   double total = 0;
   for (int64_t i = 0; i < a.size(0); i += kBlock) {
-    auto d2 = squared_distances(a.slice(0, i, i + kBlock), b);
+    auto rows = a.slice(0, i, i + kBlock);
+    auto d2 = d2_buffer.narrow(0, 0, rows.size(0)), k = k_buffer.narrow(0, 0, rows.size(0));
+    squared_distances(d2, rows, b, b_sq);
     for (double c : coefficients) {
-      auto k = torch::exp(-c * d2);
+      k.copy_(d2).mul_(-c).exp_();
       if (same_set) k.diagonal(i).zero_();  // entries (r, i + r): a point with itself
       total += k.sum().item<double>();
     }
@@ -42,8 +50,10 @@ double kernel_sum(const Tensor& a, const Tensor& b, const std::vector<double>& c
 void for_each_pair_block(const Tensor& z, const std::function<void(const Tensor&)>& visit) {
   const int64_t N = z.size(0);
   for (int64_t i = 0; i < N; i += kBlock) {
-    auto rows = z.slice(0, i, i + kBlock);
-    auto d = squared_distances(rows, z.slice(0, i)).sqrt();
+    auto rows = z.slice(0, i, i + kBlock), columns = z.slice(0, i);
+    auto d = torch::empty({rows.size(0), columns.size(0)}, z.options());
+    squared_distances(d, rows, columns, columns.pow(2).sum(1).unsqueeze(0));
+    d.sqrt_();
     // Keep the strict upper triangle: column c of this block is point i + c.
     auto upper = torch::ones_like(d, torch::kBool).triu(1);
     visit(d.masked_select(upper));

@@ -8,6 +8,7 @@
 // regression |net(alpha x0 + sigma z, t) - z|^2, well conditioned down to t = eps.
 // Sampling integrates the reverse-time SDE from N(0, I) at t = 1 to eps by Euler-Maruyama.
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -26,7 +27,9 @@ std::string show(double v) {
   return out.str();
 }
 
-class Sgm final : public mfglab::Model {
+// Also offers its noising marginals as the "mfglab.forward_process/1" capability, so
+// metrics and regularizers can compare the learned score with a dataset's exact one.
+class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
  public:
   Sgm(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -54,10 +57,15 @@ class Sgm final : public mfglab::Model {
                            generator_, options_);
   }
 
+  void* capability(const char* id) override {
+    if (std::strcmp(id, mfglab::kForwardProcess) == 0) return static_cast<mfglab::ForwardProcess*>(this);
+    return nullptr;
+  }
+
   std::vector<torch::Tensor> parameters() override { return net_.parameters(); }
 
   mfglab::LossTerms loss(const torch::Tensor& batch) override {
-    auto noised = noise(batch);
+    auto noised = noised_batch(batch);
     auto predicted = net_.forward(noised.input);
     // sigma * score + z = z - net: the sigma^2-weighted DSM, summed over dimensions and
     // averaged over the batch.
@@ -108,9 +116,16 @@ class Sgm final : public mfglab::Model {
 
   mfglab::Collocation collocation(const torch::Tensor& batch) override {
     torch::NoGradGuard no_grad;
-    auto noised = noise(batch);
+    auto noised = noised_batch(batch);
     return {noised.input.narrow(1, 0, d_).contiguous(), noised.input.narrow(1, d_, 1).contiguous()};
   }
+
+  // ForwardProcess: X_t = alpha(t) X_0 + sigma(t) Z, differentiable in t.
+  torch::Tensor alpha(const torch::Tensor& t) override { return torch::exp(-0.5 * integral(t)); }
+  // 1 - exp(-B) through expm1: exact to rounding even when B is tiny near t = eps.
+  torch::Tensor sigma(const torch::Tensor& t) override { return torch::sqrt(-torch::expm1(-integral(t))); }
+  double t_min() const override { return eps_; }
+  double t_max() const override { return 1.0; }
 
  private:
   struct Noised {
@@ -120,7 +135,7 @@ class Sgm final : public mfglab::Model {
 
   // Draws t ~ U(eps, 1) and z ~ N(0, I) and writes the forward-noised batch straight into
   // the network's input layout.
-  Noised noise(const torch::Tensor& batch) {
+  Noised noised_batch(const torch::Tensor& batch) {
     if (batch.dim() != 2 || batch.size(1) != d_)
       throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " +
                   shape(batch));
@@ -157,9 +172,6 @@ class Sgm final : public mfglab::Model {
   torch::Tensor integral(const torch::Tensor& t) const {
     return t * (beta_min_ + 0.5 * (beta_max_ - beta_min_) * t);
   }
-  torch::Tensor alpha(const torch::Tensor& t) const { return torch::exp(-0.5 * integral(t)); }
-  // 1 - exp(-B) through expm1: exact to rounding even when B is tiny near t = eps.
-  torch::Tensor sigma(const torch::Tensor& t) const { return torch::sqrt(-torch::expm1(-integral(t))); }
 
   int64_t d_;
   double beta_min_, beta_max_, eps_;

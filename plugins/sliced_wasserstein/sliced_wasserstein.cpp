@@ -12,11 +12,11 @@ namespace {
 
 using torch::Tensor;
 
-// W_p^p between the empirical measures of the columns of xs [n, L] and ys [m, L], each
-// sorted along dim 0: ∫_0^1 |F^-1(u) - G^-1(u)|^p du, one value per column.
+// W_p^p between the empirical measures of the rows of xs [L, n] and ys [L, m], each
+// sorted along dim 1: ∫_0^1 |F^-1(u) - G^-1(u)|^p du, one value per row.
 Tensor wasserstein_pp(const Tensor& xs, const Tensor& ys, double p) {
-  const int64_t n = xs.size(0), m = ys.size(0);
-  if (n == m) return (xs - ys).abs().pow(p).mean(0);  // quantiles pair up one to one
+  const int64_t n = xs.size(1), m = ys.size(1);
+  if (n == m) return (xs - ys).abs().pow(p).mean(1);  // quantiles pair up one to one
   // Both quantile functions are steps, constant between the merged breakpoints
   // {i/n} ∪ {j/m}. In units of 1/(nm) these are the integers i·m and j·n, so interval
   // lengths and indices are exact (repeated breakpoints give empty intervals).
@@ -28,8 +28,8 @@ Tensor wasserstein_pp(const Tensor& xs, const Tensor& ys, double p) {
   // On (start, end]: F^-1 = x_(ceil(end/m)) and G^-1 = y_(ceil(end/n)), 1-based.
   auto ix = torch::div(ends + (m - 1), m, "trunc") - 1;
   auto iy = torch::div(ends + (n - 1), n, "trunc") - 1;
-  auto gap = xs.index_select(0, ix.to(xs.device())) - ys.index_select(0, iy.to(ys.device()));
-  return (gap.abs().pow(p) * weight.to(xs.device()).unsqueeze(1)).sum(0);
+  auto gap = xs.index_select(1, ix.to(xs.device())) - ys.index_select(1, iy.to(ys.device()));
+  return (gap.abs().pow(p) * weight.to(xs.device())).sum(1);
 }
 
 class SlicedWasserstein final : public mfglab::Metric {
@@ -54,8 +54,9 @@ class SlicedWasserstein final : public mfglab::Metric {
     auto theta = torch::randn({x.size(1), projections_}, generator_,
                               torch::TensorOptions().dtype(torch::kFloat64));
     theta = (theta / theta.norm(2, {0}, true)).to(x.device());
-    auto xs = std::get<0>(x.mm(theta).sort(0));
-    auto ys = std::get<0>(y.mm(theta).sort(0));
+    // Projections laid out [L, n] so that each sort runs over contiguous memory.
+    auto xs = std::get<0>(theta.t().mm(x.t()).sort(1));
+    auto ys = std::get<0>(theta.t().mm(y.t()).sort(1));
     const double mean_pp = wasserstein_pp(xs, ys, p_).mean().item<double>();
     return {{"sliced_wasserstein", std::pow(mean_pp, 1.0 / p_)}};
   }
