@@ -1,12 +1,27 @@
-// Score-based generative model on the variance-preserving SDE (Song et al. 2021).
+// Score-based generative model (Song et al. 2021) on a choice of linear forward SDEs.
 //
-// Forward noising on [eps, 1]:  dY = -1/2 beta(t) Y dt + sqrt(beta(t)) dW,
-//   beta(t) = beta_min + t (beta_max - beta_min),  B(t) = int_0^t beta,
-//   Y_t | Y_0 ~ N(alpha Y_0, sigma^2 I),  alpha = exp(-B/2),  sigma^2 = 1 - alpha^2.
-// The network predicts the noise: score(x, t) = -net([x, t]) / sigma(t). With the
-// weighting lambda(t) = sigma^2, denoising score matching becomes plain noise
-// regression |net(alpha x0 + sigma z, t) - z|^2, well conditioned down to t = eps.
-// Sampling integrates the reverse-time SDE from N(0, I) at t = 1 to eps by Euler-Maruyama.
+// Forward noising on [eps, T]: dY = k(t) Y dt + g(t) dW with marginals
+//   Y_t | Y_0 ~ N(alpha(t) Y_0, sigma(t)^2 I)  (vp, subvp, ve, ou: see forward_process.h).
+// The network predicts the noise, eps_hat(x, t) = -sigma(t) * score(x, t):
+//   parameterization "score":     eps_hat = net([x, t])            (net: R^{d+1} -> R^d)
+//   parameterization "potential": eps_hat = grad_x net([x, t]),     (net: R^{d+1} -> R)
+//     i.e. score = grad_x U with the potential U = -net / sigma(t), so the learned score is
+//     a gradient field by construction.
+// Scaling by sigma keeps the training target of order one down to t = eps.
+//
+// Losses, per sample, with the weighting lambda(t) = sigma^2 ("sigma2") or g^2 ("likelihood"):
+//   dsm  lambda |score + z / sigma|^2 = (lambda / sigma^2) |eps_hat - z|^2    at x = alpha x0 + sigma z
+//   ism  lambda (|score|^2 / 2 + div score) = (lambda / sigma^2)(|eps_hat|^2 / 2 - sigma div eps_hat)
+// With lambda = sigma^2, ism = (dsm - d) / 2 in expectation (Hyvarinen's identity).
+//
+// Samplers, from the prior at T down to eps:
+//   em   Euler-Maruyama on the reverse SDE dx = (f - g^2 score) dt + g dW
+//   pc   one Langevin corrector step (signal-to-noise ratio snr) before each em step
+//   ode  the probability-flow ODE dx/dt = f - g^2 score / 2, by rk4 (sample_steps steps)
+//        or adaptive dopri5 (rtol, atol)
+// log_prob(x) integrates the same ODE forward from eps to T together with the change of
+// log-density, d log p / dt = -div(f - g^2 score / 2), and adds the prior's log-density:
+// the model's NLL in nats of the data noised to t = eps.
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -17,14 +32,37 @@
 #include <mfglab/nn.h>
 #include <mfglab/plugin.h>
 
+#include "forward_process.h"
+#include "ode.h"
+
 namespace {
 
 using mfglab::Error;
+using sgm::ForwardProcessSpec;
+using sgm::ProcessKind;
 
 std::string show(double v) {
   std::ostringstream out;
   out << v;
   return out.str();
+}
+
+enum class Parameterization { score, potential };
+enum class LossKind { dsm, ism };
+enum class Weighting { sigma2, likelihood };
+enum class Sampler { em, pc, ode };
+enum class OdeSolver { rk4, dopri5 };
+
+// String dispatch with an error branch: the host validates choices, this guards the rest.
+template <class E>
+E pick(const std::string& what, const std::string& value,
+       std::initializer_list<std::pair<const char*, E>> options) {
+  std::string names;
+  for (const auto& [name, e] : options) {
+    if (value == name) return e;
+    names += (names.empty() ? "" : "|") + std::string(name);
+  }
+  throw Error("unknown " + what + " '" + value + "' (expected " + names + ")");
 }
 
 // Also offers its noising marginals as the "mfglab.forward_process/1" capability, so
@@ -33,26 +71,52 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
  public:
   Sgm(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
-        beta_min_(params.number("beta_min")),
-        beta_max_(params.number("beta_max")),
         eps_(params.number("eps")),
         steps_(params.integer("sample_steps")),
+        snr_(params.number("snr")),
+        exact_div_max_dim_(params.integer("exact_div_max_dim")),
         generator_(ctx.generator),
         options_(ctx.options()) {
+    proc_.kind = sgm::parse_process(params.string("process"));
+    proc_.T = params.number("T");
+    proc_.beta_min = params.number("beta_min");
+    proc_.beta_max = params.number("beta_max");
+    proc_.sigma_min = params.number("sigma_min");
+    proc_.sigma_max = params.number("sigma_max");
+    param_ = pick<Parameterization>("parameterization", params.string("parameterization"),
+                                    {{"score", Parameterization::score}, {"potential", Parameterization::potential}});
+    loss_ = pick<LossKind>("loss", params.string("loss"), {{"dsm", LossKind::dsm}, {"ism", LossKind::ism}});
+    weighting_ = pick<Weighting>("weighting", params.string("weighting"),
+                                 {{"sigma2", Weighting::sigma2}, {"likelihood", Weighting::likelihood}});
+    sampler_ = pick<Sampler>("sampler", params.string("sampler"),
+                             {{"em", Sampler::em}, {"pc", Sampler::pc}, {"ode", Sampler::ode}});
+    solver_ = pick<OdeSolver>("ode_solver", params.string("ode_solver"),
+                              {{"rk4", OdeSolver::rk4}, {"dopri5", OdeSolver::dopri5}});
+    dopri_.rtol = params.number("rtol");
+    dopri_.atol = params.number("atol");
+
     if (d_ < 1)
       throw Error("the data dimension is " + std::to_string(d_) +
                   "; the engine must set it before creating the model");
-    if (!(beta_max_ > beta_min_))
-      throw Error("beta_max (" + show(beta_max_) + ") must be greater than beta_min (" +
-                  show(beta_min_) + ")");
-    // The declared bounds already say this; repeated because an out-of-range eps would
-    // silently give sigma = 0 (division by zero in the score) or an empty time range.
-    if (!(eps_ > 0 && eps_ < 1)) throw Error("eps (" + show(eps_) + ") must lie in (0, 1)");
+    // The declared bounds already say some of this; repeated because each bad value would
+    // fail silently later (sigma = 0 divides the score, an empty time range samples nothing).
+    if (!(proc_.beta_max > proc_.beta_min))
+      throw Error("beta_max (" + show(proc_.beta_max) + ") must be greater than beta_min (" +
+                  show(proc_.beta_min) + ")");
+    if (!(proc_.sigma_min > 0 && proc_.sigma_max > proc_.sigma_min))
+      throw Error("sigma_max (" + show(proc_.sigma_max) + ") must be greater than sigma_min (" +
+                  show(proc_.sigma_min) + ") > 0");
+    if (!(proc_.T > 0)) throw Error("T (" + show(proc_.T) + ") must be positive");
+    if (!(eps_ > 0 && eps_ < proc_.T))
+      throw Error("eps (" + show(eps_) + ") must lie in (0, T) = (0, " + show(proc_.T) + ")");
     if (steps_ < 1) throw Error("sample_steps (" + std::to_string(steps_) + ") must be at least 1");
+    if (!(snr_ > 0)) throw Error("snr (" + show(snr_) + ") must be positive");
+    if (!(dopri_.rtol > 0)) throw Error("rtol (" + show(dopri_.rtol) + ") must be positive");
+    if (!(dopri_.atol > 0)) throw Error("atol (" + show(dopri_.atol) + ") must be positive");
 
     std::vector<int64_t> sizes{d_ + 1};  // time enters as one extra input column
     for (int64_t i = 0; i < params.integer("depth"); ++i) sizes.push_back(params.integer("width"));
-    sizes.push_back(d_);
+    sizes.push_back(param_ == Parameterization::score ? d_ : 1);
     net_ = mfglab::nn::MLP(sizes, mfglab::nn::parse_activation(params.string("activation")),
                            generator_, options_);
   }
@@ -66,11 +130,26 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
 
   mfglab::LossTerms loss(const torch::Tensor& batch) override {
     auto noised = noised_batch(batch);
-    auto predicted = net_.forward(noised.input);
-    // sigma * score + z = z - net: the sigma^2-weighted DSM, summed over dimensions and
-    // averaged over the batch.
-    auto dsm = (predicted - noised.z).square().sum() / static_cast<double>(predicted.size(0));
-    return {{"dsm", dsm}};
+    const double n = static_cast<double>(noised.z.size(0));
+    auto t = noised.input.narrow(1, d_, 1);
+    if (loss_ == LossKind::dsm) {
+      // sigma * score + z = z - eps_hat. The direct network reads the noised batch as is.
+      auto predicted = param_ == Parameterization::score
+                           ? net_.forward(noised.input)
+                           : noise_prediction(noised.input.narrow(1, 0, d_), t, true);
+      // Summed over dimensions, averaged over the batch.
+      if (weighting_ == Weighting::sigma2) return {{"dsm", (predicted - noised.z).square().sum() / n}};
+      auto per_sample = (predicted - noised.z).square().sum(1, /*keepdim=*/true);
+      return {{"dsm", (per_sample * likelihood_factor(t)).sum() / n}};
+    }
+
+    // Implicit score matching needs derivatives in x at the noised points.
+    auto x = noised.input.narrow(1, 0, d_).detach().requires_grad_();
+    auto predicted = noise_prediction(x, t, true);
+    auto div = divergence(predicted, x, true);  // [N]
+    auto per_sample = 0.5 * predicted.square().sum(1) - proc_.sigma(t).squeeze(1) * div;
+    if (weighting_ == Weighting::likelihood) per_sample = per_sample * likelihood_factor(t).squeeze(1);
+    return {{"ism", per_sample.sum() / n}};
   }
 
   torch::Tensor sample(int64_t n) override {
@@ -81,38 +160,86 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
     auto input = torch::empty({n, d_ + 1}, options_);
     auto x = input.narrow(1, 0, d_);
     auto time = input.narrow(1, d_, 1);
-    x.normal_(0.0, 1.0, generator_);
+    x.normal_(0.0, proc_.prior_std(), generator_);
+    if (sampler_ == Sampler::ode) return ode_sample(x.contiguous());
+
     auto noise = torch::empty({n, d_}, options_);
-    const double dt = (1.0 - eps_) / static_cast<double>(steps_);
+    const double T = proc_.T, dt = (T - eps_) / static_cast<double>(steps_);
     for (int64_t k = 0; k < steps_; ++k) {
-      const double t = 1.0 - static_cast<double>(k) * dt;
-      const double b = beta(t);
+      const double t = T - static_cast<double>(k) * dt;
+      const double sigma = proc_.sigma(t), g2 = proc_.g2(t);
       time.fill_(t);
-      auto predicted = net_.forward(input);
-      // Reverse drift, stepping t -> t - dt:  x += (beta/2 x + beta score) dt,
-      // score = -net / sigma.
-      x.mul_(1.0 + 0.5 * b * dt).sub_(predicted, b * dt / sigma(t));
+      if (sampler_ == Sampler::pc) {
+        // Langevin corrector, step size from the target signal-to-noise ratio
+        // (Song et al. 2021, algorithm 5).
+        auto score = predict(input).div_(-sigma);
+        noise.normal_(0.0, 1.0, generator_);
+        const double grad_norm = score.norm(2, 1).mean().item<double>();
+        const double noise_norm = noise.norm(2, 1).mean().item<double>();
+        const double ratio = snr_ * noise_norm / std::max(grad_norm, 1e-12);
+        const double step = 2 * ratio * ratio;
+        x.add_(score, step).add_(noise, std::sqrt(2 * step));
+      }
+      auto predicted = predict(input);
+      // Reverse drift, stepping t -> t - dt:  x -= (k x - g^2 score) dt,
+      // score = -eps_hat / sigma.
+      x.mul_(1.0 - proc_.drift_coef(t) * dt).sub_(predicted, g2 * dt / sigma);
       // The last step returns the mean: added noise there would only blur the samples.
-      if (k + 1 < steps_) x.add_(noise.normal_(0.0, 1.0, generator_), std::sqrt(b * dt));
+      if (k + 1 < steps_) x.add_(noise.normal_(0.0, 1.0, generator_), std::sqrt(g2 * dt));
     }
     return x.contiguous();
   }
 
+  torch::Tensor log_prob(const torch::Tensor& points) override {
+    check_batch(points);
+    auto x0 = points.to(options_).detach();
+    const int64_t n = x0.size(0);
+    // Hutchinson probes, fixed for the whole solve so the integrand is one smooth function.
+    torch::Tensor probes;
+    if (d_ > exact_div_max_dim_)
+      probes = torch::randint(0, 2, {n, d_}, generator_, options_).mul_(2).sub_(1);
+    auto field = [&](double t, const torch::Tensor& y) {
+      torch::AutoGradMode grad_on(true);
+      auto x = y.narrow(1, 0, d_).detach().requires_grad_();
+      auto tc = torch::full({n, 1}, t, options_);
+      auto predicted = noise_prediction(x, tc, true);
+      auto div = probes.defined() ? mfglab::nn::divergence_hutchinson(predicted, x, probes, false)
+                                  : mfglab::nn::divergence(predicted, x, false);
+      // v = k x - g^2 score / 2 = k x + g^2 eps_hat / (2 sigma), and its divergence.
+      const double k = proc_.drift_coef(t), c = 0.5 * proc_.g2(t) / proc_.sigma(t);
+      auto v = k * x.detach() + c * predicted.detach();
+      auto div_v = k * static_cast<double>(d_) + c * div.detach();
+      return torch::cat({v, div_v.unsqueeze(1)}, 1);
+    };
+    auto y0 = torch::cat({x0, torch::zeros({n, 1}, options_)}, 1);
+    auto y1 = solve(field, y0, eps_, proc_.T);
+    // log p_eps(x) = log p_T(x_T) + int_eps^T div v dt.
+    return proc_.prior_log_density(y1.narrow(1, 0, d_)) + y1.select(1, d_);
+  }
+
   torch::Tensor score(const torch::Tensor& x, const torch::Tensor& t) override {
     auto tc = column(t, x.size(0)).to(x.scalar_type());
-    // Differentiable in both x and t: regularizers take derivatives of the score.
-    return -net_.forward(torch::cat({x, tc}, 1)) / sigma(tc);
+    // Differentiable in both x and t when the caller records a graph: regularizers take
+    // derivatives of the score.
+    return -noise_prediction(x, tc, torch::GradMode::is_enabled()) / proc_.sigma(tc);
   }
 
-  double horizon() const override { return 1.0; }
+  // The potential U = -net / sigma, whose x-gradient is the score.
+  torch::Tensor value(const torch::Tensor& x, const torch::Tensor& t) override {
+    if (param_ != Parameterization::potential)
+      throw Error("sgm has a value function U only with parameterization \"potential\" "
+                  "(this model learns the score directly)");
+    auto tc = column(t, x.size(0)).to(x.scalar_type());
+    return (-net_.forward(torch::cat({x, tc}, 1)) / proc_.sigma(tc)).squeeze(1);
+  }
+
+  double horizon() const override { return proc_.T; }
 
   torch::Tensor drift(const torch::Tensor& x, const torch::Tensor& t) override {
-    return -0.5 * beta(column(t, x.size(0))) * x;
+    return proc_.drift_coef(column(t, x.size(0))) * x;
   }
 
-  torch::Tensor diffusion(const torch::Tensor& t) override {
-    return torch::sqrt(beta(t.reshape({-1, 1})));
-  }
+  torch::Tensor diffusion(const torch::Tensor& t) override { return torch::sqrt(proc_.g2(t.reshape({-1, 1}))); }
 
   mfglab::Collocation collocation(const torch::Tensor& batch) override {
     torch::NoGradGuard no_grad;
@@ -121,11 +248,10 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
   }
 
   // ForwardProcess: X_t = alpha(t) X_0 + sigma(t) Z, differentiable in t.
-  torch::Tensor alpha(const torch::Tensor& t) override { return torch::exp(-0.5 * integral(t)); }
-  // 1 - exp(-B) through expm1: exact to rounding even when B is tiny near t = eps.
-  torch::Tensor sigma(const torch::Tensor& t) override { return torch::sqrt(-torch::expm1(-integral(t))); }
+  torch::Tensor alpha(const torch::Tensor& t) override { return proc_.alpha(t); }
+  torch::Tensor sigma(const torch::Tensor& t) override { return proc_.sigma(t); }
   double t_min() const override { return eps_; }
-  double t_max() const override { return 1.0; }
+  double t_max() const override { return proc_.T; }
 
  private:
   struct Noised {
@@ -133,22 +259,73 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
     torch::Tensor z;      // [N, d]
   };
 
-  // Draws t ~ U(eps, 1) and z ~ N(0, I) and writes the forward-noised batch straight into
+  // Draws t ~ U(eps, T) and z ~ N(0, I) and writes the forward-noised batch straight into
   // the network's input layout.
   Noised noised_batch(const torch::Tensor& batch) {
-    if (batch.dim() != 2 || batch.size(1) != d_)
-      throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " +
-                  shape(batch));
+    check_batch(batch);
     auto x0 = batch.to(options_);  // no copy when dtype and device already match
     const int64_t n = x0.size(0);
     auto input = torch::empty({n, d_ + 1}, options_);
     auto t = input.narrow(1, d_, 1);
-    t.uniform_(eps_, 1.0, generator_);
+    t.uniform_(eps_, proc_.T, generator_);
     auto z = torch::randn({n, d_}, generator_, options_);
     auto xt = input.narrow(1, 0, d_);
-    torch::mul_out(xt, x0, alpha(t));
-    xt.addcmul_(sigma(t), z);
+    torch::mul_out(xt, x0, proc_.alpha(t));
+    xt.addcmul_(proc_.sigma(t), z);
     return {input, z};
+  }
+
+  // eps_hat = -sigma(t) score at (x, t [N, 1]). For the potential it is grad_x net, kept
+  // differentiable (in x, t and the weights) when create_graph.
+  torch::Tensor noise_prediction(const torch::Tensor& x, const torch::Tensor& t, bool create_graph) {
+    if (param_ == Parameterization::score) return net_.forward(torch::cat({x, t}, 1));
+    torch::AutoGradMode grad_on(true);  // also under a caller's NoGradGuard
+    auto xg = x.requires_grad() ? x : x.detach().requires_grad_();
+    auto u = net_.forward(torch::cat({xg, t}, 1));
+    return torch::autograd::grad({u.sum()}, {xg}, {}, /*retain_graph=*/create_graph, create_graph)[0];
+  }
+
+  // eps_hat at the sampler's input buffer [x, t], without a graph.
+  torch::Tensor predict(const torch::Tensor& input) {
+    if (param_ == Parameterization::score) return net_.forward(input);
+    torch::AutoGradMode grad_on(true);
+    auto in = input.detach().requires_grad_();
+    auto u = net_.forward(in);
+    return torch::autograd::grad({u.sum()}, {in})[0].narrow(1, 0, d_);
+  }
+
+  // div_x f [N]: exact (d backward passes) up to exact_div_max_dim, else Hutchinson with
+  // one Rademacher probe per sample from the run's generator.
+  torch::Tensor divergence(const torch::Tensor& f, const torch::Tensor& x, bool create_graph) {
+    if (d_ <= exact_div_max_dim_) return mfglab::nn::divergence(f, x, create_graph);
+    auto probes = torch::randint(0, 2, x.sizes(), generator_, options_).mul_(2).sub_(1);
+    return mfglab::nn::divergence_hutchinson(f, x, probes, create_graph);
+  }
+
+  // g^2 / sigma^2 [N, 1]: turns the sigma^2-weighted residual into the likelihood weighting.
+  torch::Tensor likelihood_factor(const torch::Tensor& t) const {
+    return proc_.g2(t) / proc_.sigma(t).square();
+  }
+
+  // The probability-flow ODE from the prior sample x at T down to eps.
+  torch::Tensor ode_sample(const torch::Tensor& xT) {
+    const int64_t n = xT.size(0);
+    auto field = [&](double t, const torch::Tensor& x) {
+      auto input = torch::cat({x, torch::full({n, 1}, t, options_)}, 1);
+      // f - g^2 score / 2 = k x + g^2 eps_hat / (2 sigma).
+      return proc_.drift_coef(t) * x + (0.5 * proc_.g2(t) / proc_.sigma(t)) * predict(input);
+    };
+    return solve(field, xT, proc_.T, eps_).contiguous();
+  }
+
+  torch::Tensor solve(const sgm::OdeFunction& f, const torch::Tensor& y0, double t0, double t1) {
+    if (solver_ == OdeSolver::rk4) return sgm::rk4(f, y0, t0, t1, steps_);
+    return sgm::dopri5(f, y0, t0, t1, dopri_);
+  }
+
+  void check_batch(const torch::Tensor& batch) const {
+    if (batch.dim() != 2 || batch.size(1) != d_)
+      throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " + shape(batch));
   }
 
   static std::string shape(const torch::Tensor& x) {
@@ -164,18 +341,18 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
     throw Error("expected times of shape [" + std::to_string(n) + ", 1], got " + shape(t));
   }
 
-  double beta(double t) const { return beta_min_ + t * (beta_max_ - beta_min_); }
-  double integral(double t) const { return t * (beta_min_ + 0.5 * t * (beta_max_ - beta_min_)); }
-  double sigma(double t) const { return std::sqrt(-std::expm1(-integral(t))); }
-
-  torch::Tensor beta(const torch::Tensor& t) const { return beta_min_ + (beta_max_ - beta_min_) * t; }
-  torch::Tensor integral(const torch::Tensor& t) const {
-    return t * (beta_min_ + 0.5 * (beta_max_ - beta_min_) * t);
-  }
-
   int64_t d_;
-  double beta_min_, beta_max_, eps_;
+  ForwardProcessSpec proc_;
+  double eps_;
   int64_t steps_;
+  double snr_;
+  int64_t exact_div_max_dim_;
+  Parameterization param_ = Parameterization::score;
+  LossKind loss_ = LossKind::dsm;
+  Weighting weighting_ = Weighting::sigma2;
+  Sampler sampler_ = Sampler::em;
+  OdeSolver solver_ = OdeSolver::rk4;
+  sgm::Dopri5Options dopri_;
   torch::Generator generator_;  // shares the run generator's state
   torch::TensorOptions options_;
   mfglab::nn::MLP net_;
@@ -183,14 +360,37 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
 
 }  // namespace
 
-MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.0.0",
-              "Score-based generative model: VP SDE, denoising score matching, Euler-Maruyama sampler",
-              "score",
+// "value" is not declared: the manifest is static and only the potential
+// parameterization has a value function (value() explains this when called).
+MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.1.0",
+              "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
+              "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
+              "score,log_prob",
               mfglab::int_param("width", 128, "hidden units per layer of the score network").at_least(1),
               mfglab::int_param("depth", 3, "hidden layers of the score network").at_least(1),
               mfglab::choice_param("activation", "silu", "silu|gelu|tanh|relu|softplus",
                                    "activation between the score network's layers"),
-              mfglab::number_param("beta_min", 0.1, "noise rate beta at t = 0").at_least(0),
-              mfglab::number_param("beta_max", 20.0, "noise rate beta at t = 1; must exceed beta_min").above(0),
-              mfglab::number_param("eps", 1e-3, "smallest diffusion time, where sampling stops").above(0).below(1),
-              mfglab::int_param("sample_steps", 500, "Euler-Maruyama steps of the reverse sampler").at_least(1))
+              mfglab::number_param("beta_min", 0.1, "vp/subvp noise rate beta at t = 0").at_least(0),
+              mfglab::number_param("beta_max", 20.0, "vp/subvp noise rate beta at t = T; must exceed beta_min").above(0),
+              mfglab::number_param("eps", 1e-3, "smallest diffusion time, where sampling stops; in (0, T)").above(0),
+              mfglab::int_param("sample_steps", 500, "steps of the em/pc samplers and of the rk4 ODE solver").at_least(1),
+              mfglab::choice_param("process", "vp", "vp|subvp|ve|ou",
+                                   "forward SDE: variance preserving, sub-VP, variance exploding, or "
+                                   "OU dY = -Y/2 dt + dW"),
+              mfglab::number_param("T", 1.0, "final diffusion time (try 3 for ou)").above(0),
+              mfglab::number_param("sigma_min", 0.01, "ve noise scale at t = 0").above(0),
+              mfglab::number_param("sigma_max", 10.0, "ve noise scale at t = T (prior std); must exceed sigma_min").above(0),
+              mfglab::choice_param("parameterization", "score", "score|potential",
+                                   "network output: the scaled score, or a scalar potential whose gradient is the score"),
+              mfglab::choice_param("loss", "dsm", "dsm|ism", "denoising or implicit score matching"),
+              mfglab::choice_param("weighting", "sigma2", "sigma2|likelihood",
+                                   "loss weight lambda(t): sigma(t)^2, or g(t)^2 (likelihood weighting)"),
+              mfglab::int_param("exact_div_max_dim", 4,
+                                "largest dimension with exact divergences (ism, log_prob); Hutchinson above").at_least(0),
+              mfglab::choice_param("sampler", "em", "em|pc|ode",
+                                   "Euler-Maruyama, predictor-corrector, or probability-flow ODE"),
+              mfglab::number_param("snr", 0.16, "signal-to-noise ratio of the pc sampler's Langevin corrector").above(0),
+              mfglab::choice_param("ode_solver", "rk4", "rk4|dopri5",
+                                   "solver of the probability-flow ODE (ode sampler and log_prob)"),
+              mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0),
+              mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0))
