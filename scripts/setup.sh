@@ -10,6 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libfmt-dev libtbb-dev libcli11-dev
   catch2                              # tests (v2)
   libopenblas0-pthread                # without it Debian's BLAS is the reference one, 4-8x slower
+  libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/plot.cpp)
 )
 
 missing=()

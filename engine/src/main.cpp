@@ -1,4 +1,4 @@
-// The mfglab command line: plugins, describe, validate, run, compare, metric.
+// The mfglab command line: plugins, describe, validate, run, compare, plot, metric.
 #include <malloc.h>
 #include <dlfcn.h>
 #include <unistd.h>
@@ -18,6 +18,7 @@
 #include "compare.h"
 #include "experiment.h"
 #include "mfglab/sdk.h"
+#include "plot.h"
 #include "plugin_host.h"
 #include "progress.h"
 #include "results.h"
@@ -206,17 +207,44 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   return failed ? kExitFailedRuns : 0;
 }
 
-int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json) {
+int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png) {
   try {
     auto rows = collect_runs(dirs);
     if (as_json) std::cout << format_json(rows).dump(2) << "\n";
     else if (csv) std::cout << format_csv(rows);
     else std::cout << format_table(rows);
+    if (!png.empty()) {
+      plot_compare(dirs, png);
+      std::fprintf(stderr, "wrote %s\n", png.c_str());
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return kExitBadInput;
   }
+}
+
+// Draws the figures of every run found under the paths; a missing path is bad input.
+int cmd_plot(const std::vector<std::string>& paths) {
+  std::vector<std::string> dirs;
+  try {
+    dirs = find_run_dirs(paths);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
+  }
+  int failed = 0;
+  for (const auto& dir : dirs) {
+    try {
+      std::string names;
+      for (const auto& f : plot_run(dir)) names += " " + fs::path(f.path).filename().string();
+      std::cout << fmt::format("{}:{}\n", dir, names.empty() ? " nothing to draw" : names);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      ++failed;
+    }
+  }
+  return failed ? kExitFailedRuns : 0;
 }
 
 int cmd_metric(const PluginHost& host, const std::string& name, const std::string& samples_file,
@@ -299,6 +327,8 @@ int main(int argc, char** argv) {
   run->add_option("--threads", options.threads, "intra-op threads per run")->capture_default_str()->check(CLI::Range(1, 256));
   run->add_flag("--force", options.force, "rerun runs that already finished");
   run->add_flag("--quiet", quiet, "no progress output");
+  bool no_plots = false;
+  run->add_flag("--no-plots", no_plots, "do not draw samples.png and losses.png into each run directory");
 
   auto* compare = app.add_subcommand("compare", "table of runs: one row per configuration, mean ± std over seeds");
   std::vector<std::string> compare_dirs;
@@ -306,6 +336,12 @@ int main(int argc, char** argv) {
   compare->add_option("dirs", compare_dirs, "run, experiment or results folders")->required();
   auto* csv_flag = compare->add_flag("--csv", compare_csv, "print CSV");
   compare->add_flag("--json", compare_json, "print JSON")->excludes(csv_flag);
+  std::string compare_png;
+  compare->add_option("--png", compare_png, "also draw a grid of samples, one panel per configuration, into this PNG");
+
+  auto* plot = app.add_subcommand("plot", "draw the figures of runs (samples.png, losses.png, ...) into their directories");
+  std::vector<std::string> plot_dirs;
+  plot->add_option("dirs", plot_dirs, "run directories, or folders containing them")->required();
 
   auto* metric = app.add_subcommand("metric", "compute a metric plugin on two sample files (.npy or .csv)");
   std::string metric_name, samples_file, data_file, params_text;
@@ -334,8 +370,12 @@ int main(int argc, char** argv) {
     if (*plugins) return cmd_plugins(host, kind, plugins_json);
     if (*describe) return cmd_describe(host, describe_name);
     if (*validate) return cmd_validate(host, validate_file);
-    if (*run) return cmd_run(host, run_file, options, quiet);
-    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json);
+    if (*run) {
+      options.plots = !no_plots;
+      return cmd_run(host, run_file, options, quiet);
+    }
+    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png);
+    if (*plot) return cmd_plot(plot_dirs);
     if (*metric) return cmd_metric(host, metric_name, samples_file, data_file, params_text, metric_seed, metric_json);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

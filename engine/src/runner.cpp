@@ -20,6 +20,7 @@
 #include <torch/nn/utils/clip_grad.h>
 
 #include "mfglab/sdk.h"
+#include "plot.h"
 #include "plugin_host.h"
 #include "progress.h"
 #include "results.h"
@@ -201,7 +202,7 @@ void request_stop() { g_stop.store(true); }
 bool stop_requested() { return g_stop.load(); }
 
 RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::string& dir, int threads,
-                   bool resume, int run_index, Progress& progress) {
+                   bool resume, int run_index, Progress& progress, bool plots) {
   RunOutcome outcome{spec.run_id, dir, "failed", ""};
   nlohmann::json summary = {{"experiment", spec.experiment}, {"run_id", spec.run_id}, {"label", spec.label},
                             {"seed", spec.seed}, {"status", "failed"}, {"iterations", 0},
@@ -427,6 +428,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     });
     const double sample_seconds = std::chrono::duration<double>(Clock::now() - s0).count();
     save_npy(dir + "/samples.npy", samples.to(ctx.dtype));
+    save_npy(dir + "/data.npy", test.slice(0, 0, test.size(0), std::max<int64_t>(1, (test.size(0) + 3999) / 4000)));  // <= 4000 test points, for figures
     auto metrics = evaluate(spec, o, samples, train, test);
 
     summary["status"] = "ok";
@@ -438,6 +440,14 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     summary["metrics"] = metrics;
     summary["threads"] = threads;
     write_json_atomic(dir + "/summary.json", summary);
+    if (plots) {
+      // Figures are a convenience: a drawing failure must not fail a finished run.
+      try {
+        plot_run(dir);
+      } catch (const std::exception& e) {
+        logger.warn(fmt::format("figures not drawn: {}", e.what()));
+      }
+    }
     outcome.status = "ok";
     std::string brief;
     for (const auto& [k, v] : metrics.items()) brief += fmt::format("{}{}={}", brief.empty() ? "" : " ", k, v.dump());
@@ -491,7 +501,8 @@ std::vector<RunOutcome> run_experiment(const Experiment& ex, const PluginHost& h
           outcomes[i].error = "not started";
           continue;
         }
-        outcomes[i] = run_one(ex.runs[i], host, outcomes[i].dir, options.threads, !options.force, static_cast<int>(k), progress);
+        outcomes[i] = run_one(ex.runs[i], host, outcomes[i].dir, options.threads, !options.force, static_cast<int>(k), progress,
+                              options.plots);
       }
     }, tbb::simple_partitioner());
   });

@@ -18,6 +18,7 @@ struct RunOptions {
   int jobs = 1;     // runs in parallel
   int threads = 1;  // intra-op threads per run
   bool force = false;
+  bool plots = true;  // draw each successful run's figures (plot.h) into its directory
 };
 
 struct RunOutcome {
@@ -37,7 +38,7 @@ std::vector<RunOutcome> run_experiment(const Experiment& experiment, const Plugi
 // With `resume`, a checkpoint of the same configuration left by an interrupted run is
 // continued exactly (parameters, optimizer, generator, batch order).
 RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::string& dir,
-                   int threads, bool resume, int run_index, Progress& progress);
+                   int threads, bool resume, int run_index, Progress& progress, bool plots = true);
 
 // Asks running trainings to stop at their next iteration, saving a checkpoint and no
 // summary (async-signal-safe: the CLI calls it from SIGINT/SIGTERM handlers).

@@ -1,0 +1,391 @@
+// OT-Flow (Onken, Wu Fung, Li, Ruthotto, AAAI 2021) as a mean-field game: a potential flow
+// with running cost L(v), no interaction, terminal cost KL(rho_1, N(0, I)).
+//
+// Potential   Phi(s) = w^T N(s) + 1/2 s^T A^T A s + b^T s + c,   s = (x, t),
+//             A: r x (d+1), r = min(10, d+1);
+// ResNet N    u_0 = act(K_0 s + b_0),  u_i = u_{i-1} + h act(K_i u_{i-1} + b_i),  i = 1..M,
+//             M = layers - 1, h = 1/M, act = log cosh (act' = tanh, act'' = 1 - tanh^2).
+// Flow        dx/dt = v = -dH/dp(x, grad_x Phi)   (quadratic H: v = -grad_x Phi / lambda),
+//             data at t = 0, N(0, I) at t = 1.
+// Augmented state integrated by RK4 on [0, 1]:
+//             d/dt [x, l, L, R] = [v, div v, L(x, v), | -d_t Phi + H(x, grad_x Phi) |]
+// Loss terms  L = alpha_L mean L(1),  C = alpha_C mean(1/2 |x(1)|^2 + d/2 log 2 pi - l(1)),
+//             R = alpha_R mean R(1).
+// grad_s Phi and tr(Hess_xx Phi) come in closed form from one forward and one backward
+// sweep over the ResNet plus a forward recursion of the Jacobians du_i/dx; all of it is
+// plain tensor ops, so autograd differentiates it for the parameter gradient.
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#include <mfglab/plugin.h>
+
+#include "otflow_internals.h"
+
+namespace {
+
+using mfglab::Error;
+using torch::Tensor;
+
+std::string shape(const Tensor& x) {
+  std::ostringstream out;
+  out << x.sizes();
+  return out.str();
+}
+
+// log cosh a = a + softplus(-2a) - log 2: exact and overflow-free for any a.
+Tensor logcosh(const Tensor& a) {
+  return torch::add(a, torch::softplus(a * -2.0)).sub_(std::log(2.0));
+}
+
+// Closed-form derivatives of Phi at s = (x, t).
+struct Derivatives {
+  Tensor grad;   // grad_s Phi, [N, d+1]: grad_x Phi, then d_t Phi
+  Tensor trace;  // tr(Hess_xx Phi), [N]; undefined when not asked for
+};
+
+class Potential {
+ public:
+  Potential() = default;
+  Potential(int64_t d, int64_t width, int64_t layers, torch::Generator g,
+            const torch::TensorOptions& options)
+      : d_(d), h_(1.0 / static_cast<double>(layers - 1)) {
+    // nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases,
+    // drawn from the run's generator. Weights are stored [in, out]: a layer is one addmm.
+    auto linear = [&](int64_t in, int64_t out) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+      weights_.push_back(torch::empty({in, out}, options).uniform_(-bound, bound, g).requires_grad_());
+      biases_.push_back(torch::empty({out}, options).uniform_(-bound, bound, g).requires_grad_());
+    };
+    linear(d + 1, width);
+    for (int64_t i = 1; i < layers; ++i) linear(width, width);
+    // As OT-Flow: w = 1, A Xavier-uniform, b = 0, c = 0.
+    w_ = torch::ones({width}, options).requires_grad_();
+    const int64_t r = std::min<int64_t>(10, d + 1);
+    const double xavier = std::sqrt(6.0 / static_cast<double>(r + d + 1));
+    A_ = torch::empty({r, d + 1}, options).uniform_(-xavier, xavier, g).requires_grad_();
+    b_ = torch::zeros({d + 1}, options).requires_grad_();
+    c_ = torch::zeros({}, options).requires_grad_();
+  }
+
+  std::vector<Tensor> parameters() const {
+    std::vector<Tensor> out;
+    for (size_t i = 0; i < weights_.size(); ++i) out.insert(out.end(), {weights_[i], biases_[i]});
+    out.insert(out.end(), {w_, A_, b_, c_});
+    return out;
+  }
+
+  // Phi(s), [N]; differentiable.
+  Tensor value(const Tensor& s) const {
+    auto u = logcosh(torch::addmm(biases_[0], s, weights_[0]));
+    for (size_t i = 1; i < weights_.size(); ++i)
+      u = torch::add(u, logcosh(torch::addmm(biases_[i], u, weights_[i])), h_);
+    auto As = torch::mm(s, A_.t());
+    return torch::mv(u, w_) + 0.5 * As.square().sum(1) + torch::mv(s, b_) + c_;
+  }
+
+  Derivatives derivatives(const Tensor& s, bool want_trace) const {
+    const size_t M = weights_.size() - 1;
+    // Forward sweep: the pre-activations' tanh is all the backward sweep needs; the last
+    // state u_M only enters Phi itself, never its derivatives.
+    std::vector<Tensor> th(M + 1);
+    auto a = torch::addmm(biases_[0], s, weights_[0]);
+    th[0] = torch::tanh(a);
+    Tensor u = logcosh(a);
+    for (size_t i = 1; i <= M; ++i) {
+      a = torch::addmm(biases_[i], u, weights_[i]);
+      th[i] = torch::tanh(a);
+      if (i < M) u = torch::add(u, logcosh(a), h_);
+    }
+    // Backward sweep: z_i = dPhi/du_i, z_M = w, z_{i-1} = z_i + h K_i^T (tanh(a_i) * z_i).
+    std::vector<Tensor> z(M + 1);
+    z[M] = w_;  // broadcasts over the batch
+    for (size_t i = M; i >= 1; --i)
+      z[i - 1] = torch::addmm(z[i], th[i] * z[i], weights_[i].t(), 1.0, h_);
+    auto AtA = torch::mm(A_.t(), A_);
+    auto grad = torch::addmm(torch::addmm(b_, s, AtA), th[0] * z[0], weights_[0].t());
+    if (!want_trace) return {grad, Tensor()};
+
+    // tr(Hess_xx Phi) = sum_i sum_k e_k^T J_i^T diag(act''(a_i) z_i) J_i e_k + tr(A^T A)_xx
+    // with J_0 = K_0 restricted to x, J_i = K_i applied to du_{i-1}/dx.
+    auto Kx = weights_[0].narrow(0, 0, d_);  // [d, m]: only x rows enter the x-Hessian
+    auto trace = torch::mv((1 - th[0].square()) * z[0], Kx.square().sum(0)) +
+                 AtA.diagonal().narrow(0, 0, d_).sum();
+    auto J = th[0].unsqueeze(0) * Kx.unsqueeze(1);  // [d, N, m]: du_0/dx_k = tanh(a_0) K_0 e_k
+    for (size_t i = 1; i <= M; ++i) {
+      auto KJ = torch::matmul(J, weights_[i]);  // [d, N, m]
+      trace = trace + h_ * ((1 - th[i].square()) * z[i] * KJ.square().sum(0)).sum(1);
+      if (i < M) J = J + h_ * th[i].unsqueeze(0) * KJ;
+    }
+    return {grad, trace};
+  }
+
+ private:
+  int64_t d_ = 0;
+  double h_ = 1.0;
+  std::vector<Tensor> weights_, biases_;  // K_0 [d+1, m], K_i [m, m]; b_i [m]
+  Tensor w_, A_, b_, c_;
+};
+
+// Checks on fixed probe points whether H is the quadratic |p|^2 / (2 lambda), in which case
+// returns lambda (else 0): then v = -p / lambda and div v = -tr(Hess) / lambda in closed form.
+// The probes span four orders of magnitude and vary x, so that an L^p Hamiltonian with
+// p != 2 or an x-dependent one does not pass.
+double quadratic_lambda(mfglab::Hamiltonian& H, int64_t d) {
+  torch::NoGradGuard no_grad;
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  auto scales = torch::tensor({1e-2, 0.3, 1.0, 7.0, 100.0}, opts).reshape({-1, 1});
+  auto base = torch::linspace(-1.0, 1.3, 5 * d, opts).reshape({5, d}).add_(0.1);
+  auto p = base * scales;
+  auto x = torch::linspace(3.0, -2.0, 5 * d, opts).reshape({5, d});
+  try {
+    auto hv = H.hamiltonian(x, p).to(torch::kFloat64);
+    auto lambdas = p.square().sum(1) / (2 * hv);
+    const double lambda = lambdas[0].item<double>();
+    if (!std::isfinite(lambda) || lambda <= 0) return 0.0;
+    if (!torch::allclose(lambdas, torch::full_like(lambdas, lambda), 1e-6, 0)) return 0.0;
+    auto v = H.optimal_control(x, p).to(torch::kFloat64);
+    if (!torch::allclose(v, -p / lambda, 1e-6, 1e-12)) return 0.0;
+    auto cost = H.running_cost(x, v).to(torch::kFloat64);
+    if (!torch::allclose(cost, 0.5 * lambda * v.square().sum(1), 1e-6, 1e-12)) return 0.0;
+    return lambda;
+  } catch (const std::exception&) {
+    return 0.0;  // whatever it is, the generic (autograd) path handles it
+  }
+}
+
+class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals {
+ public:
+  OtFlow(const mfglab::Params& params, const mfglab::RunContext& ctx)
+      : d_(ctx.data_dim),
+        steps_(params.integer("steps")),
+        eval_steps_(params.integer("eval_steps") > 0 ? params.integer("eval_steps") : params.integer("steps")),
+        alpha_L_(params.number("alpha_L")),
+        alpha_C_(params.number("alpha_C")),
+        alpha_R_(params.number("alpha_R")),
+        threads_(std::max(1, ctx.threads)),
+        generator_(ctx.generator),
+        options_(ctx.options()),
+        H_(ctx.hamiltonian) {
+    if (d_ < 1)
+      throw Error("the data dimension is " + std::to_string(d_) +
+                  "; the engine must set it before creating the model");
+    const int64_t layers = params.integer("layers");
+    // The declared bounds say the same; repeated because layers = 1 divides by zero in h.
+    if (layers < 2) throw Error("layers (" + std::to_string(layers) + ") must be at least 2");
+    if (steps_ < 1) throw Error("steps (" + std::to_string(steps_) + ") must be at least 1");
+    const int64_t width = params.integer("width");
+    if (width < 1) throw Error("width (" + std::to_string(width) + ") must be at least 1");
+    potential_ = Potential(d_, width, layers, generator_, options_);
+    // Without a Hamiltonian in the experiment: OT-Flow's own, quadratic with lambda = 1.
+    lambda_ = H_ ? quadratic_lambda(*H_, d_) : 1.0;
+    if (H_ && lambda_ == 0)
+      ctx.info("otflow: non-quadratic Hamiltonian; div v by autograd (exact, d backward passes)");
+  }
+
+  void* capability(const char* id) override {
+    if (std::strcmp(id, mfglab::otflow::kInternals) == 0) return static_cast<mfglab::otflow::Internals*>(this);
+    return nullptr;
+  }
+
+  std::vector<Tensor> parameters() override { return potential_.parameters(); }
+
+  mfglab::LossTerms loss(const Tensor& batch) override {
+    if (batch.dim() != 2 || batch.size(1) != d_)
+      throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " + shape(batch));
+    auto x = batch.to(options_);
+    const int64_t n = x.size(0);
+    const int64_t chunks = std::min<int64_t>(threads_, n / kMinChunk);
+    if (chunks < 2 || !torch::GradMode::is_enabled()) {
+      auto t = terms(x);
+      return {{"L", t[0]}, {"C", t[1]}, {"R", t[2]}};
+    }
+    return split_loss(x, chunks);
+  }
+
+  Tensor log_prob(const Tensor& x_in) override {
+    if (x_in.dim() != 2 || x_in.size(1) != d_)
+      throw Error("expected points of shape [N, " + std::to_string(d_) + "], got " + shape(x_in));
+    torch::NoGradGuard no_grad;
+    auto z = rk4(torch::constant_pad_nd(x_in.to(options_), {0, 3}, 0), 0.0, kT, eval_steps_, true);
+    return -neg_log_likelihood(z);
+  }
+
+  Tensor sample(int64_t n) override {
+    if (n < 0) throw Error("cannot draw " + std::to_string(n) + " samples");
+    torch::NoGradGuard no_grad;
+    auto z = torch::randn({n, d_}, generator_, options_);
+    return rk4(z, kT, 0.0, eval_steps_, false).contiguous();
+  }
+
+  Tensor value(const Tensor& x, const Tensor& t) override { return potential_.value(points(x, t)); }
+
+  Tensor velocity(const Tensor& x, const Tensor& t) override {
+    auto gx = gradient(x, t).narrow(1, 0, d_);
+    return lambda_ > 0 ? gx * (-1.0 / lambda_) : H_->optimal_control(x.to(options_), gx);
+  }
+
+  double horizon() const override { return kT; }
+
+  // Internals capability.
+  Tensor gradient(const Tensor& x, const Tensor& t) override {
+    return potential_.derivatives(points(x, t), false).grad;
+  }
+  Tensor hessian_trace(const Tensor& x, const Tensor& t) override {
+    return potential_.derivatives(points(x, t), true).trace;
+  }
+  Tensor flow(const Tensor& x, double t0, double t1, int64_t steps) override {
+    if (steps < 1) throw Error("flow needs at least one step");
+    return rk4(torch::constant_pad_nd(x.to(options_), {0, 3}, 0), t0, t1, steps, true);
+  }
+
+ private:
+  static constexpr double kT = 1.0;
+  static constexpr int64_t kMinChunk = 256;  // smaller chunks are all overhead
+
+  // The three weighted terms (L, C, R) on x: [N, d].
+  std::vector<Tensor> terms(const Tensor& x) {
+    auto z = rk4(torch::constant_pad_nd(x, {0, 3}, 0), 0.0, kT, steps_, true);
+    return {alpha_L_ * z.select(1, d_ + 1).mean(), alpha_C_ * neg_log_likelihood(z).mean(),
+            alpha_R_ * z.select(1, d_ + 2).mean()};
+  }
+
+  // The run's thread budget spent on the batch: each thread integrates its slice and
+  // back-propagates its own share of the loss (autograd runs a backward pass on the
+  // calling thread only, so one graph would leave the other threads idle there). The
+  // parameter gradient of the total is then attached to the "L" term through
+  //   L + sum_p <p, g_p> - sum_p <p, g_p>.detach(),
+  // whose value is L and whose gradient is g: the engine's backward of L + C + R yields
+  // exactly the total's gradient, while C and R carry values only.
+  mfglab::LossTerms split_loss(const Tensor& x, int64_t chunks) {
+    auto params = parameters();
+    const int64_t n = x.size(0);
+    std::vector<std::vector<Tensor>> values(chunks), grads(chunks);
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      torch::AutoGradMode grad_on(true);  // OpenMP threads do not inherit the mode
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t lo = n * c / chunks, hi = n * (c + 1) / chunks;
+        auto t = terms(x.slice(0, lo, hi));
+        const double share = static_cast<double>(hi - lo) / static_cast<double>(n);
+        auto total = (t[0] + t[1] + t[2]) * share;
+        grads[c] = torch::autograd::grad({total}, params, {}, false, false, /*allow_unused=*/true);
+        for (auto& v : t) values[c].push_back(v.detach() * share);
+      }
+    });
+    Tensor L = values[0][0], C = values[0][1], R = values[0][2];
+    for (int64_t c = 1; c < chunks; ++c) L = L + values[c][0], C = C + values[c][1], R = R + values[c][2];
+    Tensor carrier = torch::zeros({}, options_);
+    for (size_t p = 0; p < params.size(); ++p) {
+      Tensor g;
+      for (int64_t c = 0; c < chunks; ++c)
+        if (grads[c][p].defined()) g = g.defined() ? g + grads[c][p] : grads[c][p];
+      if (g.defined()) carrier = carrier + (params[p] * g).sum();
+    }
+    return {{"L", L + (carrier - carrier.detach())}, {"C", C}, {"R", R}};
+  }
+
+  Tensor neg_log_likelihood(const Tensor& z) const {
+    return 0.5 * z.narrow(1, 0, d_).square().sum(1) + 0.5 * d_ * std::log(2 * M_PI) - z.select(1, d_);
+  }
+
+  // Right-hand side at time t. augmented: z = [x, l, L, R] -> [v, div v, L(x,v), |HJB|];
+  // otherwise z = x -> v.
+  Tensor rhs(const Tensor& z, double t, bool augmented) {
+    auto x = augmented ? z.narrow(1, 0, d_) : z;
+    if (lambda_ > 0) {  // quadratic: everything in closed form
+      auto der = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), augmented);
+      auto gx = der.grad.narrow(1, 0, d_);
+      auto v = gx * (-1.0 / lambda_);
+      if (!augmented) return v;
+      auto kinetic = gx.square().sum(1, true) * (0.5 / lambda_);  // L(v) = H(grad Phi)
+      auto residual = (kinetic - der.grad.narrow(1, d_, 1)).abs();
+      return torch::cat({v, der.trace.unsqueeze(1) * (-1.0 / lambda_), kinetic, residual}, 1);
+    }
+    if (!augmented) {
+      auto gx = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), false).grad.narrow(1, 0, d_);
+      return H_->optimal_control(x, gx);
+    }
+    return generic_rhs(x, t);
+  }
+
+  // Any Hamiltonian: v = -dH/dp(x, grad Phi) and its exact divergence by d backward passes
+  // (keeping their graphs when training, so that the parameter gradient sees them).
+  Tensor generic_rhs(const Tensor& x_in, double t) {
+    const bool training = torch::GradMode::is_enabled();
+    torch::AutoGradMode grad_on(true);
+    auto x = x_in.requires_grad() ? x_in : x_in.detach().requires_grad_();
+    auto grad = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), false).grad;
+    auto gx = grad.narrow(1, 0, d_);
+    auto v = H_->optimal_control(x, gx);
+    Tensor div = torch::zeros({x.size(0)}, x.options());
+    for (int64_t k = 0; k < d_; ++k) {
+      auto gk = torch::autograd::grad({v.select(1, k).sum()}, {x}, {}, true, training)[0];
+      div = div + gk.select(1, k);
+    }
+    auto cost = H_->running_cost(x, v);
+    auto residual = (H_->hamiltonian(x, gx) - grad.select(1, d_)).abs();
+    auto out = torch::cat({v, div.unsqueeze(1), cost.unsqueeze(1), residual.unsqueeze(1)}, 1);
+    return training ? out : out.detach();
+  }
+
+  // Classical RK4 with `steps` steps from t0 to t1 (t1 < t0 integrates backwards).
+  Tensor rk4(Tensor z, double t0, double t1, int64_t steps, bool augmented) {
+    const double h = (t1 - t0) / static_cast<double>(steps);
+    for (int64_t k = 0; k < steps; ++k) {
+      const double t = t0 + static_cast<double>(k) * h;
+      auto k1 = rhs(z, t, augmented);
+      auto k2 = rhs(torch::add(z, k1, h / 2), t + h / 2, augmented);
+      auto k3 = rhs(torch::add(z, k2, h / 2), t + h / 2, augmented);
+      auto k4 = rhs(torch::add(z, k3, h), t + h, augmented);
+      // k1 + 2 k2 + 2 k3 + k4, accumulated in place in a fresh tensor (autograd-safe: add
+      // does not save its inputs or output).
+      z = torch::add(z, torch::add(k1, k2, 2).add_(k3, 2).add_(k4), h / 6);
+      if (!torch::isfinite(z).all().item<bool>())
+        throw Error("non-finite state at RK4 step " + std::to_string(k + 1) + " of " +
+                    std::to_string(steps) + " (t = " + std::to_string(t + h) + ")");
+    }
+    return z;
+  }
+
+  // s = (x, t) from x [N, d] and times [N, 1].
+  Tensor points(const Tensor& x, const Tensor& t) const {
+    if (x.dim() != 2 || x.size(1) != d_)
+      throw Error("expected points of shape [N, " + std::to_string(d_) + "], got " + shape(x));
+    return torch::cat({x.to(options_), column(t, x.size(0)).to(options_)}, 1);
+  }
+
+  // Times arrive as [N, 1]; [N] and a single time are accepted too.
+  static Tensor column(const Tensor& t, int64_t n) {
+    if (t.numel() == n) return t.reshape({n, 1});
+    if (t.numel() == 1) return t.reshape({1, 1}).expand({n, 1});
+    throw Error("expected times of shape [" + std::to_string(n) + ", 1], got " + shape(t));
+  }
+
+  int64_t d_;
+  int64_t steps_, eval_steps_;
+  double alpha_L_, alpha_C_, alpha_R_;
+  int threads_;
+  torch::Generator generator_;  // shares the run generator's state
+  torch::TensorOptions options_;
+  mfglab::Hamiltonian* H_;      // the experiment's; not owned; null: quadratic, lambda = 1
+  double lambda_ = 0;           // > 0 when H is quadratic (closed-form path)
+  Potential potential_;
+};
+
+}  // namespace
+
+MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.0.0",
+              "OT-Flow: potential flow with closed-form Hessian trace, RK4, L + C + HJB objective",
+              "value,velocity,log_prob",
+              mfglab::int_param("width", 32, "ResNet width m of the potential").at_least(1),
+              mfglab::int_param("layers", 2, "ResNet layers (>= 2): an opening layer and layers - 1 residual ones").at_least(2),
+              mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training").at_least(1),
+              mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob and sample; 0 = steps").at_least(0),
+              mfglab::number_param("alpha_L", 1.0, "weight of the running cost term L").at_least(0),
+              mfglab::number_param("alpha_C", 100.0, "weight of the terminal term C (negative log-likelihood)").at_least(0),
+              mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0))

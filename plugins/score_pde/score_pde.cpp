@@ -1,0 +1,172 @@
+// Score-PDE ("HJB") regularizer for score-based models: the residual of the PDE that the
+// score of a forward-noised density satisfies, evaluated on the model's own score network.
+//
+// Conventions (DESIGN.md section 2). Time t runs in the direction of the forward noising
+// process dY = f(Y, t) dt + g(t) dW, data at t = 0; f = model.drift(x, t), g =
+// model.diffusion(t). rho_t is the law of Y_t and s = grad log rho_t = model.score(x, t).
+// J_ij = d_i s_j (row i: derivative direction, column j: score component), so
+// (J v)_i = sum_j d_i s_j v_j. The Fokker-Planck equation for rho, written for
+// u = log rho and differentiated in x, gives
+//
+//   s_t = -grad(div f) - grad(f.s) + g^2/2 (Lap s + 2 J s),   grad(f.s) = (Df)^T s + J f,
+//
+// with (Df)^T s the vector sum_j d_i f_j s_j. The penalty is the batch mean of |r|_1 (norm
+// l1, as the authors and ../shared/ref/sgm_ref.py do) or of |r|_2^2 (norm l2), where
+// r = s_t - rhs, summed over the d components of each point.
+//
+// Form "grad" replaces Lap s by grad(div s). For a true score J = Hess(log rho) is
+// symmetric, so sum_i d_i d_i s_j = sum_i d_i d_j s_i = d_j (div s): both forms agree on
+// every gradient field and differ only on the non-gradient part of a learned s. (2 J s =
+// grad |s|^2 holds for any s.) The grad form needs one backward pass for grad(div s)
+// instead of d^2 for the Laplacian.
+//
+// Everything is reverse-mode autograd with create_graph, so the penalty's parameter
+// gradient flows through all the derivatives. The drift's derivatives are taken by autograd
+// as well (cheap: its graph is tiny), so any model drift works, not only the linear VP one
+// (for f = a(t) x: -grad(div f) = 0 and -grad(f.s) = -a (s + J x)).
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <mfglab/plugin.h>
+
+namespace {
+
+using mfglab::Error;
+using torch::Tensor;
+
+// Gradients of sum(outputs * weights) w.r.t. inputs, keeping the graph for higher
+// derivatives and the parameter gradient. Inputs the outputs do not depend on (e.g. x in
+// div f for a linear f) come back as zeros instead of an error.
+std::vector<Tensor> grads(const Tensor& outputs, const std::vector<Tensor>& inputs,
+                          const Tensor& weights) {
+  if (!outputs.requires_grad()) {  // e.g. a constant drift: every derivative is zero
+    std::vector<Tensor> zeros;
+    for (const auto& in : inputs) zeros.push_back(torch::zeros_like(in));
+    return zeros;
+  }
+  auto g = torch::autograd::grad({outputs}, inputs, {weights}, /*retain_graph=*/true,
+                                 /*create_graph=*/true, /*allow_unused=*/true);
+  for (size_t k = 0; k < g.size(); ++k)
+    if (!g[k].defined()) g[k] = torch::zeros_like(inputs[k]);
+  return g;
+}
+
+// e_j repeated over the batch: the weights that pick component j of an [N, d] output.
+Tensor unit(const Tensor& like, int64_t j) {
+  auto e = torch::zeros_like(like);
+  e.select(1, j).fill_(1);
+  return e;
+}
+
+class ScorePde final : public mfglab::Regularizer {
+ public:
+  ScorePde(const mfglab::Params& params, const mfglab::RunContext& ctx)
+      : norm_(params.string("norm")),
+        points_(params.string("points")),
+        form_(params.string("form")),
+        box_(params.number("box")),
+        generator_(ctx.generator) {
+    // Choices are enforced by the host; checked again because a typo here would silently
+    // pick another branch below.
+    if (norm_ != "l1" && norm_ != "l2") throw Error("norm must be l1 or l2, got '" + norm_ + "'");
+    if (points_ != "data" && points_ != "box") throw Error("points must be data or box, got '" + points_ + "'");
+    if (form_ != "lap" && form_ != "grad") throw Error("form must be lap or grad, got '" + form_ + "'");
+  }
+
+  torch::Tensor penalty(mfglab::Model& model, const torch::Tensor& batch) override {
+    auto [x, t] = points(model, batch);
+    auto r = residual(model, x, t);
+    return norm_ == "l1" ? r.abs().sum(1).mean() : r.square().sum(1).mean();
+  }
+
+ private:
+  // Collocation points: the model's forward-noised training points, or uniform in a box.
+  std::pair<Tensor, Tensor> points(mfglab::Model& model, const Tensor& batch) {
+    if (points_ == "data") {
+      auto c = model.collocation(batch);
+      return {c.x, c.t};
+    }
+    const int64_t n = batch.size(0), d = batch.size(1);
+    // The smallest time comes from the model's forward process when it has one (the score
+    // of a VP model is singular at t = 0).
+    auto* fp = mfglab::capability<mfglab::ForwardProcess>(&model, mfglab::kForwardProcess);
+    const double t_min = fp ? fp->t_min() : 0.0;
+    auto opts = batch.options();
+    auto x = torch::empty({n, d}, opts).uniform_(-box_, box_, generator_);
+    auto t = torch::empty({n, 1}, opts).uniform_(t_min, model.horizon(), generator_);
+    return {x, t};
+  }
+
+  // r = s_t - rhs at the points (x [N, d], t [N, 1]), [N, d].
+  Tensor residual(mfglab::Model& model, const Tensor& x_in, const Tensor& t_in) {
+    auto x = x_in.detach().requires_grad_();
+    auto t = t_in.detach().requires_grad_();
+    auto s = model.score(x, t);
+    const int64_t d = s.size(1);
+
+    // d backward passes: pass j gives d_i s_j for all i (column j of J) and d_t s_j.
+    std::vector<Tensor> columns, dt;
+    for (int64_t j = 0; j < d; ++j) {
+      auto g = grads(s, {x, t}, unit(s, j));
+      columns.push_back(g[0]);
+      dt.push_back(g[1]);
+    }
+    auto J = torch::stack(columns, 2);  // [N, i, j]
+    auto s_t = torch::cat(dt, 1);       // [N, d]
+    auto Js = torch::matmul(J, s.unsqueeze(2)).squeeze(2);
+
+    // Second derivatives of the score: one pass for grad(div s), or d^2 for Lap s.
+    Tensor second;
+    if (form_ == "grad") {
+      auto div = J.diagonal(0, 1, 2).sum(1);
+      second = grads(div, {x}, torch::ones_like(div))[0];
+    } else {
+      std::vector<Tensor> lap;
+      for (int64_t j = 0; j < d; ++j) {
+        auto lap_j = torch::zeros_like(s.select(1, j));
+        for (int64_t i = 0; i < d; ++i) {
+          auto Jij = J.select(1, i).select(1, j);
+          lap_j = lap_j + grads(Jij, {x}, torch::ones_like(Jij))[0].select(1, i);
+        }
+        lap.push_back(lap_j);
+      }
+      second = torch::stack(lap, 1);
+    }
+
+    // Drift terms. f and g take t without its gradient (only the score's d_t is needed).
+    auto t0 = t.detach();
+    auto f = model.drift(x, t0);
+    auto g = model.diffusion(t0).reshape({-1, 1});
+    auto Jf = torch::matmul(J, f.unsqueeze(2)).squeeze(2);  // J f: the score-side half of grad(f.s)
+    auto Dfs = grads(f, {x}, s)[0];                          // (Df)^T s: the drift-side half
+    Tensor div_f;
+    for (int64_t i = 0; i < d; ++i) {
+      auto term = grads(f, {x}, unit(f, i))[0].select(1, i);
+      div_f = i == 0 ? term : div_f + term;
+    }
+    auto grad_div_f = grads(div_f, {x}, torch::ones_like(div_f))[0];
+
+    auto rhs = -grad_div_f - Dfs - Jf + 0.5 * g.square() * (second + 2 * Js);
+    return s_t - rhs;
+  }
+
+  std::string norm_, points_, form_;
+  double box_;
+  torch::Generator generator_;  // shares the run generator's state
+};
+
+}  // namespace
+
+MFGLAB_PLUGIN(ScorePde, MFGLAB_KIND_REGULARIZER, "score_pde", "1.0.0",
+              "Score-PDE (HJB) residual s_t + grad(div f) + grad(f.s) - g^2/2 (Lap s + 2 J s) of the model's score",
+              "score",
+              mfglab::choice_param("norm", "l1", "l1|l2",
+                                   "l1: batch mean of |r|_1; l2: batch mean of |r|_2^2"),
+              mfglab::choice_param("points", "data", "data|box",
+                                   "data: the model's forward-noised training points (collocation); "
+                                   "box: uniform in [-box, box]^d x U(t_min, horizon)"),
+              mfglab::choice_param("form", "lap", "lap|grad",
+                                   "lap: Lap s + 2 J s as written; grad: grad(div s) + grad|s|^2, "
+                                   "equal for a true score and one backward pass instead of d^2"),
+              mfglab::number_param("box", 4.0, "half-width of the box for points = box").above(0))
