@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <torch/types.h>
 
 #include "mfglab/params.h"
 #include "results.h"
@@ -767,59 +768,18 @@ const Color kDataColor{0.3, 0.3, 0.3};
 
 Color sample_color() { return plot::palette(0); }
 
-// A .npy array of any rank as doubles. results.h's load_npy reads the [N, d] files as
-// tensors; figures also need the [T, N, 2] trajectories.
+// A .npy array of any rank as doubles (figures also need the [T, N, 2] trajectories).
 struct NdArray {
   std::vector<int64_t> shape;
   std::vector<double> values;
 };
 
 NdArray read_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open the file", path));
-  char magic[8];
-  if (!in.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0) throw Error(fmt::format("{}: not a .npy file", path));
-  // Format 1.0 has a 2-byte header length, 2.0 and 3.0 a 4-byte one.
-  unsigned char len[4] = {0, 0, 0, 0};
-  in.read(reinterpret_cast<char*>(len), magic[6] == 1 ? 2 : 4);
-  const uint32_t header_len = len[0] | (len[1] << 8) | (len[2] << 16) | (static_cast<uint32_t>(len[3]) << 24);
-  std::string header(header_len, '\0');
-  if (!in.read(header.data(), header_len)) throw Error(fmt::format("{}: truncated .npy header", path));
-  // The header is a Python dict literal: {'descr': '<f4', 'fortran_order': False, 'shape': (T, N, 2), }
-  auto value_of = [&](const std::string& key) {
-    const size_t k = header.find("'" + key + "'");
-    if (k == std::string::npos) throw Error(fmt::format("{}: .npy header lacks '{}'", path, key));
-    const size_t v = header.find_first_not_of(" ", header.find(':', k) + 1);
-    return header.substr(v);
-  };
-  std::string descr = value_of("descr");
-  descr = descr.substr(1, descr.find('\'', 1) - 1);
-  const bool f4 = descr == "<f4" || descr == "=f4", f8 = descr == "<f8" || descr == "=f8";
-  if (!f4 && !f8) throw Error(fmt::format("{}: dtype '{}' is not supported (expected float32 or float64)", path, descr));
-  if (value_of("fortran_order").rfind("True", 0) == 0) throw Error(fmt::format("{}: Fortran-ordered arrays are not supported", path));
-  std::string shape = value_of("shape");
-  shape = shape.substr(1, shape.find(')') - 1);
+  const at::Tensor t = load_npy_array(path).contiguous();
   NdArray a;
-  size_t count = 1;
-  std::stringstream ss(shape);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (item.find_first_not_of(' ') != std::string::npos) {
-      a.shape.push_back(std::stoll(item));
-      count *= static_cast<size_t>(a.shape.back());
-    }
-  const size_t width = f4 ? 4 : 8;
-  std::string raw(count * width, '\0');
-  if (!in.read(raw.data(), static_cast<std::streamsize>(raw.size()))) throw Error(fmt::format("{}: file is shorter than its header says", path));
-  a.values.resize(count);
-  for (size_t i = 0; i < count; ++i) {
-    if (f4) {
-      float v;
-      std::memcpy(&v, raw.data() + 4 * i, 4);
-      a.values[i] = v;
-    } else {
-      std::memcpy(&a.values[i], raw.data() + 8 * i, 8);
-    }
-  }
+  a.shape.assign(t.sizes().begin(), t.sizes().end());
+  const double* p = t.data_ptr<double>();
+  a.values.assign(p, p + t.numel());
   return a;
 }
 

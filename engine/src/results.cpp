@@ -70,7 +70,7 @@ std::string npy_bytes(const at::Tensor& t_in) {
 
 void save_npy(const std::string& path, const at::Tensor& t) { write_file_atomic(path, npy_bytes(t)); }
 
-at::Tensor load_npy(const std::string& path) {
+at::Tensor load_npy_array(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the file", path));
   char magic[8];
@@ -110,13 +110,18 @@ at::Tensor load_npy(const std::string& path) {
   std::string item;
   while (std::getline(ss, item, ','))
     if (item.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(item));
-  if (shape.empty() || shape.size() > 2) throw Error(fmt::format("{}: expected a 1-D or 2-D array (N x d), got {} dimensions", path, shape.size()));
-  if (shape.size() == 1) shape.push_back(1);
+  if (shape.empty()) throw Error(fmt::format("{}: expected an array, got a scalar", path));
   auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
   in.read(static_cast<char*>(t.data_ptr()), t.numel() * t.element_size());
   if (in.gcount() != static_cast<std::streamsize>(t.numel() * t.element_size()))
     throw Error(fmt::format("{}: file is shorter than its header says", path));
   return t.to(torch::kFloat64);
+}
+
+at::Tensor load_npy(const std::string& path) {
+  auto t = load_npy_array(path);
+  if (t.dim() > 2) throw Error(fmt::format("{}: expected a 1-D or 2-D array (N x d), got {} dimensions", path, t.dim()));
+  return t.dim() == 1 ? t.unsqueeze(1) : t;
 }
 
 at::Tensor load_csv(const std::string& path) {

@@ -19,7 +19,9 @@ nlohmann::json read_json_file(const std::string& path);
 // numpy format 1.0, little-endian, C order; float32 or float64, 1-D or 2-D.
 std::string npy_bytes(const at::Tensor& t);
 void save_npy(const std::string& path, const at::Tensor& t);
-// Loads float32/float64 .npy (any shape N x d; 1-D is N x 1) as a float64 tensor.
+// Loads a float32/float64 .npy array of any rank as a float64 tensor.
+at::Tensor load_npy_array(const std::string& path);
+// Same for sample files: shape N x d (1-D is N x 1).
 at::Tensor load_npy(const std::string& path);
 // Loads a CSV of numbers (a header line is skipped when it is not numeric) as float64 N x d.
 at::Tensor load_csv(const std::string& path);
