@@ -17,11 +17,7 @@
 #include "plugin_host.h"
 #include <mfglab/sdk.h>
 
-// LibTorch's logging headers (glog) define CHECK as a fatal check, replacing Catch's
-// non-fatal CHECK, which then records nothing. Put Catch's definition back.
-#undef CHECK
-#define CHECK(...) \
-  INTERNAL_CATCH_TEST("CHECK", Catch::ResultDisposition::ContinueOnFailure, __VA_ARGS__)
+#include "catch_checks.h"  // Catch's CHECK, not glog's
 
 namespace {
 
