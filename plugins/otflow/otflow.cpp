@@ -62,7 +62,7 @@ double quadratic_lambda(mfglab::Hamiltonian& H, int64_t d) {
   }
 }
 
-class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals {
+class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, public mfglab::HjbResidual {
  public:
   OtFlow(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -93,6 +93,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals {
 
   void* capability(const char* id) override {
     if (std::strcmp(id, mfglab::otflow::kInternals) == 0) return static_cast<mfglab::otflow::Internals*>(this);
+    if (std::strcmp(id, mfglab::kHjbResidual) == 0) return static_cast<mfglab::HjbResidual*>(this);
     return nullptr;
   }
 
@@ -134,6 +135,15 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals {
   }
 
   double horizon() const override { return kT; }
+
+  // HJB residual capability: | -d_t Phi + H(x, grad_x Phi) |, the integrand of R.
+  Tensor hjb_residual(const Tensor& x, const Tensor& t) override {
+    auto grad = gradient(x, t);
+    auto gx = grad.narrow(1, 0, d_);
+    auto H = lambda_ > 0 ? gx.square().sum(1) * (0.5 / lambda_) : H_->hamiltonian(x.to(options_), gx);
+    return (H - grad.select(1, d_)).abs();
+  }
+  std::string hjb_equation() const override { return "-d_t Phi + H(x, grad Phi)"; }
 
   // Internals capability.
   Tensor gradient(const Tensor& x, const Tensor& t) override {

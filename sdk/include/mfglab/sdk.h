@@ -164,6 +164,20 @@ class ForwardProcess {
 };
 inline constexpr const char* kForwardProcess = "mfglab.forward_process/1";
 
+// "mfglab.hjb_residual/1", offered by models that solve an optimality PDE (the HJB
+// equation of a potential flow, the score PDE of a score model): its residual at points
+// (x [N, d], t [N, 1]) as a per-point magnitude [N] (|r| for a scalar equation, |r|_2 for a
+// vector one). The engine draws it over (x, t) slices (hjb_residual.png); zero means the
+// model's field satisfies its equation there. May be computed with autograd; the caller
+// detaches the result.
+class HjbResidual {
+ public:
+  virtual ~HjbResidual() = default;
+  virtual torch::Tensor hjb_residual(const torch::Tensor& x, const torch::Tensor& t) = 0;  // [N]
+  virtual std::string hjb_equation() const = 0;  // e.g. "-d_t Phi + H(grad Phi)", for titles
+};
+inline constexpr const char* kHjbResidual = "mfglab.hjb_residual/1";
+
 // Looks a capability up: `if (auto* d = capability<ExactDensity>(dataset, kExactDensity))`.
 template <class T>
 T* capability(Plugin* p, const char* id) {
