@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "model_arrays.h"
 #include "plot.h"
 #include "results.h"
 
@@ -93,19 +94,6 @@ const PlotFile& find(const std::vector<PlotFile>& files, const std::string& name
     if (fs::path(f.path).filename() == name) return f;
   FAIL("no " << name << " among the figures");
   throw;
-}
-
-// [T, N, 2] float32 written by hand: the engine's save_npy is limited to 1-D and 2-D.
-void write_npy_3d(const std::string& path, const std::vector<float>& v, int64_t t, int64_t n, int64_t d) {
-  std::string header = fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}, {}), }}", t, n, d);
-  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
-  header += '\n';
-  std::string out("\x93NUMPY\x01\x00", 8);
-  out.push_back(static_cast<char>(header.size() & 0xFF));
-  out.push_back(static_cast<char>(header.size() >> 8));
-  out += header;
-  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-  write_file_atomic(path, out);
 }
 
 }  // namespace
@@ -214,7 +202,7 @@ TEST_CASE("density.npy and trajectories.npy get their figures", "[plots]") {
         paths.push_back(static_cast<float>(0.5 * std::cos(a) * (1 - s) + 2 * s));
         paths.push_back(static_cast<float>(0.5 * std::sin(a) * (1 - s) - 2 * s));
       }
-    write_npy_3d((run / "trajectories.npy").string(), paths, steps, n, 2);
+    save_npy((run / "trajectories.npy").string(), torch::from_blob(paths.data(), {steps, n, 2}, torch::kFloat32).clone());
     const auto files = plot_run(run.string());
     CHECK(files.size() == 4);
 
@@ -332,4 +320,126 @@ TEST_CASE("run draws each run's figures, and a drawing failure does not fail the
     CHECK(fs::exists(tmp.path / "fresh" / "drawn" / "seed=0" / "samples.npy"));
     CHECK_FALSE(fs::exists(tmp.path / "fresh" / "drawn" / "seed=0" / "samples.png"));
   }
+}
+
+TEST_CASE("hjb_residual.npy: one heat map per time on a shared scale", "[plots]") {
+  TempDir tmp("plots_hjb");
+  const fs::path run = tmp.path / "figures" / "seed=0";
+  write_run(run, normal(1000, 2, 0.0, 1.0, 3));
+  // |r| = 10^(k - 3) everywhere at slice k, and 10^(k - 1) in the upper-right quadrant.
+  const int K = 3, g = 40;
+  auto r = torch::empty({K, g, g}, torch::kFloat64);
+  for (int k = 0; k < K; ++k)
+    for (int i = 0; i < g; ++i)
+      for (int j = 0; j < g; ++j) r[k][i][j] = std::pow(10.0, (i >= g / 2 && j >= g / 2) ? k - 1 : k - 3);
+  save_npy((run / "hjb_residual.npy").string(), r);
+
+  SECTION("without its description it is an error") {
+    CHECK_THROWS_WITH(plot_run(run.string()), Catch::Contains("hjb_residual.json"));
+  }
+  SECTION("with it") {
+    write_json_atomic((run / "hjb_residual.json").string(),
+                      {{"x", {-2, 2}}, {"y", {-2, 2}}, {"t", {0.0, 0.5, 1.0}}, {"equation", "test"}, {"dimension", 2}});
+    const auto files = plot_run(run.string());
+    const auto& f = find(files, "hjb_residual.png");
+    REQUIRE(f.panels.size() == K);
+    Image img(f.path);
+    auto light = [](int r, int g, int b) { return 0.3 * r + 0.6 * g + 0.1 * b > 150; };
+    for (int k = 0; k < K; ++k) CHECK(img.count(f.panels[k], ink) > 0.95 * area(f.panels[k]));  // filled
+    // One scale for all slices: the first slice's background is the darkest value, the last
+    // slice's quadrant the lightest; within a slice the quadrant is lighter.
+    CHECK(img.count(lower_left(f.panels[0]), light) == 0);
+    CHECK(img.count(upper_right(f.panels[2]), light) > 0.9 * area(upper_right(f.panels[2])));
+    CHECK(img.count(upper_right(f.panels[1]), light) > img.count(lower_left(f.panels[1]), light));
+  }
+  SECTION("a slice count that disagrees with the times is an error") {
+    write_json_atomic((run / "hjb_residual.json").string(), {{"x", {-2, 2}}, {"y", {-2, 2}}, {"t", {0.0, 1.0}}});
+    CHECK_THROWS_WITH(plot_run(run.string()), Catch::Contains("3 slice times"));
+  }
+}
+
+namespace {
+// A model with fields in closed form: density N(0, I), velocity -x (paths x0 e^{-t}) and
+// the "residual" |x1| + t.
+class ClosedFormModel final : public mfglab::Model, public mfglab::HjbResidual {
+ public:
+  std::vector<torch::Tensor> parameters() override { return {}; }
+  mfglab::LossTerms loss(const torch::Tensor&) override { return {}; }
+  torch::Tensor sample(int64_t n) override { return torch::zeros({n, 2}); }
+  torch::Tensor log_prob(const torch::Tensor& x) override { return -0.5 * x.square().sum(1) - std::log(2 * M_PI); }
+  torch::Tensor velocity(const torch::Tensor& x, const torch::Tensor&) override { return -x; }
+  void* capability(const char* id) override { return std::strcmp(id, mfglab::kHjbResidual) == 0 ? static_cast<mfglab::HjbResidual*>(this) : nullptr; }
+  torch::Tensor hjb_residual(const torch::Tensor& x, const torch::Tensor& t) override { return x.select(1, 0).abs() + t.reshape({-1}); }
+  std::string hjb_equation() const override { return "test"; }
+};
+}  // namespace
+
+TEST_CASE("a model's density, trajectories and HJB residual are written for the figures", "[plots]") {
+  TempDir tmp("model_arrays");
+  ClosedFormModel model;
+  auto data = normal(500, 2, 0.0, 1.0, 5);
+  auto problems = mfglab::engine::write_model_arrays(model, {"log_prob", "velocity"}, data, tmp.str());
+  CHECK(problems.empty());
+
+  auto extent = mfglab::engine::read_json_file(tmp.str() + "/density_extent.json");
+  const double x0 = extent["x"][0], x1 = extent["x"][1], y0 = extent["y"][0], y1 = extent["y"][1];
+  auto density = mfglab::engine::load_npy_array(tmp.str() + "/density.npy");
+  REQUIRE(density.dim() == 2);
+  const int64_t G = density.size(0);
+  // Cell (i, j) is centred at (x_j, y_i); the density there is the standard normal's.
+  for (int64_t i : {int64_t{0}, G / 3, G - 1})
+    for (int64_t j : {int64_t{1}, G / 2, G - 2}) {
+      const double x = x0 + (x1 - x0) * (j + 0.5) / G, y = y0 + (y1 - y0) * (i + 0.5) / G;
+      CHECK(density[i][j].item<double>() == Approx(std::exp(-0.5 * (x * x + y * y)) / (2 * M_PI)).epsilon(1e-5));
+    }
+
+  auto paths = mfglab::engine::load_npy_array(tmp.str() + "/trajectories.npy");
+  REQUIRE(paths.dim() == 3);
+  const int64_t T = paths.size(0);
+  // RK4 on x' = -x: x(1) = x(0) e^{-1} to RK4 accuracy.
+  CHECK(torch::allclose(paths[T - 1], paths[0] * std::exp(-1.0), 1e-6, 1e-7));
+  CHECK(paths.size(2) == 2);
+
+  auto r = mfglab::engine::load_npy_array(tmp.str() + "/hjb_residual.npy");
+  auto info = mfglab::engine::read_json_file(tmp.str() + "/hjb_residual.json");
+  REQUIRE(r.dim() == 3);
+  const int64_t K = r.size(0), g = r.size(1);
+  REQUIRE(info["t"].size() == static_cast<size_t>(K));
+  const double rx0 = info["x"][0], rx1 = info["x"][1];
+  for (int64_t k = 0; k < K; ++k) {
+    const double t = info["t"][k], x = rx0 + (rx1 - rx0) * (3 + 0.5) / g;
+    CHECK(r[k][g / 2][3].item<double>() == Approx(std::abs(x) + t).epsilon(1e-6));
+  }
+  CHECK(info["equation"] == "test");
+
+  SECTION("a model without these fields gets none of the arrays") {
+    TempDir none("model_arrays_none");
+    CHECK(mfglab::engine::write_model_arrays(model, {}, data, none.str()).size() == 0);
+    CHECK_FALSE(fs::exists(none.path / "density.npy"));
+    CHECK_FALSE(fs::exists(none.path / "trajectories.npy"));
+    CHECK(fs::exists(none.path / "hjb_residual.npy"));  // a capability, not a declared field
+  }
+  SECTION("failures are reported one per array, not thrown") {
+    TempDir bad("model_arrays_bad");
+    auto problems2 = mfglab::engine::write_model_arrays(model, {"log_prob", "velocity"}, torch::full({10, 2}, NAN, torch::kFloat64), bad.str());
+    REQUIRE(problems2.size() == 3);
+    CHECK_THAT(problems2[0], Catch::Contains("density.npy not written") && Catch::Contains("not finite"));
+    CHECK_THAT(problems2[1], Catch::Contains("trajectories.npy not written") && Catch::Contains("non-finite"));
+  }
+}
+
+TEST_CASE("an OT-Flow run draws its density, trajectories and HJB residual", "[plots][cli]") {
+  TempDir tmp("plots_otflow");
+  auto file = tmp.file("exp.json", R"({"name": "flow", "seeds": [0],
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 1000, "test_size": 500}},
+    "model": {"plugin": "otflow", "params": {"width": 8, "steps": 4}},
+    "train": {"iterations": 10, "batch_size": 128, "log_every": 10},
+    "eval": {"samples": 300, "metrics": [{"plugin": "mmd"}]}})");
+  auto r = mfglab_cli("run " + file + " --out " + tmp.str() + "/out --quiet");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const fs::path run = tmp.path / "out" / "flow" / "seed=0";
+  INFO(mfglab::test::read_text((run / "log.txt").string()));
+  for (const char* f : {"density.npy", "density.png", "trajectories.npy", "trajectories.png", "hjb_residual.npy", "hjb_residual.png"})
+    CHECK(fs::exists(run / f));
 }

@@ -563,8 +563,12 @@ void Axes::render(cairo_t* cr) {
       }
       if (s.get() == scaled) colors = {0, std::max(1.0, *std::max_element(c.begin(), c.end()))};
     } else if (s->kind == Kind::image && s.get() == scaled) {
-      for (double v : s->values) colors.include(v);
-      colors = padded(colors, 0, false);
+      if (color_range_.valid() && color_range_.hi > color_range_.lo) {
+        colors = color_range_;
+      } else {
+        for (double v : s->values) colors.include(v);
+        colors = padded(colors, 0, false);
+      }
     }
   }
 
@@ -1158,6 +1162,53 @@ std::vector<PlotFile> plot_trajectories(const fs::path& dir, const std::string& 
   return saved(fig, dir / "trajectories.png");
 }
 
+std::vector<PlotFile> plot_hjb_residual(const fs::path& dir, const std::string& title) {
+  const NdArray a = read_npy((dir / "hjb_residual.npy").string());
+  if (a.shape.size() != 3 || a.shape[0] < 1 || a.shape[1] < 2 || a.shape[2] < 2)
+    throw Error(fmt::format("hjb_residual.npy: expected a [K, G, G] array, got {} dimensions", a.shape.size()));
+  const fs::path info_file = dir / "hjb_residual.json";
+  if (!fs::exists(info_file)) throw Error("hjb_residual.npy needs hjb_residual.json");
+  const auto info = read_json_file(info_file.string());
+  auto range = [&](const char* key) {
+    if (!info.contains(key) || !info[key].is_array() || info[key].size() != 2 || !info[key][0].is_number() || !info[key][1].is_number())
+      throw Error(fmt::format("hjb_residual.json: \"{}\" must be [lo, hi]", key));
+    Range r{info[key][0].get<double>(), info[key][1].get<double>()};
+    if (!(r.hi > r.lo)) throw Error(fmt::format("hjb_residual.json: \"{}\" must have lo < hi", key));
+    return r;
+  };
+  const Range xr = range("x"), yr = range("y");
+  const int64_t K = a.shape[0], rows = a.shape[1], cols = a.shape[2];
+  if (!info.contains("t") || !info["t"].is_array() || static_cast<int64_t>(info["t"].size()) != K)
+    throw Error(fmt::format("hjb_residual.json: \"t\" must list the {} slice times", K));
+  // log10 |r| on one scale for all slices, so that times compare at a glance. Exact zeros
+  // (and anything below 1e-12) sit at the floor.
+  std::vector<double> logs(a.values.size());
+  Range colors;
+  for (size_t i = 0; i < logs.size(); ++i) {
+    logs[i] = std::log10(std::max(std::abs(a.values[i]), 1e-12));
+    if (std::isfinite(logs[i])) colors.include(logs[i]);
+  }
+  if (!colors.valid()) throw Error("hjb_residual.npy holds no finite value");
+  if (!(colors.hi > colors.lo)) colors = {colors.lo - 0.5, colors.hi + 0.5};
+  const int64_t cols_fig = std::min<int64_t>(K, 5), rows_fig = (K + cols_fig - 1) / cols_fig;
+  const int panel = 300;
+  plot::Figure fig(static_cast<int>(cols_fig * panel), static_cast<int>(rows_fig * (fitted_height({xr, yr}, panel, true) + 10) + 70));
+  const size_t cells = static_cast<size_t>(rows * cols);
+  for (int64_t k = 0; k < K; ++k) {
+    auto& ax = fig.subplot(static_cast<int>(rows_fig), static_cast<int>(cols_fig), static_cast<int>(k));
+    ax.set_anchor_top(true);
+    ax.set_title(fmt::format("t = {:.3g}", info["t"][k].get<double>()));
+    std::vector<double> slice(logs.begin() + k * cells, logs.begin() + (k + 1) * cells);
+    ax.image(slice, static_cast<int>(rows), static_cast<int>(cols), xr, yr, "log₁₀ |r|");
+    ax.set_color_range(colors);
+    frame_view(ax, {xr, yr});
+  }
+  const int64_t d = info.value("dimension", int64_t{2});
+  fig.set_title(title + fmt::format("\nHJB residual |r| of {} on (x₁, x₂){}", info.value("equation", std::string("the model's equation")),
+                                    d > 2 ? ", other coordinates 0" : ""));
+  return saved(fig, dir / "hjb_residual.png");
+}
+
 // Runs one drawer, turning its failure into a message so that the other figures are drawn.
 template <typename Draw>
 void attempt(std::vector<PlotFile>& files, std::vector<std::string>& errors, const std::string& what, Draw&& draw) {
@@ -1183,6 +1234,7 @@ std::vector<PlotFile> plot_model_extras(const std::string& run_dir, const std::s
   std::vector<std::string> errors;
   if (fs::exists(dir / "density.npy")) attempt(files, errors, "density.png", [&] { return plot_density(dir, title); });
   if (fs::exists(dir / "trajectories.npy")) attempt(files, errors, "trajectories.png", [&] { return plot_trajectories(dir, title); });
+  if (fs::exists(dir / "hjb_residual.npy")) attempt(files, errors, "hjb_residual.png", [&] { return plot_hjb_residual(dir, title); });
   if (!errors.empty()) throw Error(join(errors, "; "));
   return files;
 }

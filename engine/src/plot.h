@@ -68,6 +68,9 @@ class Axes {
   // With equal aspect, a panel shorter than its cell sits at the top (default: centred).
   void set_anchor_top(bool on) { anchor_top_ = on; }
   void set_legend(Legend where) { legend_ = where; }
+  // Fixes the colour scale of images (default: the image's own range), so that panels
+  // drawn side by side share one scale.
+  void set_color_range(Range r) { color_range_ = r; }
   // A short grey text in the middle of an otherwise empty panel ("no samples").
   void set_message(const std::string& s) { message_ = s; }
 
@@ -100,7 +103,7 @@ class Axes {
 
   Rect box_, area_;
   std::string title_, xlabel_, ylabel_, message_;
-  Range xlim_, ylim_;
+  Range xlim_, ylim_, color_range_;
   bool log_y_ = false, equal_aspect_ = false, anchor_top_ = false;
   Legend legend_ = Legend::best;
   std::vector<std::shared_ptr<Series>> series_;
@@ -162,7 +165,11 @@ std::vector<PlotFile> plot_run(const std::string& run_dir);
 //   density.npy (G x G, row i at y, column j at x) with density_extent.json
 //       {"x": [lo, hi], "y": [lo, hi]}                  -> density.png (heat map)
 //   trajectories.npy ([T, N, 2] float32/float64, time first) -> trajectories.png
-// New kinds of arrays (an HJB residual heat map, ...) get their drawer here.
+//   hjb_residual.npy ([K, G, G]: K time slices of a G x G grid over (x1, x2), laid out
+//       as density.npy) with hjb_residual.json {"x": [lo, hi], "y": [lo, hi], "t": [K
+//       times], "equation": "...", "dimension": d} -> hjb_residual.png (one heat map per
+//       time, log10 |r| on a shared colour scale)
+// (engine/src/model_arrays.h computes them from the Model interface.)
 std::vector<PlotFile> plot_model_extras(const std::string& run_dir, const std::string& title);
 
 // The run directories (folders holding summary.json) at or under each path, sorted.

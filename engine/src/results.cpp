@@ -50,10 +50,11 @@ std::string npy_bytes(const at::Tensor& t_in) {
   if (t.scalar_type() == torch::kFloat32) descr = "<f4";
   else if (t.scalar_type() == torch::kFloat64) descr = "<f8";
   else t = t.to(torch::kFloat64), descr = "<f8";
-  std::string shape;
-  if (t.dim() == 1) shape = fmt::format("({},)", t.size(0));
-  else if (t.dim() == 2) shape = fmt::format("({}, {})", t.size(0), t.size(1));
-  else throw Error("save_npy supports 1-D and 2-D arrays");
+  if (t.dim() < 1) throw Error("save_npy needs an array of at least one dimension");
+  // Python's tuple syntax: "(5,)" for one dimension, "(2, 3, 4)" for more.
+  std::string shape = "(";
+  for (int64_t k = 0; k < t.dim(); ++k) shape += fmt::format("{}{}", k ? ", " : "", t.size(k));
+  shape += t.dim() == 1 ? ",)" : ")";
   std::string header = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shape);
   // magic(6) + version(2) + header length(2) + header + '\n', padded to 64 bytes.
   size_t total = 10 + header.size() + 1;

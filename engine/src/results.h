@@ -16,7 +16,8 @@ void write_file_atomic(const std::string& path, const std::string& content);
 void write_json_atomic(const std::string& path, const nlohmann::json& j);
 nlohmann::json read_json_file(const std::string& path);
 
-// numpy format 1.0, little-endian, C order; float32 or float64, 1-D or 2-D.
+// numpy format 1.0, little-endian, C order; float32 or float64 (other types become
+// float64), any rank >= 1.
 std::string npy_bytes(const at::Tensor& t);
 void save_npy(const std::string& path, const at::Tensor& t);
 // Loads a float32/float64 .npy array of any rank as a float64 tensor.

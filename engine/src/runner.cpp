@@ -21,6 +21,7 @@
 
 #include "mfglab/sdk.h"
 #include "plot.h"
+#include "model_arrays.h"
 #include "plugin_host.h"
 #include "progress.h"
 #include "results.h"
@@ -428,7 +429,9 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     });
     const double sample_seconds = std::chrono::duration<double>(Clock::now() - s0).count();
     save_npy(dir + "/samples.npy", samples.to(ctx.dtype));
-    save_npy(dir + "/data.npy", test.slice(0, 0, test.size(0), std::max<int64_t>(1, (test.size(0) + 3999) / 4000)));  // <= 4000 test points, for figures
+    // At most 4000 held-out points for figures.
+    const auto figure_data = test.slice(0, 0, test.size(0), std::max<int64_t>(1, (test.size(0) + 3999) / 4000));
+    save_npy(dir + "/data.npy", figure_data);
     auto metrics = evaluate(spec, o, samples, train, test);
 
     summary["status"] = "ok";
@@ -442,6 +445,8 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     write_json_atomic(dir + "/summary.json", summary);
     if (plots) {
       // Figures are a convenience: a drawing failure must not fail a finished run.
+      for (const auto& problem : write_model_arrays(*o.model, host.find(spec.model.plugin)->fields, figure_data, dir))
+        logger.warn(problem);
       try {
         plot_run(dir);
       } catch (const std::exception& e) {
