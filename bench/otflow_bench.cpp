@@ -6,6 +6,8 @@
 //       each thread count; plus where mfglab's step goes (loss() forward vs backward + Adam).
 //   otflow_bench --accuracy [--iters 200] [--seeds 3]
 //       mean test NLL after N iterations over seeds, both implementations.
+//   --unfused: mfglab through autograd's graph of the closed-form sweep instead of the
+//       hand-differentiated RHS node (otflow's "fused": false), for comparing the two.
 //
 // Setup as DESIGN.md's OT-Flow reference: 8gaussians, batch 2048, width 32, 2 layers, 8 RK4
 // steps, alphas (1, 100, 5), Adam lr 0.1 halved every 100 iterations.
@@ -59,6 +61,7 @@ struct Options {
   std::string python = "/usr/bin/python3.11";
   bool run_ref = true;
   bool accuracy = false;
+  bool fused = true;
 };
 
 struct MfgResult {
@@ -78,7 +81,7 @@ MfgResult run_mfglab(const Options& o, int threads, int iters, uint64_t seed, bo
   auto train = data->train().contiguous(), test = data->test().contiguous();
   ctx.data_dim = 2;
   auto model = host.create_as<mfglab::Model>("otflow", MFGLAB_KIND_MODEL,
-                                             json{{"width", 32}, {"layers", 2}, {"steps", 8}}, ctx);
+                                             json{{"width", 32}, {"layers", 2}, {"steps", 8}, {"fused", o.fused}}, ctx);
   auto params = model->parameters();
   torch::optim::Adam adam(params, torch::optim::AdamOptions(0.1));
   torch::Generator g = ctx.generator;
@@ -152,9 +155,10 @@ int main(int argc, char** argv) {
     else if (a == "--python") o.python = next();
     else if (a == "--no-ref") o.run_ref = false;
     else if (a == "--accuracy") o.accuracy = true;
+    else if (a == "--unfused") o.fused = false;
     else {
       std::cerr << "usage: otflow_bench [--iters N] [--threads 1,2] [--repeats R] [--ref PATH] [--python EXE] "
-                   "[--no-ref] [--accuracy [--seeds S]]\n";
+                   "[--no-ref] [--unfused] [--accuracy [--seeds S]]\n";
       return 2;
     }
   }
@@ -177,7 +181,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::cout << "OT-Flow, 8gaussians, batch " << o.batch << ", width 32, 2 layers, 8 RK4 steps, " << o.iters
-            << " iterations (median after " << o.warmup << " warm-up)\n";
+            << " iterations (median after " << o.warmup << " warm-up), mfglab "
+            << (o.fused ? "fused RHS" : "autograd RHS") << "\n";
   for (int r = 0; r < o.repeats; ++r) {
     for (int t : o.threads) {
       auto m = run_mfglab(o, t, o.iters, 0, false);

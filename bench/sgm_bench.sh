@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Seconds per training iteration of mfglab's score model against the PyTorch reference
-# (../shared/ref/sgm_ref.py), same network (3 hidden layers of 128, SiLU), batch 1024 and
-# one thread:
+# (../shared/ref/sgm_ref.py), same network (3 hidden layers of 128, SiLU), batch 1024,
+# float32, the same intra-op thread count (1 by default) and the same malloc thresholds:
 #   dsm       denoising score matching only
-#   hjb-lap   DSM + the score-PDE residual, Laplacian form (the reference's default)
+#   hjb-lap   DSM + the score-PDE residual, Laplacian form (the reference's default; mfglab
+#             takes the score's derivatives from sgm's one-sweep forward-mode jets)
 #   hjb-grad  DSM + the score-PDE residual, gradient form
-# mfglab's figure is the median step time the engine writes to summary.json; the
-# reference's is its own median after 5 warm-up steps. Every configuration runs --repeats
-# times, interleaved, and the table shows the median with the [min, max] range: the
-# machine is shared, so single figures mislead.
+# Both sides' figures come from their own per-iteration step times (mfglab: losses.csv;
+# the reference: iter_s of its JSON), after 5 warm-up steps: the median, and the 10th
+# percentile, which on a shared machine estimates the step's cost when it was not
+# preempted. Every configuration runs --repeats times, the two sides alternating which
+# goes first, and the table shows the median over repeats with the [min, max] range.
 #
 # usage: bench/sgm_bench.sh [--iters N] [--repeats R] [--mfglab PATH] [--configs "dsm hjb-lap hjb-grad"]
-#                           [--no-ref]
+#                           [--threads "1 2"] [--no-ref]
 # Needs /usr/bin/python3.11 with torch and numpy (apt-get install -y python3-torch python3-numpy).
 set -euo pipefail
 
@@ -19,7 +21,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 iters=200
 repeats=3
-mfglab="${MFGLAB:-$root/build-i/bin/mfglab}"
+mfglab="${MFGLAB:-$root/build/bin/mfglab}"
+thread_counts=1
 configs="dsm hjb-lap hjb-grad"
 run_ref=1
 ref="$root/../shared/ref/sgm_ref.py"
@@ -31,8 +34,9 @@ while [[ $# -gt 0 ]]; do
     --repeats) repeats="$2"; shift 2 ;;
     --mfglab) mfglab="$2"; shift 2 ;;
     --configs) configs="$2"; shift 2 ;;
+    --threads) thread_counts="$2"; shift 2 ;;
     --no-ref) run_ref=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "sgm_bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,8 +52,11 @@ trap 'rm -rf "$work"' EXIT
 
 # The engine raises glibc's malloc thresholds itself; the reference gets the same setting
 # (its faster case, README of ../shared/ref) so that both sides are measured at their best.
-ref_env=(env GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456
-         OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)
+# OpenBLAS stays single-threaded on both sides (the engine sets it at start); OpenMP
+# threads wait passively, since spinning ones on a loaded machine slow both sides 10x.
+malloc_env=GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456
+ref_env=(env "$malloc_env" OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=passive)
+mfglab_env=(env OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=passive)
 
 # An experiment running N iterations of one configuration; sampling and evaluation are
 # kept tiny (they are not timed).
@@ -71,39 +78,70 @@ experiment dsm '[]'
 experiment hjb-lap '[{"plugin": "score_pde", "weight": 1.0, "params": {"form": "lap"}}]'
 experiment hjb-grad '[{"plugin": "score_pde", "weight": 1.0, "params": {"form": "grad"}}]'
 
-json_field() {  # file key
-  "$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+# "median p10" of per-iteration seconds after 5 warm-up steps, from a csv column or a json list
+step_stats() {  # file csv-column|json-key
+  "$python" - "$1" "$2" <<'PY'
+import csv, json, statistics, sys
+path, key = sys.argv[1], sys.argv[2]
+if path.endswith('.csv'):
+    v = [float(r[key]) for r in csv.DictReader(open(path))]
+else:
+    v = json.load(open(path))[key]
+v = sorted(v[5:] if len(v) > 5 else v)
+print(statistics.median(v), v[len(v) // 10])
+PY
 }
 
-mfglab_step() {  # config -> seconds per iteration
+mfglab_step() {  # config threads -> seconds per iteration
   rm -rf "$work/out"
-  "$mfglab" run "$work/$1.json" --out "$work/out" --jobs 1 --threads 1 --force >"$work/mfglab.log" 2>&1 ||
+  "${mfglab_env[@]}" "$mfglab" run "$work/$1.json" --out "$work/out" --jobs 1 --threads "$2" --force --no-plots \
+      >"$work/mfglab.log" 2>&1 ||
     { cat "$work/mfglab.log" >&2; echo "sgm_bench.sh: mfglab run failed for $1" >&2; exit 1; }
-  json_field "$(ls "$work"/out/"$1"/*/summary.json | head -1)" seconds_per_iteration
+  step_stats "$(ls "$work"/out/"$1"/*/losses.csv | head -1)" seconds
 }
 
-ref_step() {  # config -> seconds per iteration
+ref_step() {  # config threads -> seconds per iteration
   local extra=()
   case "$1" in
     hjb-lap) extra=(--hjb_weight 1 --hjb_form lap) ;;
     hjb-grad) extra=(--hjb_weight 1 --hjb_form grad) ;;
   esac
-  (cd "$work" && "${ref_env[@]}" "$python" "$ref" --data 8gaussians --iters "$iters" --batch 1024 --width 128 \
-      --depth 3 --act silu --threads 1 --n_eval 200 --steps 2 --log_every 1000000 --out ref.json \
+  (cd "$work" && "${ref_env[@]}" OMP_NUM_THREADS="$2" "$python" "$ref" --data 8gaussians --iters "$iters" \
+      --batch 1024 --width 128 --depth 3 --act silu --threads "$2" --n_eval 200 --steps 2 --log_every 1000000 --out ref.json \
       "${extra[@]}" >"$work/ref.log" 2>&1) ||
     { cat "$work/ref.log" >&2; echo "sgm_bench.sh: reference failed for $1" >&2; exit 1; }
-  json_field "$work/ref.json" sec_per_iter_median
+  step_stats "$work/ref.json" iter_s
 }
 
-echo "sgm_bench: $iters iterations x $repeats repeats, batch 1024, MLP 3 x 128 SiLU, 1 thread; $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sgm_bench: $iters iterations x $repeats repeats, batch 1024, MLP 3 x 128 SiLU, float32, Adam, threads: $thread_counts"
+echo "  both: OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(auto)}; malloc thresholds: mfglab sets them itself (mallopt),"
+echo "  the reference gets $malloc_env"
+echo "  machine: $(nproc) cores; load before: $(uptime | sed 's/.*load/load/')"
 echo "mfglab: $mfglab"
-declare -A mine theirs
+echo "reference: $ref"
+declare -A mine theirs mine10 theirs10
 for ((r = 1; r <= repeats; r++)); do
-  for c in $configs; do
-    mine[$c]+="$(mfglab_step "$c") "
-    if [[ $run_ref == 1 ]]; then theirs[$c]+="$(ref_step "$c") "; fi
-    echo "  repeat $r $c: mfglab $(echo "${mine[$c]}" | awk '{print $NF}') s/it" \
-         "${theirs[$c]:+reference $(echo "${theirs[$c]}" | awk '{print $NF}') s/it}"
+  for T in $thread_counts; do
+    for c in $configs; do
+      k="$c/$T"
+      # Alternate which side goes first, so that a load change hits both alike.
+      a="" b=""
+      if ((r % 2)) || [[ $run_ref == 0 ]]; then
+        a="$(mfglab_step "$c" "$T")"
+        if [[ $run_ref == 1 ]]; then b="$(ref_step "$c" "$T")"; fi
+      else
+        b="$(ref_step "$c" "$T")"
+        a="$(mfglab_step "$c" "$T")"
+      fi
+      read -r a_med a_p10 <<<"$a"
+      mine[$k]+="$a_med " mine10[$k]+="$a_p10 "
+      if [[ -n $b ]]; then
+        read -r b_med b_p10 <<<"$b"
+        theirs[$k]+="$b_med " theirs10[$k]+="$b_p10 "
+      fi
+      echo "  repeat $r, $T thread(s), $c: mfglab median $a_med p10 $a_p10 s/it" \
+           "${b:+reference median $b_med p10 $b_p10 s/it}  ($(cut -d' ' -f1 /proc/loadavg) load)"
+    done
   done
 done
 
@@ -116,18 +154,26 @@ stats() {
 median() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 echo
-printf "%-9s  %-28s  %-28s  %s\n" config "mfglab ms/it median [min,max]" "reference ms/it" "speedup (reference/mfglab, medians)"
-for c in $configs; do
-  if [[ $run_ref == 1 ]]; then
-    ratio=$(awk -v a="$(median "${theirs[$c]}")" -v b="$(median "${mine[$c]}")" 'BEGIN {printf "%.2fx", a / b}')
-    printf "%-9s  %-28s  %-28s  %s\n" "$c" "$(stats "${mine[$c]}")" "$(stats "${theirs[$c]}")" "$ratio"
-  else
-    printf "%-9s  %-28s\n" "$c" "$(stats "${mine[$c]}")"
-  fi
+echo "machine load after: $(uptime | sed 's/.*load/load/')"
+printf "%-9s %-7s %-6s  %-28s  %-28s  %s\n" config threads stat "mfglab ms/it [min,max]" "reference ms/it" "speedup (reference/mfglab)"
+for T in $thread_counts; do
+  for c in $configs; do
+    k="$c/$T"
+    if [[ $run_ref == 1 ]]; then
+      ratio=$(awk -v a="$(median "${theirs[$k]}")" -v b="$(median "${mine[$k]}")" 'BEGIN {printf "%.2fx", a / b}')
+      printf "%-9s %-7s %-6s  %-28s  %-28s  %s\n" "$c" "$T" median "$(stats "${mine[$k]}")" "$(stats "${theirs[$k]}")" "$ratio"
+      ratio=$(awk -v a="$(median "${theirs10[$k]}")" -v b="$(median "${mine10[$k]}")" 'BEGIN {printf "%.2fx", a / b}')
+      printf "%-9s %-7s %-6s  %-28s  %-28s  %s\n" "$c" "$T" p10 "$(stats "${mine10[$k]}")" "$(stats "${theirs10[$k]}")" "$ratio"
+    else
+      printf "%-9s %-7s %-6s  %-28s\n" "$c" "$T" median "$(stats "${mine[$k]}")"
+      printf "%-9s %-7s %-6s  %-28s\n" "$c" "$T" p10 "$(stats "${mine10[$k]}")"
+    fi
+  done
+  for c in $configs; do
+    [[ $c == dsm || -z "${mine[dsm/$T]:-}" ]] && continue
+    echo "$c / dsm step time, $T thread(s): mfglab $(awk -v a="$(median "${mine[$c/$T]}")" -v b="$(median "${mine[dsm/$T]}")" 'BEGIN {printf "%.1fx", a / b}')" \
+         "${theirs[$c/$T]:+reference $(awk -v a="$(median "${theirs[$c/$T]}")" -v b="$(median "${theirs[dsm/$T]}")" 'BEGIN {printf "%.1fx", a / b}')}"
+  done
 done
-for c in $configs; do
-  [[ $c == dsm || -z "${mine[dsm]:-}" ]] && continue
-  echo "$c / dsm step time: mfglab $(awk -v a="$(median "${mine[$c]}")" -v b="$(median "${mine[dsm]}")" 'BEGIN {printf "%.1fx", a / b}')" \
-       "${theirs[$c]:+reference $(awk -v a="$(median "${theirs[$c]}")" -v b="$(median "${theirs[dsm]}")" 'BEGIN {printf "%.1fx", a / b}')}"
-done
+echo "(median over repeats of each run's median / 10th-percentile step time; p10 is the less load-sensitive figure)"
 echo "goals: dsm >= 2x faster than the reference, hjb >= 3x faster"

@@ -14,6 +14,7 @@
 
 #include "plugin_host.h"
 #include "../plugins/otflow/otflow_internals.h"
+#include "../plugins/otflow/fused_rhs.h"
 
 namespace {
 
@@ -312,4 +313,119 @@ TEST_CASE("otflow: 100 iterations on 8gaussians lower the NLL term", "[otflow][t
   // The data entropy is about 2.84 nats; 100 iterations get within half a nat (measured ~3.1).
   CHECK(after < before - 1.0);
   CHECK(after < 3.5);
+}
+
+namespace {
+
+// The augmented right-hand side [v, div v, kin, |kin - d_t Phi|] through autograd's graph of
+// Potential::derivatives, as otflow's unfused path builds it.
+torch::Tensor autograd_rhs(const mfglab::nn::Potential& P, const torch::Tensor& z, int64_t d, double t, double lambda) {
+  auto der = P.derivatives(torch::constant_pad_nd(z.narrow(1, 0, d), {0, 1}, t), true);
+  auto gx = der.grad.narrow(1, 0, d);
+  auto kin = gx.square().sum(1, true) * (0.5 / lambda);
+  return torch::cat({gx * (-1.0 / lambda), der.trace.unsqueeze(1) * (-1.0 / lambda), kin,
+                     (kin - der.grad.narrow(1, d, 1)).abs()}, 1);
+}
+
+mfglab::nn::Potential random_potential(int64_t d, int64_t width, int64_t layers, uint64_t seed) {
+  torch::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  mfglab::nn::Potential P(d, width, layers, g, torch::TensorOptions().dtype(torch::kFloat64));
+  torch::NoGradGuard no_grad;
+  for (auto& p : P.parameters()) p.add_(torch::randn(p.sizes(), g, p.options()) * 0.3);
+  return P;
+}
+
+}  // namespace
+
+TEST_CASE("otflow: the fused RHS node has autograd's values and vector-Jacobian products", "[otflow][fused]") {
+  for (int64_t d : {2, 3}) {
+    for (int layers : {2, 3, 4}) {
+      for (double lambda : {1.0, 0.5}) {
+        INFO("d " << d << ", layers " << layers << ", lambda " << lambda);
+        auto P = random_potential(d, 12, layers, 10 * d + layers);
+        torch::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
+        auto z = torch::randn({64, d + 3}, g, torch::kFloat64).requires_grad_();
+        auto G = torch::randn({64, d + 3}, g, torch::kFloat64);
+        auto inputs = P.parameters();
+        inputs.insert(inputs.begin(), z);
+        auto ref = autograd_rhs(P, z, d, 0.37, lambda);
+        auto fused = mfglab::otflow::quadratic_rhs(z, P.parameters(), d, 0.37, lambda);
+        CHECK(max_rel(fused.detach(), ref.detach()) < 1e-14);  // the same operations
+        auto gr = torch::autograd::grad({(ref * G).sum()}, inputs, {}, false, false, true);
+        auto gf = torch::autograd::grad({(fused * G).sum()}, inputs, {}, false, false, true);
+        for (size_t i = 0; i < inputs.size(); ++i) {
+          INFO("input " << i);
+          if (!gr[i].defined()) {  // c: no derivative depends on it
+            CHECK(!gf[i].defined());
+            continue;
+          }
+          REQUIRE(gf[i].defined());
+          // float64: measured ~1e-15; 1e-10 is the agreed bound.
+          CHECK(max_rel(gf[i], gr[i]) < 1e-10);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("otflow: the fused RHS node's backward matches finite differences", "[otflow][fused]") {
+  const int64_t d = 2;
+  auto P = random_potential(d, 10, 3, 77);
+  torch::Generator g = at::make_generator<at::CPUGeneratorImpl>(4);
+  auto z = torch::randn({16, d + 3}, g, torch::kFloat64).requires_grad_();
+  auto G = torch::randn({16, d + 3}, g, torch::kFloat64);
+  auto params = P.parameters();
+  auto objective = [&] { return (mfglab::otflow::quadratic_rhs(z, params, d, 0.6, 0.8) * G).sum(); };
+  auto inputs = params;
+  inputs.insert(inputs.begin(), z);
+  auto grads = torch::autograd::grad({objective()}, inputs, {}, false, false, true);
+  // Central differences on every entry of every input (eps^2 truncation, eps = 1e-6).
+  const double eps = 1e-6;
+  double worst = 0;
+  for (size_t i = 0; i + 1 < inputs.size(); ++i) {  // c is last and has no derivative
+    auto flat = inputs[i].detach().view(-1);
+    auto gflat = grads[i].reshape(-1);
+    for (int64_t k = 0; k < flat.numel(); ++k) {
+      const double keep = flat[k].item<double>();
+      double up, down;
+      {
+        torch::NoGradGuard no_grad;
+        flat[k] = keep + eps;
+        up = objective().item<double>();
+        flat[k] = keep - eps;
+        down = objective().item<double>();
+        flat[k] = keep;
+      }
+      const double fd = (up - down) / (2 * eps), an = gflat[k].item<double>();
+      worst = std::max(worst, std::abs(fd - an) / (1 + std::abs(an)));
+    }
+  }
+  INFO("worst |fd - backward| / (1 + |backward|) = " << worst);
+  CHECK(worst < 1e-6);
+}
+
+TEST_CASE("otflow: fused and autograd training steps agree; the fused one is reproducible", "[otflow][fused]") {
+  auto batch = torch::randn({1024, 2}, at::make_generator<at::CPUGeneratorImpl>(6), torch::kFloat64);
+  for (int threads : {1, 2}) {
+    std::vector<torch::Tensor> grads[3];
+    double totals[3];
+    for (int run = 0; run < 3; ++run) {  // autograd, fused, fused again
+      Setup a(json{{"width", 16}, {"layers", 3}, {"fused", run > 0}}, 12, torch::kFloat64, "", json::object(), threads);
+      gentle(*a.model, 2);
+      auto terms = a.model->loss(batch);
+      auto total = terms[0].value + terms[1].value + terms[2].value;
+      total.backward();
+      totals[run] = total.item<double>();
+      for (auto& p : a.model->parameters())
+        grads[run].push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    }
+    INFO("threads " << threads);
+    CHECK(totals[1] == Approx(totals[0]).epsilon(1e-12));
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      CHECK((grads[1][i] - grads[0][i]).abs().max().item<double>() <= 1e-10 * (1 + grads[0][i].abs().max().item<double>()));
+      CHECK(torch::equal(grads[1][i], grads[2][i]));  // bit for bit at a fixed thread count
+    }
+    CHECK(totals[1] == totals[2]);
+  }
+  at::set_num_threads(1);
 }

@@ -266,7 +266,8 @@ TEST_CASE("sgm: bad parameters are refused with a reason", "[sgm]") {
   CHECK_THROWS_WITH(Setup(json{{"rtol", 0.0}}), Catch::Contains("rtol"));
   CHECK_THROWS_WITH(Setup(json{{"atol", -1e-6}}), Catch::Contains("atol"));
   CHECK_THROWS_WITH(Setup(json{{"process", "vpp"}}), Catch::Contains("vp, subvp, ve, ou"));
-  CHECK_THROWS_WITH(Setup(json{{"loss", "esm"}}), Catch::Contains("dsm, ism"));
+  CHECK_THROWS_WITH(Setup(json{{"loss", "xsm"}}), Catch::Contains("dsm, ism, esm"));
+  CHECK_THROWS_WITH(Setup(json{{"loss", "esm"}}), Catch::Contains("needs the exact score"));
   CHECK_THROWS_WITH(Setup(json{{"sampler", "heun"}}), Catch::Contains("em, pc, ode"));
 }
 

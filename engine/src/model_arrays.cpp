@@ -13,7 +13,7 @@
 namespace mfglab::engine {
 namespace {
 
-constexpr int64_t kDensityGrid = 64;    // cells per side of density.npy
+constexpr int64_t kDensityGrid = 48;    // cells per side of density.npy
 constexpr int64_t kResidualGrid = 48;   // cells per side of each hjb_residual.npy slice
 constexpr int64_t kResidualTimes = 5;   // slices over t
 constexpr int64_t kPaths = 300;         // trajectories drawn

@@ -263,6 +263,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       if (test.dim() != 2 || test.size(1) != train.size(1)) throw Error("test set must be [M, d] with the train set's d");
     });
     ctx.data_dim = train.size(1);
+    ctx.dataset = o.dataset.get();  // the model may use the dataset's capabilities (sgm's esm loss)
     if (spec.hamiltonian) {
       stage("hamiltonian '" + spec.hamiltonian->plugin + "'", [&] {
         o.hamiltonian = host.create_as<Hamiltonian>(spec.hamiltonian->plugin, MFGLAB_KIND_HAMILTONIAN, spec.hamiltonian->params, ctx);

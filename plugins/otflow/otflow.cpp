@@ -21,6 +21,7 @@
 #include <mfglab/plugin.h>
 #include <mfglab/potential.h>
 
+#include "fused_rhs.h"
 #include "otflow_internals.h"
 
 namespace {
@@ -62,7 +63,8 @@ double quadratic_lambda(mfglab::Hamiltonian& H, int64_t d) {
   }
 }
 
-class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, public mfglab::HjbResidual {
+class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, public mfglab::HjbResidual,
+                     public mfglab::FlowMap {
  public:
   OtFlow(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -72,6 +74,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
         alpha_C_(params.number("alpha_C")),
         alpha_R_(params.number("alpha_R")),
         threads_(std::max(1, ctx.threads)),
+        fused_(params.flag("fused")),
         generator_(ctx.generator),
         options_(ctx.options()),
         H_(ctx.hamiltonian) {
@@ -94,6 +97,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   void* capability(const char* id) override {
     if (std::strcmp(id, mfglab::otflow::kInternals) == 0) return static_cast<mfglab::otflow::Internals*>(this);
     if (std::strcmp(id, mfglab::kHjbResidual) == 0) return static_cast<mfglab::HjbResidual*>(this);
+    if (std::strcmp(id, mfglab::kFlowMap) == 0) return static_cast<mfglab::FlowMap*>(this);
     return nullptr;
   }
 
@@ -136,6 +140,26 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
 
   double horizon() const override { return kT; }
 
+  // Points on the particle paths for the regularizers: for each batch point x0 a time
+  // t ~ U(0, 1) from the run's generator and x(t) by RK4 with the training steps (each point
+  // with its own step t / steps). Differentiable in the parameters (the paths depend on them).
+  mfglab::Collocation collocation(const Tensor& batch) override {
+    if (batch.dim() != 2 || batch.size(1) != d_)
+      throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " + shape(batch));
+    auto x = batch.to(options_);
+    auto t = torch::empty({x.size(0), 1}, options_).uniform_(0.0, kT, generator_);
+    auto h = t / static_cast<double>(steps_);
+    for (int64_t k = 0; k < steps_; ++k) {
+      auto tk = h * static_cast<double>(k);
+      auto k1 = velocity(x, tk);
+      auto k2 = velocity(x + 0.5 * h * k1, tk + 0.5 * h);
+      auto k3 = velocity(x + 0.5 * h * k2, tk + 0.5 * h);
+      auto k4 = velocity(x + h * k3, tk + h);
+      x = x + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4);
+    }
+    return {x, t};
+  }
+
   // HJB residual capability: | -d_t Phi + H(x, grad_x Phi) |, the integrand of R.
   Tensor hjb_residual(const Tensor& x, const Tensor& t) override {
     auto grad = gradient(x, t);
@@ -144,6 +168,14 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
     return (H - grad.select(1, d_)).abs();
   }
   std::string hjb_equation() const override { return "-d_t Phi + H(x, grad Phi)"; }
+
+  // FlowMap capability: x(t0) -> x(t1) by the evaluation RK4 (eval_steps), detached.
+  Tensor transport(const Tensor& x, double t0, double t1) override {
+    if (x.dim() != 2 || x.size(1) != d_)
+      throw Error("expected points of shape [N, " + std::to_string(d_) + "], got " + shape(x));
+    torch::NoGradGuard no_grad;
+    return rk4(x.to(options_), t0, t1, eval_steps_, false).detach();
+  }
 
   // Internals capability.
   Tensor gradient(const Tensor& x, const Tensor& t) override {
@@ -211,6 +243,8 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   Tensor rhs(const Tensor& z, double t, bool augmented) {
     auto x = augmented ? z.narrow(1, 0, d_) : z;
     if (lambda_ > 0) {  // quadratic: everything in closed form
+      // One autograd node with a hand-written backward (fused_rhs.h); same values.
+      if (augmented && fused_) return mfglab::otflow::quadratic_rhs(z, potential_.parameters(), d_, t, lambda_);
       auto der = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), augmented);
       auto gx = der.grad.narrow(1, 0, d_);
       auto v = gx * (-1.0 / lambda_);
@@ -283,6 +317,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   int64_t steps_, eval_steps_;
   double alpha_L_, alpha_C_, alpha_R_;
   int threads_;
+  bool fused_;                  // quadratic H: the fused RHS node instead of autograd's graph
   torch::Generator generator_;  // shares the run generator's state
   torch::TensorOptions options_;
   mfglab::Hamiltonian* H_;      // the experiment's; not owned; null: quadratic, lambda = 1
@@ -301,4 +336,6 @@ MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.0.0",
               mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob and sample; 0 = steps").at_least(0),
               mfglab::number_param("alpha_L", 1.0, "weight of the running cost term L").at_least(0),
               mfglab::number_param("alpha_C", 100.0, "weight of the terminal term C (negative log-likelihood)").at_least(0),
-              mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0))
+              mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0),
+              mfglab::bool_param("fused", true, "quadratic H: one hand-differentiated node per RHS evaluation "
+                                 "(false: autograd through the closed-form sweep; same values)"))

@@ -20,44 +20,23 @@
 // grad |s|^2 holds for any s.) The grad form needs one backward pass for grad(div s)
 // instead of d^2 for the Laplacian.
 //
-// Everything is reverse-mode autograd with create_graph, so the penalty's parameter
-// gradient flows through all the derivatives. The drift's derivatives are taken by autograd
-// as well (cheap: its graph is tiny), so any model drift works, not only the linear VP one
-// (for f = a(t) x: -grad(div f) = 0 and -grad(f.s) = -a (s + J x)).
+// The score's derivatives come from the model's "mfglab.score_derivatives/1" capability
+// when it offers one (form lap: one fused forward sweep in sgm), else from reverse-mode
+// autograd with create_graph; either way the penalty's parameter gradient flows through
+// all the derivatives. The residual itself is mfglab/score_pde.h, shared with the models'
+// "mfglab.hjb_residual/1". The drift's derivatives are taken by autograd (cheap: its graph
+// is tiny), so any model drift works, not only the linear VP one.
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include <mfglab/plugin.h>
+#include <mfglab/score_pde.h>
 
 namespace {
 
 using mfglab::Error;
 using torch::Tensor;
-
-// Gradients of sum(outputs * weights) w.r.t. inputs, keeping the graph for higher
-// derivatives and the parameter gradient. Inputs the outputs do not depend on (e.g. x in
-// div f for a linear f) come back as zeros instead of an error.
-std::vector<Tensor> grads(const Tensor& outputs, const std::vector<Tensor>& inputs,
-                          const Tensor& weights) {
-  if (!outputs.requires_grad()) {  // e.g. a constant drift: every derivative is zero
-    std::vector<Tensor> zeros;
-    for (const auto& in : inputs) zeros.push_back(torch::zeros_like(in));
-    return zeros;
-  }
-  auto g = torch::autograd::grad({outputs}, inputs, {weights}, /*retain_graph=*/true,
-                                 /*create_graph=*/true, /*allow_unused=*/true);
-  for (size_t k = 0; k < g.size(); ++k)
-    if (!g[k].defined()) g[k] = torch::zeros_like(inputs[k]);
-  return g;
-}
-
-// e_j repeated over the batch: the weights that pick component j of an [N, d] output.
-Tensor unit(const Tensor& like, int64_t j) {
-  auto e = torch::zeros_like(like);
-  e.select(1, j).fill_(1);
-  return e;
-}
 
 class ScorePde final : public mfglab::Regularizer {
  public:
@@ -99,56 +78,13 @@ class ScorePde final : public mfglab::Regularizer {
   }
 
   // r = s_t - rhs at the points (x [N, d], t [N, 1]), [N, d].
-  Tensor residual(mfglab::Model& model, const Tensor& x_in, const Tensor& t_in) {
-    auto x = x_in.detach().requires_grad_();
-    auto t = t_in.detach().requires_grad_();
-    auto s = model.score(x, t);
-    const int64_t d = s.size(1);
-
-    // d backward passes: pass j gives d_i s_j for all i (column j of J) and d_t s_j.
-    std::vector<Tensor> columns, dt;
-    for (int64_t j = 0; j < d; ++j) {
-      auto g = grads(s, {x, t}, unit(s, j));
-      columns.push_back(g[0]);
-      dt.push_back(g[1]);
-    }
-    auto J = torch::stack(columns, 2);  // [N, i, j]
-    auto s_t = torch::cat(dt, 1);       // [N, d]
-    auto Js = torch::matmul(J, s.unsqueeze(2)).squeeze(2);
-
-    // Second derivatives of the score: one pass for grad(div s), or d^2 for Lap s.
-    Tensor second;
-    if (form_ == "grad") {
-      auto div = J.diagonal(0, 1, 2).sum(1);
-      second = grads(div, {x}, torch::ones_like(div))[0];
-    } else {
-      std::vector<Tensor> lap;
-      for (int64_t j = 0; j < d; ++j) {
-        auto lap_j = torch::zeros_like(s.select(1, j));
-        for (int64_t i = 0; i < d; ++i) {
-          auto Jij = J.select(1, i).select(1, j);
-          lap_j = lap_j + grads(Jij, {x}, torch::ones_like(Jij))[0].select(1, i);
-        }
-        lap.push_back(lap_j);
-      }
-      second = torch::stack(lap, 1);
-    }
-
-    // Drift terms. f and g take t without its gradient (only the score's d_t is needed).
-    auto t0 = t.detach();
-    auto f = model.drift(x, t0);
-    auto g = model.diffusion(t0).reshape({-1, 1});
-    auto Jf = torch::matmul(J, f.unsqueeze(2)).squeeze(2);  // J f: the score-side half of grad(f.s)
-    auto Dfs = grads(f, {x}, s)[0];                          // (Df)^T s: the drift-side half
-    Tensor div_f;
-    for (int64_t i = 0; i < d; ++i) {
-      auto term = grads(f, {x}, unit(f, i))[0].select(1, i);
-      div_f = i == 0 ? term : div_f + term;
-    }
-    auto grad_div_f = grads(div_f, {x}, torch::ones_like(div_f))[0];
-
-    auto rhs = -grad_div_f - Dfs - Jf + 0.5 * g.square() * (second + 2 * Js);
-    return s_t - rhs;
+  Tensor residual(mfglab::Model& model, const Tensor& x, const Tensor& t) {
+    namespace pde = mfglab::score_pde;
+    if (form_ == "lap")
+      if (auto* fast = mfglab::capability<mfglab::ScoreDerivatives>(&model, mfglab::kScoreDerivatives))
+        return pde::residual(model, x, t, fast->score_derivatives(x, t));
+    auto second = form_ == "grad" ? pde::SecondOrder::grad_div : pde::SecondOrder::laplacian;
+    return pde::residual(model, x, t, pde::autograd_derivatives(model, x, t, second));
   }
 
   std::string norm_, points_, form_;

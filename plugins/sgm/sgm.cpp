@@ -12,6 +12,9 @@
 // Losses, per sample, with the weighting lambda(t) = sigma^2 ("sigma2") or g^2 ("likelihood"):
 //   dsm  lambda |score + z / sigma|^2 = (lambda / sigma^2) |eps_hat - z|^2    at x = alpha x0 + sigma z
 //   ism  lambda (|score|^2 / 2 + div score) = (lambda / sigma^2)(|eps_hat|^2 / 2 - sigma div eps_hat)
+//   esm  lambda |score - s*|^2 = (lambda / sigma^2) |eps_hat + sigma s*|^2  at x = alpha x0 + sigma z,
+//        s* the exact score of the noised data law, from the dataset's "mfglab.exact_density/1"
+//        (explicit score matching: zero at the true score, unlike dsm and ism)
 // With lambda = sigma^2, ism = (dsm - d) / 2 in expectation (Hyvarinen's identity).
 //
 // Samplers, from the prior at T down to eps:
@@ -31,6 +34,7 @@
 
 #include <mfglab/nn.h>
 #include <mfglab/plugin.h>
+#include <mfglab/score_pde.h>
 
 #include "forward_process.h"
 #include "ode.h"
@@ -48,7 +52,7 @@ std::string show(double v) {
 }
 
 enum class Parameterization { score, potential };
-enum class LossKind { dsm, ism };
+enum class LossKind { dsm, ism, esm };
 enum class Weighting { sigma2, likelihood };
 enum class Sampler { em, pc, ode };
 enum class OdeSolver { rk4, dopri5 };
@@ -66,8 +70,13 @@ E pick(const std::string& what, const std::string& value,
 }
 
 // Also offers its noising marginals as the "mfglab.forward_process/1" capability, so
-// metrics and regularizers can compare the learned score with a dataset's exact one.
-class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
+// metrics and regularizers can compare the learned score with a dataset's exact one; its
+// score PDE's residual as "mfglab.hjb_residual/1"; and, with a score network, the score's
+// derivatives in closed form as "mfglab.score_derivatives/1" (one forward sweep of jets).
+class Sgm final : public mfglab::Model,
+                  public mfglab::ForwardProcess,
+                  public mfglab::ScoreDerivatives,
+                  public mfglab::HjbResidual {
  public:
   Sgm(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -85,7 +94,19 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
     proc_.sigma_max = params.number("sigma_max");
     param_ = pick<Parameterization>("parameterization", params.string("parameterization"),
                                     {{"score", Parameterization::score}, {"potential", Parameterization::potential}});
-    loss_ = pick<LossKind>("loss", params.string("loss"), {{"dsm", LossKind::dsm}, {"ism", LossKind::ism}});
+    loss_ = pick<LossKind>("loss", params.string("loss"),
+                           {{"dsm", LossKind::dsm}, {"ism", LossKind::ism}, {"esm", LossKind::esm}});
+    if (loss_ == LossKind::esm) {
+      // Checked now, not at the first step: without an exact score there is no esm target.
+      exact_ = mfglab::capability<mfglab::ExactDensity>(ctx.dataset, mfglab::kExactDensity);
+      if (exact_ == nullptr)
+        throw Error(std::string("loss \"esm\" (explicit score matching) needs the exact score of the "
+                                "noised data, but ") +
+                    (ctx.dataset ? "the dataset has no \"" + std::string(mfglab::kExactDensity) +
+                                       "\" capability (gmm has one)"
+                                 : std::string("no dataset was given to the model")) +
+                    "; use loss \"dsm\" or \"ism\" with this dataset");
+    }
     weighting_ = pick<Weighting>("weighting", params.string("weighting"),
                                  {{"sigma2", Weighting::sigma2}, {"likelihood", Weighting::likelihood}});
     sampler_ = pick<Sampler>("sampler", params.string("sampler"),
@@ -123,6 +144,10 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
 
   void* capability(const char* id) override {
     if (std::strcmp(id, mfglab::kForwardProcess) == 0) return static_cast<mfglab::ForwardProcess*>(this);
+    if (std::strcmp(id, mfglab::kHjbResidual) == 0) return static_cast<mfglab::HjbResidual*>(this);
+    // A potential network would need third derivatives: the regularizer falls back to autograd.
+    if (std::strcmp(id, mfglab::kScoreDerivatives) == 0 && param_ == Parameterization::score)
+      return static_cast<mfglab::ScoreDerivatives*>(this);
     return nullptr;
   }
 
@@ -132,6 +157,23 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
     auto noised = noised_batch(batch);
     const double n = static_cast<double>(noised.z.size(0));
     auto t = noised.input.narrow(1, d_, 1);
+    if (loss_ == LossKind::esm) {
+      // sigma * (score - s*) = -(eps_hat + sigma s*): the dsm residual with the noise z
+      // replaced by its conditional mean given x_t, -sigma s*.
+      auto xt = noised.input.narrow(1, 0, d_);
+      torch::Tensor target;
+      {
+        torch::NoGradGuard no_grad;
+        auto tt = t.detach();
+        auto sigma = proc_.sigma(tt);
+        target = -sigma * exact_->score(xt.detach(), proc_.alpha(tt), sigma).to(xt.scalar_type());
+      }
+      auto predicted = param_ == Parameterization::score ? net_.forward(noised.input)
+                                                         : noise_prediction(xt, t, true);
+      auto per_sample = (predicted - target).square().sum(1, /*keepdim=*/true);
+      if (weighting_ == Weighting::likelihood) per_sample = per_sample * likelihood_factor(t);
+      return {{"esm", per_sample.sum() / n}};
+    }
     if (loss_ == LossKind::dsm) {
       // sigma * score + z = z - eps_hat. The direct network reads the noised batch as is.
       auto predicted = param_ == Parameterization::score
@@ -253,6 +295,35 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
   double t_min() const override { return eps_; }
   double t_max() const override { return proc_.T; }
 
+  // ScoreDerivatives (score network only): s = -net([x, t]) / sigma(t), so J and Lap s are the
+  // net's, divided by -sigma, and d_t s = -(d_t net - net sigma' / sigma) / sigma with
+  // sigma' = k sigma + g^2 / (2 sigma) (from (sigma^2)' = 2 k sigma^2 + g^2, every process).
+  mfglab::ScoreDerivativeValues score_derivatives(const torch::Tensor& x, const torch::Tensor& t) override {
+    if (param_ != Parameterization::score)
+      throw Error("sgm computes score derivatives in closed form only with parameterization \"score\"");
+    check_batch(x);
+    auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
+    auto jets = net_.fused_jets(torch::cat({x.detach(), tc}, 1), d_);
+    auto sigma = proc_.sigma(tc);
+    auto inv = 1.0 / sigma;  // [N, 1]
+    auto dlog_sigma = proc_.drift_coef(tc) + 0.5 * proc_.g2(tc) * inv.square();  // sigma' / sigma
+    mfglab::ScoreDerivativeValues v;
+    v.score = -jets.value * inv;
+    v.jacobian = -jets.jacobian * inv.unsqueeze(2);
+    v.laplacian = -jets.laplacian * inv;
+    v.time = (jets.value * dlog_sigma - jets.time) * inv;
+    return v;
+  }
+
+  // HjbResidual: |r|_2 of the score PDE's residual (mfglab/score_pde.h, Laplacian form).
+  torch::Tensor hjb_residual(const torch::Tensor& x, const torch::Tensor& t) override {
+    auto tc = column(t, x.size(0)).to(x.scalar_type());
+    auto derivatives = param_ == Parameterization::score ? score_derivatives(x, tc)
+                                                         : mfglab::score_pde::autograd_derivatives(*this, x, tc);
+    return mfglab::score_pde::residual(*this, x, tc, derivatives).norm(2, 1);
+  }
+  std::string hjb_equation() const override { return "d_t s + grad(div f) + grad(f.s) - g^2/2 (Lap s + 2 J s)"; }
+
  private:
   struct Noised {
     torch::Tensor input;  // [N, d+1]: alpha(t) x0 + sigma(t) z, then t
@@ -349,6 +420,7 @@ class Sgm final : public mfglab::Model, public mfglab::ForwardProcess {
   int64_t exact_div_max_dim_;
   Parameterization param_ = Parameterization::score;
   LossKind loss_ = LossKind::dsm;
+  mfglab::ExactDensity* exact_ = nullptr;  // the dataset's exact score for esm; not owned
   Weighting weighting_ = Weighting::sigma2;
   Sampler sampler_ = Sampler::em;
   OdeSolver solver_ = OdeSolver::rk4;
@@ -382,7 +454,9 @@ MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.1.0",
               mfglab::number_param("sigma_max", 10.0, "ve noise scale at t = T (prior std); must exceed sigma_min").above(0),
               mfglab::choice_param("parameterization", "score", "score|potential",
                                    "network output: the scaled score, or a scalar potential whose gradient is the score"),
-              mfglab::choice_param("loss", "dsm", "dsm|ism", "denoising or implicit score matching"),
+              mfglab::choice_param("loss", "dsm", "dsm|ism|esm",
+                                   "denoising, implicit, or explicit score matching (esm regresses on "
+                                   "the exact score; needs a dataset with one, such as gmm)"),
               mfglab::choice_param("weighting", "sigma2", "sigma2|likelihood",
                                    "loss weight lambda(t): sigma(t)^2, or g(t)^2 (likelihood weighting)"),
               mfglab::int_param("exact_div_max_dim", 4,

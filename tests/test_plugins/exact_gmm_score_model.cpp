@@ -4,8 +4,10 @@
 // so its score is a responsibility-weighted sum of Gaussian scores, in closed form and
 // differentiable in x and t: the ground truth for the score-PDE regularizers.
 //
-// Parameter `perturb` (trainable, the model's only parameter) adds perturb * sin(x) to the
-// score, a field that violates the PDE; `mixture` picks three components or one Gaussian.
+// value(x, t) is the exact log density (the potential of the score, for the log-density
+// form of the hjb regularizer). Parameter `perturb` (trainable, the model's only parameter)
+// adds perturb * sin(x) to the score (and -perturb * sum cos(x_i) to the value), a field that
+// violates the PDE; `mixture` picks three components or one Gaussian.
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -90,6 +92,23 @@ class ExactGmmScoreModel final : public mfglab::Model, public mfglab::ForwardPro
     return torch::cat({score1, score2}, 1) + perturb_ * torch::sin(x);
   }
 
+  // The exact log density log rho_t(x), whose gradient is score(): the log-sum-exp of the
+  // components' log densities, minus the perturbation's potential sum cos(x_i).
+  Tensor value(const Tensor& x, const Tensor& t_in) override {
+    auto t = t_in.reshape({-1, 1});
+    auto a = alpha(t), a2 = a.square(), s2 = sigma(t).square();
+    auto x1 = x.select(1, 0).unsqueeze(1), x2 = x.select(1, 1).unsqueeze(1);
+    std::vector<Tensor> logs;
+    for (const auto& c : components_) {
+      auto p = a2 * c.cov[0] + s2, q = a2 * c.cov[1], r = a2 * c.cov[2] + s2;
+      auto det = p * r - q.square();
+      auto y1 = x1 - a * c.mu[0], y2 = x2 - a * c.mu[1];
+      auto quad = (r * y1.square() - 2 * q * y1 * y2 + p * y2.square()) / det;  // y^T C^{-1} y
+      logs.push_back(std::log(c.weight) - 0.5 * quad - 0.5 * torch::log(det) - std::log(2 * M_PI));
+    }
+    return torch::logsumexp(torch::cat(logs, 1), 1) - perturb_ * torch::cos(x).sum(1);
+  }
+
   double horizon() const override { return 1.0; }
   Tensor drift(const Tensor& x, const Tensor& t) override { return -0.5 * beta(t.reshape({-1, 1})) * x; }
   Tensor diffusion(const Tensor& t) override { return torch::sqrt(beta(t.reshape({-1, 1}))); }
@@ -119,7 +138,8 @@ class ExactGmmScoreModel final : public mfglab::Model, public mfglab::ForwardPro
 }  // namespace
 
 MFGLAB_PLUGIN(ExactGmmScoreModel, MFGLAB_KIND_MODEL, "exact_gmm_score_model", "1.0.0",
-              "Exact score of a 2D Gaussian mixture under the VP process (test plugin)", "score",
+              "Exact score and log density (value) of a 2D Gaussian mixture under the VP process (test plugin)",
+              "score,value",
               mfglab::number_param("perturb", 0.0, "adds perturb * sin(x) to the score"),
               mfglab::choice_param("mixture", "three", "three|one",
                                    "three correlated components, or one diagonal Gaussian"))

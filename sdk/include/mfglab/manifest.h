@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define MFGLAB_SDK_MAJOR 1
-#define MFGLAB_SDK_MINOR 0
+#define MFGLAB_SDK_MINOR 1
 #define MFGLAB_ENTRY_SYMBOL "mfglab_plugin_entry"
 
 #ifdef __cplusplus

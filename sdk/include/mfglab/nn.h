@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/autograd/custom_function.h>
+
 #include "mfglab/sdk.h"
 
 namespace mfglab::nn {
@@ -36,6 +38,216 @@ inline torch::Tensor activate(Activation a, const torch::Tensor& x) {
   throw Error("unreachable activation");
 }
 
+// An activation's value and its first and second derivatives at x, in closed form, for
+// forward-mode derivative propagation (MLP::jets). The value is activate(a, x) itself, so
+// jets and forward() agree bit for bit. relu'' is taken as 0 (true almost everywhere).
+struct ActivationDerivatives {
+  torch::Tensor value, first, second;
+};
+
+inline ActivationDerivatives activation_derivatives(Activation a, const torch::Tensor& x) {
+  switch (a) {
+    case Activation::silu: {  // x s(x): s (1 + x (1 - s)), s (1 - s) (2 + x (1 - 2 s))
+      auto s = torch::sigmoid(x);
+      auto one_minus = 1 - s;
+      auto value = x * s;
+      auto first = s + value * one_minus;
+      auto second = s * one_minus * (2 + x * (1 - 2 * s));
+      return {value, first, second};
+    }
+    case Activation::gelu: {  // x Phi(x): Phi + x phi, phi (2 - x^2)
+      const double inv_sqrt2 = 1.0 / std::sqrt(2.0), inv_sqrt2pi = 1.0 / std::sqrt(2.0 * M_PI);
+      auto cdf = 0.5 * (1 + torch::erf(x * inv_sqrt2));
+      auto pdf = torch::exp(-0.5 * x.square()) * inv_sqrt2pi;
+      return {x * cdf, cdf + x * pdf, pdf * (2 - x.square())};
+    }
+    case Activation::tanh: {  // 1 - tanh^2, -2 tanh (1 - tanh^2)
+      auto th = torch::tanh(x);
+      auto first = 1 - th.square();
+      return {th, first, -2 * th * first};
+    }
+    case Activation::relu:
+      return {torch::relu(x), (x > 0).to(x.scalar_type()), torch::zeros_like(x)};
+    case Activation::softplus: {  // sigmoid, sigmoid (1 - sigmoid)
+      auto s = torch::sigmoid(x);
+      return {torch::softplus(x), s, s * (1 - s)};
+    }
+    case Activation::logcosh: {  // tanh, 1 - tanh^2
+      auto th = torch::tanh(x);
+      return {activate(a, x), th, 1 - th.square()};
+    }
+  }
+  throw Error("unreachable activation");
+}
+
+// act', act'' and act''' at x, for the hand-written reverse pass of MLP::fused_jets (the
+// parameter gradient of a Laplacian involves the third derivative).
+struct ActivationDerivatives3 {
+  torch::Tensor first, second, third;
+};
+
+inline ActivationDerivatives3 activation_derivatives3(Activation a, const torch::Tensor& x) {
+  switch (a) {
+    case Activation::silu: {  // u = s (1 - s): act''' = u ((1 - 2 s)(3 + x (1 - 2 s)) - 2 x u)
+      auto s = torch::sigmoid(x);
+      auto u = s * (1 - s);
+      auto c = 1 - 2 * s;
+      auto first = s * (1 + x * (1 - s));
+      auto second = u * (2 + x * c);
+      auto third = u * (c * (3 + x * c) - 2 * x * u);
+      return {first, second, third};
+    }
+    case Activation::gelu: {  // act''' = phi (x^3 - 4 x)
+      const double inv_sqrt2 = 1.0 / std::sqrt(2.0), inv_sqrt2pi = 1.0 / std::sqrt(2.0 * M_PI);
+      auto cdf = 0.5 * (1 + torch::erf(x * inv_sqrt2));
+      auto pdf = torch::exp(-0.5 * x.square()) * inv_sqrt2pi;
+      auto x2 = x.square();
+      return {cdf + x * pdf, pdf * (2 - x2), pdf * x * (x2 - 4)};
+    }
+    case Activation::tanh: {  // p = 1 - tanh^2: act''' = 2 p (2 tanh^2 - p)
+      auto th = torch::tanh(x);
+      auto p = 1 - th.square();
+      return {p, -2 * th * p, 2 * p * (2 * th.square() - p)};
+    }
+    case Activation::relu: {
+      auto zero = torch::zeros_like(x);
+      return {(x > 0).to(x.scalar_type()), zero, zero};
+    }
+    case Activation::softplus: {  // u = s (1 - s): act''' = u (1 - 2 s)
+      auto s = torch::sigmoid(x);
+      auto u = s * (1 - s);
+      return {s, u, u * (1 - 2 * s)};
+    }
+    case Activation::logcosh: {  // tanh, 1 - tanh^2, -2 tanh (1 - tanh^2)
+      auto th = torch::tanh(x);
+      auto p = 1 - th.square();
+      return {th, p, -2 * th * p};
+    }
+  }
+  throw Error("unreachable activation");
+}
+
+// An MLP's output at (x, t) with its derivatives, from one forward sweep (MLP::jets).
+struct Jets {
+  torch::Tensor value;      // [N, m]
+  torch::Tensor jacobian;   // [N, d, m]: jacobian[n][k][j] = d out_j / d x_k
+  torch::Tensor laplacian;  // [N, m]: sum_k d^2 out_j / d x_k^2
+  torch::Tensor time;       // [N, m]: d out_j / d t; undefined without a time column
+};
+
+namespace detail {
+
+// The jets of a layer's pre-activation, stacked [K, N, w] as (a, da/dx_1..da/dx_d, [da/dt],
+// Lap a), through the activation into `out` (same layout).
+inline void jet_activation(Activation act, const torch::Tensor& A, int64_t d, const torch::Tensor& out) {
+  const int64_t K = A.size(0), k = K - 2;
+  auto da = A.narrow(0, 1, k);
+  auto ad = activation_derivatives(act, A[0]);
+  out[0].copy_(ad.value);
+  auto out_da = out.narrow(0, 1, k);
+  torch::mul_out(out_da, da, ad.first.unsqueeze(0));
+  auto lap = out[K - 1];
+  torch::mul_out(lap, ad.second, da.narrow(0, 0, d).square().sum(0));
+  lap.addcmul_(ad.first, A[K - 1]);
+}
+
+// Reverse of jet_activation: from the gradient G of its output slabs to that of its input
+// slabs A. With S = sum over space directions of (da_m)^2, the output slabs are act(a),
+// act'(a) da_m and act''(a) S + act'(a) Lap a, so
+//   g_a     = act' G_h + act'' (sum_m da_m G_m + Lap a G_lap) + act''' S G_lap
+//   g_da_m  = act' G_m + 2 act'' da_m G_lap  (the last term for space directions only)
+//   g_lap   = act' G_lap
+inline torch::Tensor jet_activation_backward(Activation act, const torch::Tensor& A, int64_t d, const torch::Tensor& G) {
+  const int64_t K = A.size(0), k = K - 2;
+  auto da = A.narrow(0, 1, k);
+  auto Gd = G.narrow(0, 1, k);
+  auto G_lap = G[K - 1];
+  auto ad = activation_derivatives3(act, A[0]);
+  auto out = torch::empty_like(A);
+  auto g_da = out.narrow(0, 1, k);
+  torch::mul_out(g_da, Gd, ad.first.unsqueeze(0));
+  auto second_lap = ad.second * G_lap;
+  g_da.narrow(0, 0, d).addcmul_(da.narrow(0, 0, d), second_lap.unsqueeze(0), 2.0);
+  auto g_lap = out[K - 1];
+  torch::mul_out(g_lap, ad.first, G_lap);
+  auto g_a = out[0];
+  torch::mul_out(g_a, ad.first, G[0]);
+  g_a.addcmul_(ad.second, (da * Gd).sum(0)).addcmul_(second_lap, A[K - 1]);
+  g_a.addcmul_(ad.third * G_lap, da.narrow(0, 0, d).square().sum(0));
+  return out;
+}
+
+// MLP::jets as one autograd node with a hand-written reverse pass: the forward writes each
+// layer's slabs into one buffer (no concatenations) and the backward runs two matmuls per
+// layer plus a few fused elementwise passes, instead of autograd's dozens of small nodes.
+// tensors = (input, W0, b0, W1, b1, ...); returns the output's jets stacked [K, N, m].
+struct JetSweep : public torch::autograd::Function<JetSweep> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList tensors, int64_t d,
+                               int64_t activation) {
+    torch::NoGradGuard no_grad;
+    const auto act = static_cast<Activation>(activation);
+    const auto& input = tensors[0];
+    const size_t L = (tensors.size() - 1) / 2;
+    const int64_t n = input.size(0), k = input.size(1), K = k + 2;
+    // Layer 0 is affine in the input: da/dx_m is row m of W0 for every sample, Lap a = 0.
+    const auto& W0 = tensors[1];
+    auto A = torch::empty({K, n, W0.size(1)}, input.options());
+    auto A0 = A[0];
+    torch::addmm_out(A0, tensors[2], input, W0);
+    A.narrow(0, 1, k).copy_(W0.unsqueeze(1));
+    A[K - 1].zero_();
+    std::vector<torch::Tensor> pre, stacks;  // hidden pre-activation jets; each later layer's input slabs
+    for (size_t i = 1; i < L; ++i) {
+      auto Z = torch::empty_like(A);
+      jet_activation(act, A, d, Z);
+      pre.push_back(A);
+      stacks.push_back(Z);
+      A = torch::mm(Z.view({K * n, -1}), tensors[1 + 2 * i]).view({K, n, -1});
+      A[0].add_(tensors[2 + 2 * i]);
+    }
+    ctx->save_for_backward(std::vector<torch::Tensor>(tensors.begin(), tensors.end()));
+    ctx->saved_data["pre"] = pre;  // intermediates only: the output itself is never saved (no cycle)
+    ctx->saved_data["stacks"] = stacks;
+    ctx->saved_data["d"] = d;
+    ctx->saved_data["activation"] = activation;
+    return A;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (torch::GradMode::is_enabled())
+      throw Error("MLP::fused_jets is differentiable once; use MLP::jets for higher derivatives");
+    auto saved = ctx->get_saved_variables();
+    auto pre = ctx->saved_data["pre"].toTensorVector();
+    auto stacks = ctx->saved_data["stacks"].toTensorVector();
+    const int64_t d = ctx->saved_data["d"].toInt();
+    const auto act = static_cast<Activation>(ctx->saved_data["activation"].toInt());
+    const auto& input = saved[0];
+    const size_t L = (saved.size() - 1) / 2;
+    const int64_t n = input.size(0), k = input.size(1), K = k + 2;
+    torch::autograd::variable_list out(saved.size() + 2);  // + the two non-tensor arguments
+    if (!grads[0].defined()) return out;
+    auto G = grads[0].contiguous();  // gradient of the current layer's pre-activation jets
+    for (size_t i = L - 1; i > 0; --i) {
+      const auto& W = saved[1 + 2 * i];
+      auto G2 = G.view({K * n, -1});
+      out[1 + 2 * i] = stacks[i - 1].view({K * n, -1}).t().mm(G2);
+      out[2 + 2 * i] = G[0].sum(0);
+      G = jet_activation_backward(act, pre[i - 1], d, G2.mm(W.t()).view({K, n, -1}));
+    }
+    // Layer 0: a = input W0 + b0, da_m = W0[m].
+    const auto& W0 = saved[1];
+    auto gW0 = input.t().mm(G[0]);
+    gW0.add_(G.narrow(0, 1, k).sum(1));
+    out[1] = gW0;
+    out[2] = G[0].sum(0);
+    if (ctx->needs_input_grad(0)) out[0] = G[0].mm(W0.t());
+    return out;
+  }
+};
+
+}  // namespace detail
+
 // Fully connected network sizes[0] -> ... -> sizes.back(), activation between layers,
 // linear output. Weights are stored [in, out] so a layer is one addmm.
 class MLP {
@@ -62,6 +274,71 @@ class MLP {
       if (i + 1 < weights_.size()) h = activate(activation_, h);
     }
     return h;
+  }
+
+  // The output and its derivatives in the first d input columns (x) and, when the input
+  // has a column d (time), in that one: one forward sweep that carries, per layer, the
+  // pre-activation a, its directional derivatives da/dx_k and da/dt, and Lap_x a, using
+  //   h = act(a),  dh = act'(a) da,  Lap h = act''(a) sum_k (da/dx_k)^2 + act'(a) Lap a.
+  // The derivative rows go through each layer's weight matrix in the same matmul as the
+  // values (bias on the values only). All plain tensor ops: autograd gives the gradient of
+  // anything built from the result in the parameters (second order in x for the
+  // Laplacian, where reverse mode needs d^2 backward passes).
+  Jets jets(const torch::Tensor& input, int64_t d) const {
+    const int64_t n = input.size(0), cols = input.size(1);
+    if (d < 1 || d > cols || cols > d + 1 || weights_.empty() || cols != weights_[0].size(0))
+      throw Error("MLP::jets: the input must have the network's " + std::to_string(weights_.empty() ? 0 : weights_[0].size(0)) +
+                  " columns: d = " + std::to_string(d) + " space columns and at most one time column");
+    const int64_t k = cols;  // first-order directions: x_1..x_d, then t when present
+    // Layer 0 is affine in the input: da/dx_k is row k of W0 for every sample, Lap a = 0.
+    auto a = torch::addmm(biases_[0], input, weights_[0]);
+    auto da = weights_[0].unsqueeze(1).expand({k, n, weights_[0].size(1)});  // [k, N, w]
+    torch::Tensor lap;  // undefined means zero
+    for (size_t i = 0;; ++i) {
+      if (i > 0) {
+        // [value; k first-order rows; Laplacian] as one (k + 2) N x w_in matrix.
+        auto out = torch::cat({a.unsqueeze(0), da, lap.unsqueeze(0)}, 0)
+                       .reshape({(k + 2) * n, -1})
+                       .mm(weights_[i])
+                       .view({k + 2, n, -1});
+        a = out[0] + biases_[i];
+        da = out.narrow(0, 1, k);
+        lap = out[k + 1];
+      }
+      if (i + 1 == weights_.size()) break;
+      auto act = activation_derivatives(activation_, a);
+      auto lap_h = act.second * da.narrow(0, 0, d).square().sum(0);
+      if (lap.defined()) lap_h = lap_h + act.first * lap;
+      da = da * act.first.unsqueeze(0);
+      a = act.value;  // from here on a, da, lap describe the layer's output h
+      lap = lap_h;
+    }
+    Jets result;
+    result.value = a;
+    result.jacobian = da.narrow(0, 0, d).permute({1, 0, 2});
+    result.laplacian = lap.defined() ? lap : torch::zeros_like(a);
+    if (k > d) result.time = da[d];
+    return result;
+  }
+
+  // The same as jets() with a hand-written reverse pass (detail::JetSweep): faster, and
+  // differentiable once (in the parameters and the input), which is what a training loss
+  // needs; use jets() to differentiate the result twice.
+  Jets fused_jets(const torch::Tensor& input, int64_t d) const {
+    const int64_t cols = input.size(1);
+    if (d < 1 || d > cols || cols > d + 1 || weights_.empty() || cols != weights_[0].size(0))
+      throw Error("MLP::fused_jets: the input must have the network's " +
+                  std::to_string(weights_.empty() ? 0 : weights_[0].size(0)) + " columns: d = " +
+                  std::to_string(d) + " space columns and at most one time column");
+    std::vector<torch::Tensor> tensors{input};
+    for (size_t i = 0; i < weights_.size(); ++i) tensors.insert(tensors.end(), {weights_[i], biases_[i]});
+    auto out = detail::JetSweep::apply(at::TensorList(tensors), d, static_cast<int64_t>(activation_));
+    Jets result;
+    result.value = out[0];
+    result.jacobian = out.narrow(0, 1, d).permute({1, 0, 2});
+    result.laplacian = out[cols + 1];
+    if (cols > d) result.time = out[d + 1];
+    return result;
   }
 
   std::vector<torch::Tensor> parameters() const {

@@ -21,6 +21,7 @@
 namespace mfglab {
 
 class Hamiltonian;
+class Plugin;
 
 // Where plugins send messages; the engine routes them to the run's log and the console.
 class Logger {
@@ -45,6 +46,10 @@ struct RunContext {
   uint64_t seed = 0;
   int64_t data_dim = 0;     // dimension of the data; 0 while the dataset is created
   Hamiltonian* hamiltonian = nullptr;  // the experiment's Hamiltonian, or null
+  // (SDK 1.1) The run's dataset, set before the model and everything after it is created;
+  // null while the dataset itself is created and outside runs. Not owned. Lets a model
+  // use the data's optional capabilities (e.g. an exact score for explicit score matching).
+  Plugin* dataset = nullptr;
 
   torch::TensorOptions options() const { return torch::TensorOptions().dtype(dtype).device(device); }
   void info(const std::string& m) const { if (logger) logger->info(m); }
@@ -177,6 +182,35 @@ class HjbResidual {
   virtual std::string hjb_equation() const = 0;  // e.g. "-d_t Phi + H(grad Phi)", for titles
 };
 inline constexpr const char* kHjbResidual = "mfglab.hjb_residual/1";
+
+// "mfglab.flow_map/1", offered by deterministic flows: the map x(t0) -> x(t1) of
+// dx/dt = b + v computed with the model's own solver (t1 < t0 integrates backwards), for
+// x [N, d]. The result is detached; metrics use it for invertibility checks.
+class FlowMap {
+ public:
+  virtual ~FlowMap() = default;
+  virtual torch::Tensor transport(const torch::Tensor& x, double t0, double t1) = 0;  // [N, d]
+};
+inline constexpr const char* kFlowMap = "mfglab.flow_map/1";
+
+// "mfglab.score_derivatives/1", offered by score models that compute their score's
+// derivatives in closed form (sgm with a score network: one forward sweep, mfglab/nn.h
+// MLP::jets). At points (x [N, d], t [N, 1]) it returns the score and its derivatives,
+// differentiable in the model's parameters (not in x or t). The score-PDE regularizer
+// uses it instead of d + d^2 reverse-mode passes; mfglab/score_pde.h computes the same
+// quantities by autograd for any model.
+struct ScoreDerivativeValues {
+  torch::Tensor score;      // s, [N, d]
+  torch::Tensor jacobian;   // [N, d, d]: jacobian[n][i][j] = d_i s_j
+  torch::Tensor laplacian;  // [N, d]: Lap s_j = sum_i d_i d_i s_j
+  torch::Tensor time;       // d_t s, [N, d]
+};
+class ScoreDerivatives {
+ public:
+  virtual ~ScoreDerivatives() = default;
+  virtual ScoreDerivativeValues score_derivatives(const torch::Tensor& x, const torch::Tensor& t) = 0;
+};
+inline constexpr const char* kScoreDerivatives = "mfglab.score_derivatives/1";
 
 // Looks a capability up: `if (auto* d = capability<ExactDensity>(dataset, kExactDensity))`.
 template <class T>

@@ -1,0 +1,117 @@
+// HJB regularizer: the batch mean of |r|^q for the residual r of the model's value function
+// in one of the two equations of <mfglab/hjb.h> (DESIGN.md section 2):
+//
+//   equation mfg:          r = -U_t + H(x, grad U) - b.grad U - sigma^2/2 Lap U
+//                          (the HJB equation with F = 0; U = model.value, b = model.drift,
+//                          sigma = model.diffusion, H = the experiment's Hamiltonian, or the
+//                          quadratic one with `lambda` when the experiment has none);
+//   equation log_density:  r = u_t + div f + f.grad u - g^2/2 (Lap u + |grad u|^2)
+//                          (u = model.value read as log rho_t of the forward noising process
+//                          dY = f dt + g dW, data at t = 0: the potential form of the score
+//                          PDE that score_pde enforces on s = grad u). u must be log rho_t
+//                          itself, not only up to a function of t: u_t enters, so a
+//                          potential network also learns the normalisation's t-dependence.
+//
+// Points: the model's collocation points (on its particle paths, or its forward-noised
+// training points for a score model), or uniform in a box. Derivatives are autograd with
+// create_graph; the Laplacian is exact up to `exact_up_to` dimensions, Hutchinson beyond.
+#include <string>
+
+#include <mfglab/hjb.h>
+#include <mfglab/plugin.h>
+
+namespace {
+
+using mfglab::Error;
+using torch::Tensor;
+
+// The quadratic Hamiltonian |p|^2 / (2 lambda), used when the experiment has none.
+class QuadraticFallback final : public mfglab::Hamiltonian {
+ public:
+  explicit QuadraticFallback(double lambda) : lambda_(lambda) {}
+  Tensor hamiltonian(const Tensor&, const Tensor& p) override { return p.square().sum(1) / (2 * lambda_); }
+  Tensor optimal_control(const Tensor&, const Tensor& p) override { return -p / lambda_; }
+  Tensor running_cost(const Tensor&, const Tensor& v) override { return 0.5 * lambda_ * v.square().sum(1); }
+
+ private:
+  double lambda_;
+};
+
+class Hjb final : public mfglab::Regularizer {
+ public:
+  Hjb(const mfglab::Params& params, const mfglab::RunContext& ctx)
+      : equation_(params.string("equation")),
+        points_(params.string("points")),
+        q_(params.integer("q")),
+        box_(params.number("box")),
+        fallback_(params.number("lambda")),
+        H_(ctx.hamiltonian ? ctx.hamiltonian : &fallback_),
+        generator_(ctx.generator) {
+    // The host enforces the declared choices and bounds; repeated because a typo would
+    // silently select another branch below.
+    if (equation_ != "mfg" && equation_ != "log_density")
+      throw Error("equation must be mfg or log_density, got '" + equation_ + "'");
+    if (points_ != "paths" && points_ != "box") throw Error("points must be paths or box, got '" + points_ + "'");
+    if (q_ != 1 && q_ != 2) throw Error("q must be 1 or 2, got " + std::to_string(q_));
+    if (!(params.number("lambda") > 0)) throw Error("lambda must be > 0");
+    trace_.exact_up_to = params.integer("exact_up_to");
+    trace_.probes = params.integer("probes");
+    trace_.generator = generator_;
+  }
+
+  Tensor penalty(mfglab::Model& model, const Tensor& batch) override {
+    if (batch.dim() != 2) throw Error("expected a data batch of shape [N, d]");
+    auto [x, t] = points(model, batch);
+    auto r = equation_ == "mfg" ? mfglab::hjb::residual(model, H_, x, t, true, trace_)
+                                : mfglab::hjb::log_density_residual(model, x, t, true, trace_);
+    return q_ == 1 ? r.abs().mean() : r.square().mean();
+  }
+
+ private:
+  std::pair<Tensor, Tensor> points(mfglab::Model& model, const Tensor& batch) {
+    if (points_ == "paths") {
+      // The residual detaches its points, so the paths need no graph.
+      torch::NoGradGuard no_grad;
+      auto c = model.collocation(batch);
+      return {c.x, c.t};
+    }
+    // Times from the model's forward process when it has one: a log-density (score) is
+    // singular at t = 0 for VP models.
+    auto* fp = mfglab::capability<mfglab::ForwardProcess>(&model, mfglab::kForwardProcess);
+    const double t_min = fp ? fp->t_min() : 0.0;
+    const int64_t n = batch.size(0), d = batch.size(1);
+    auto x = torch::empty({n, d}, batch.options()).uniform_(-box_, box_, generator_);
+    auto t = torch::empty({n, 1}, batch.options()).uniform_(t_min, model.horizon(), generator_);
+    return {x, t};
+  }
+
+  std::string equation_, points_;
+  int64_t q_;
+  double box_;
+  QuadraticFallback fallback_;
+  mfglab::Hamiltonian* H_;  // the experiment's (not owned), or fallback_
+  torch::Generator generator_;  // shares the run generator's state
+  mfglab::hjb::TraceOptions trace_;
+};
+
+}  // namespace
+
+MFGLAB_PLUGIN(Hjb, MFGLAB_KIND_REGULARIZER, "hjb", "1.0.0",
+              "HJB residual mean |r|^q of the model's value U: mfg r = -U_t + H(x, grad U) - b.grad U - "
+              "sigma^2/2 Lap U (H: the experiment's, else quadratic with lambda); log_density r = u_t + div f + "
+              "f.grad u - g^2/2 (Lap u + |grad u|^2) for u = log rho_t of the forward process",
+              "value",
+              mfglab::choice_param("equation", "mfg", "mfg|log_density",
+                                   "mfg: the HJB equation of the experiment's Hamiltonian; log_density: the "
+                                   "Fokker-Planck equation of log rho_t of the model's forward noising process"),
+              mfglab::int_param("q", 1, "exponent of the penalty mean |r|^q (1 or 2)").range(1, 2),
+              mfglab::choice_param("points", "paths", "paths|box",
+                                   "paths: the model's collocation points; box: uniform in [-box, box]^d x "
+                                   "U(t_min, horizon), t_min from the forward process or 0"),
+              mfglab::number_param("box", 4.0, "half-width of the box for points = box").above(0),
+              mfglab::number_param("lambda", 1.0,
+                                   "lambda of the quadratic H = |p|^2/(2 lambda) used when the experiment has "
+                                   "no Hamiltonian").above(0),
+              mfglab::int_param("exact_up_to", 4, "largest dimension with the exact Laplacian; Hutchinson beyond")
+                  .at_least(0),
+              mfglab::int_param("probes", 1, "Rademacher probes per point for the Hutchinson estimate").at_least(1))

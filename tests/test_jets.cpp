@@ -1,0 +1,195 @@
+// MLP::jets (forward-mode first and second derivatives, mfglab/nn.h) against reverse-mode
+// autograd in float64, for every activation; and the score_pde penalty computed from the
+// sgm model's "mfglab.score_derivatives/1" capability against the autograd path.
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <ATen/Parallel.h>
+
+#include <mfglab/nn.h>
+#include <mfglab/score_pde.h>
+#include <mfglab/sdk.h>
+
+#include "plugin_host.h"
+
+namespace {
+
+using nlohmann::json;
+using torch::Tensor;
+
+// max |a - b| / max(max |b|, 1e-300): one relative error for a whole tensor.
+double rel_error(const Tensor& a, const Tensor& b) {
+  const double scale = b.abs().max().item<double>();
+  return (a - b).abs().max().item<double>() / std::max(scale, 1e-300);
+}
+
+// Derivatives of net(input) in its first d columns and in column d, by autograd.
+mfglab::nn::Jets reverse_mode(const mfglab::nn::MLP& net, const Tensor& input_in, int64_t d) {
+  auto input = input_in.detach().requires_grad_();
+  auto out = net.forward(input);
+  const int64_t m = out.size(1);
+  std::vector<Tensor> jac, lap, time;
+  for (int64_t j = 0; j < m; ++j) {
+    auto g = torch::autograd::grad({out.select(1, j).sum()}, {input}, {}, true, true)[0];  // [N, d+1]
+    jac.push_back(g.narrow(1, 0, d));
+    time.push_back(g.select(1, d));
+    Tensor l;
+    for (int64_t k = 0; k < d; ++k) {
+      auto gk = torch::autograd::grad({g.select(1, k).sum()}, {input}, {}, true, true)[0].select(1, k);
+      l = k == 0 ? gk : l + gk;
+    }
+    lap.push_back(l);
+  }
+  return {out, torch::stack(jac, 2), torch::stack(lap, 1), torch::stack(time, 1)};
+}
+
+mfglab::engine::PluginHost& host() {
+  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("MLP::jets matches autograd for every activation", "[jets]") {
+  at::set_num_threads(1);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  for (std::string name : {"silu", "gelu", "tanh", "softplus", "relu", "logcosh"})
+    for (int64_t depth : {1, 3}) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
+      const int64_t d = 3;
+      std::vector<int64_t> sizes{d + 1};
+      for (int64_t i = 0; i < depth; ++i) sizes.push_back(24);
+      sizes.push_back(d);
+      mfglab::nn::MLP net(sizes, mfglab::nn::parse_activation(name), gen, f64);
+      auto input = torch::randn({64, d + 1}, gen, f64) * 1.5;
+      auto fast = net.jets(input, d);
+      auto slow = reverse_mode(net, input, d);
+      INFO("activation " << name << ", depth " << depth);
+      CHECK(rel_error(fast.value, slow.value) < 1e-12);
+      CHECK(rel_error(fast.jacobian, slow.jacobian) < 1e-10);
+      CHECK(rel_error(fast.time, slow.time) < 1e-10);
+      CHECK(rel_error(fast.laplacian, slow.laplacian) < 1e-8);
+      if (name != "relu") CHECK(slow.laplacian.abs().max().item<double>() > 1e-3);  // not trivially zero
+
+      // The parameter gradient of a functional of all four outputs.
+      auto functional = [](const mfglab::nn::Jets& j) {
+        return j.value.square().sum() + j.jacobian.sin().sum() + (j.laplacian * j.time).sum() +
+               j.laplacian.square().sum();
+      };
+      auto params = net.parameters();
+      auto g_fast = torch::autograd::grad({functional(fast)}, params);
+      auto g_slow = torch::autograd::grad({functional(slow)}, params);
+      for (size_t p = 0; p < params.size(); ++p) {
+        INFO("parameter " << p);
+        CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-8);
+      }
+
+      // fused_jets: the same values, and its hand-written reverse pass gives the same
+      // gradients in the parameters and in the input.
+      auto leaf = input.detach().requires_grad_();
+      auto fused = net.fused_jets(leaf, d);
+      CHECK(rel_error(fused.value, slow.value) < 1e-12);
+      CHECK(rel_error(fused.jacobian, slow.jacobian) < 1e-10);
+      CHECK(rel_error(fused.time, slow.time) < 1e-10);
+      CHECK(rel_error(fused.laplacian, slow.laplacian) < 1e-8);
+      auto with_input = params;
+      with_input.push_back(leaf);
+      auto g_fused = torch::autograd::grad({functional(fused)}, with_input);
+      auto leaf2 = input.detach().requires_grad_();
+      auto g_plain = torch::autograd::grad({functional(net.jets(leaf2, d))}, [&] {
+        auto v = params;
+        v.push_back(leaf2);
+        return v;
+      }());
+      for (size_t p = 0; p < with_input.size(); ++p) {
+        INFO("fused, parameter " << p << (p + 1 == with_input.size() ? " (the input)" : ""));
+        CHECK(rel_error(g_fused[p], g_plain[p]) < 1e-8);
+      }
+    }
+}
+
+TEST_CASE("MLP::jets without a time column", "[jets]") {
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  mfglab::nn::MLP net({2, 16, 16, 1}, mfglab::nn::Activation::tanh, gen, f64);
+  auto input = torch::randn({32, 2}, gen, f64);
+  auto fast = net.jets(input, 2);
+  CHECK_FALSE(fast.time.defined());
+  CHECK(fast.jacobian.sizes() == torch::IntArrayRef({32, 2, 1}));
+  CHECK_THROWS(net.jets(input, 0));
+  CHECK_THROWS(net.jets(torch::randn({4, 3}, gen, f64), 2));
+}
+
+TEST_CASE("sgm score derivatives and the score_pde penalty agree with autograd", "[jets][score_pde]") {
+  at::set_num_threads(1);
+  for (std::string process : {"vp", "subvp", "ve", "ou"})
+    for (std::string activation : {"silu", "tanh"}) {
+      INFO("process " << process << ", activation " << activation);
+      mfglab::RunContext ctx;
+      ctx.generator = at::make_generator<at::CPUGeneratorImpl>(3);
+      ctx.dtype = torch::kFloat64;
+      ctx.data_dim = 2;
+      auto model = host().create_as<mfglab::Model>(
+          "sgm", MFGLAB_KIND_MODEL, json{{"width", 32}, {"depth", 2}, {"process", process}, {"activation", activation}}, ctx);
+      auto* sd = mfglab::capability<mfglab::ScoreDerivatives>(model.get(), mfglab::kScoreDerivatives);
+      REQUIRE(sd != nullptr);
+      auto batch = torch::randn({128, 2}, at::make_generator<at::CPUGeneratorImpl>(4), torch::kFloat64);
+      auto c = model->collocation(batch);
+
+      auto fast = sd->score_derivatives(c.x, c.t);
+      auto slow = mfglab::score_pde::autograd_derivatives(*model, c.x, c.t);
+      CHECK(rel_error(fast.score, slow.score) < 1e-12);
+      CHECK(rel_error(fast.jacobian, slow.jacobian) < 1e-10);
+      CHECK(rel_error(fast.laplacian, slow.laplacian) < 1e-8);
+      CHECK(rel_error(fast.time, slow.time) < 1e-8);
+
+      auto r_fast = mfglab::score_pde::residual(*model, c.x, c.t, fast);
+      auto r_slow = mfglab::score_pde::residual(*model, c.x, c.t, slow);
+      CHECK(rel_error(r_fast, r_slow) < 1e-8);
+
+      // The regularizer (which takes the capability) against the autograd residual at the
+      // same collocation points, and the parameter gradients of both.
+      auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER,
+                                                      json{{"norm", "l2"}}, ctx);
+      ctx.generator.set_current_seed(5);
+      auto penalty = reg->penalty(*model, batch);
+      ctx.generator.set_current_seed(5);
+      auto c2 = model->collocation(batch);
+      auto expected = mfglab::score_pde::residual(*model, c2.x, c2.t,
+                                                  mfglab::score_pde::autograd_derivatives(*model, c2.x, c2.t))
+                          .square().sum(1).mean();
+      CHECK(penalty.item<double>() == Approx(expected.item<double>()).epsilon(1e-9));
+      auto params = model->parameters();
+      auto g_fast = torch::autograd::grad({penalty}, params);
+      auto g_slow = torch::autograd::grad({expected}, params);
+      for (size_t p = 0; p < params.size(); ++p) {
+        INFO("parameter " << p);
+        CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-8);
+      }
+
+      // hjb_residual is |r|_2 of the same residual.
+      auto* hr = mfglab::capability<mfglab::HjbResidual>(model.get(), mfglab::kHjbResidual);
+      REQUIRE(hr != nullptr);
+      CHECK(rel_error(hr->hjb_residual(c.x, c.t), r_slow.norm(2, 1)) < 1e-8);
+    }
+}
+
+TEST_CASE("sgm with a potential network offers no score derivatives but an hjb residual", "[jets]") {
+  mfglab::RunContext ctx;
+  ctx.generator = at::make_generator<at::CPUGeneratorImpl>(6);
+  ctx.dtype = torch::kFloat64;
+  ctx.data_dim = 2;
+  auto model = host().create_as<mfglab::Model>("sgm", MFGLAB_KIND_MODEL,
+                                               json{{"width", 16}, {"depth", 2}, {"parameterization", "potential"}}, ctx);
+  CHECK(mfglab::capability<mfglab::ScoreDerivatives>(model.get(), mfglab::kScoreDerivatives) == nullptr);
+  auto* hr = mfglab::capability<mfglab::HjbResidual>(model.get(), mfglab::kHjbResidual);
+  REQUIRE(hr != nullptr);
+  auto x = torch::randn({16, 2}, at::make_generator<at::CPUGeneratorImpl>(7), torch::kFloat64);
+  auto t = torch::full({16, 1}, 0.5, torch::kFloat64);
+  auto r = hr->hjb_residual(x, t);
+  CHECK(r.sizes() == torch::IntArrayRef({16}));
+  CHECK(torch::isfinite(r).all().item<bool>());
+}

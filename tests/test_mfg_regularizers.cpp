@@ -1,0 +1,497 @@
+// The MFG regularizers hjb, hjb_terminal, kinetic and jacobian_frobenius, the SDK's residual
+// functions (<mfglab/hjb.h>) and otflow's collocation points, against closed-form value
+// functions (test plugin mfg_test_model), the exact log density of a noised Gaussian
+// mixture (exact_gmm_score_model) and finite differences. All in float64.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#include <mfglab/hjb.h>
+#include <mfglab/sdk.h>
+
+#include "../plugins/otflow/otflow_internals.h"
+#include "catch_checks.h"  // Catch's CHECK, not glog's
+#include "cli.h"
+#include "plugin_host.h"
+
+namespace {
+
+using nlohmann::json;
+using torch::Tensor;
+
+mfglab::engine::PluginHost& host() {
+  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR, MFGLAB_BUILD_DIR "/tests/mfg_models",
+                                       MFGLAB_BUILD_DIR "/tests/score_models"});
+  return h;
+}
+
+// A run context with optional dataset and Hamiltonian, one model, and its regularizers.
+struct Setup {
+  mfglab::RunContext ctx;
+  std::unique_ptr<mfglab::Dataset> dataset;
+  std::unique_ptr<mfglab::Hamiltonian> hamiltonian;
+  std::unique_ptr<mfglab::Model> model;
+
+  explicit Setup(int64_t d, uint64_t seed = 0) {
+    at::set_num_threads(1);
+    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+    ctx.dtype = torch::kFloat64;
+    ctx.data_dim = d;
+  }
+  Setup& with_dataset(const std::string& name, const json& params) {
+    dataset = host().create_as<mfglab::Dataset>(name, MFGLAB_KIND_DATASET, params, ctx);
+    ctx.dataset = dataset.get();
+    return *this;
+  }
+  Setup& with_hamiltonian(const std::string& name, const json& params) {
+    if (name.empty()) return *this;
+    hamiltonian = host().create_as<mfglab::Hamiltonian>(name, MFGLAB_KIND_HAMILTONIAN, params, ctx);
+    ctx.hamiltonian = hamiltonian.get();
+    return *this;
+  }
+  Setup& with_model(const std::string& name, const json& params) {
+    model = host().create_as<mfglab::Model>(name, MFGLAB_KIND_MODEL, params, ctx);
+    return *this;
+  }
+  std::unique_ptr<mfglab::Regularizer> regularizer(const std::string& name, const json& params) {
+    return host().create_as<mfglab::Regularizer>(name, MFGLAB_KIND_REGULARIZER, params, ctx);
+  }
+  // The penalty with the generator reseeded, so that two calls see the same points.
+  Tensor penalty_tensor(mfglab::Regularizer& r, const Tensor& batch, uint64_t seed) {
+    ctx.generator.set_current_seed(seed);
+    return r.penalty(*model, batch);
+  }
+  double penalty(mfglab::Regularizer& r, const Tensor& batch, uint64_t seed) {
+    return penalty_tensor(r, batch, seed).item<double>();
+  }
+  Tensor normal(int64_t n, uint64_t seed) const {
+    return torch::randn({n, ctx.data_dim}, at::make_generator<at::CPUGeneratorImpl>(seed), torch::kFloat64);
+  }
+  Tensor uniform_times(int64_t n, double lo, double hi, uint64_t seed) const {
+    return torch::empty({n, 1}, torch::kFloat64).uniform_(lo, hi, at::make_generator<at::CPUGeneratorImpl>(seed));
+  }
+};
+
+// U_t, grad U and Lap U of the model's value by central differences (float64).
+struct FiniteDifferences {
+  Tensor dt, grad, lap;
+};
+
+FiniteDifferences finite_differences(mfglab::Model& m, const Tensor& x, const Tensor& t) {
+  torch::NoGradGuard no_grad;
+  const double h1 = 1e-5, h2 = 1e-4;  // first derivatives / second derivatives
+  const int64_t d = x.size(1);
+  auto U = m.value(x, t);
+  FiniteDifferences out;
+  out.dt = (m.value(x, t + h1) - m.value(x, t - h1)) / (2 * h1);
+  std::vector<Tensor> g;
+  out.lap = torch::zeros_like(U);
+  for (int64_t i = 0; i < d; ++i) {
+    auto e = torch::zeros_like(x);
+    e.select(1, i).fill_(1);
+    g.push_back((m.value(x + h1 * e, t) - m.value(x - h1 * e, t)) / (2 * h1));
+    out.lap = out.lap + (m.value(x + h2 * e, t) - 2 * U + m.value(x - h2 * e, t)) / (h2 * h2);
+  }
+  out.grad = torch::stack(g, 1);
+  return out;
+}
+
+double max_abs(const Tensor& t) { return t.abs().max().item<double>(); }
+
+// Mean |U_t| at the points: the scale against which a residual counts as zero.
+double mean_abs_dt(mfglab::Model& m, const Tensor& x, const Tensor& t_in) {
+  auto t = t_in.clone().requires_grad_();
+  auto U = m.value(x, t);
+  return torch::autograd::grad({U.sum()}, {t})[0].abs().mean().item<double>();
+}
+
+struct HjbCase {
+  std::string name;
+  json model;
+  std::string hamiltonian;
+  json hamiltonian_params;
+  int64_t d;
+  json regularizer;
+};
+
+const std::vector<HjbCase>& hjb_cases() {
+  static const std::vector<HjbCase> cases = {
+      {"inviscid, no Hamiltonian (lambda 1)", json::object(), "", json::object(), 2, json::object()},
+      {"inviscid lambda 2, quadratic lambda 2", {{"lambda", 2.0}}, "quadratic", {{"lambda", 2.0}}, 3, json::object()},
+      {"inviscid lambda 2, no Hamiltonian, fallback lambda 2", {{"lambda", 2.0}}, "", json::object(), 2,
+       {{"lambda", 2.0}}},
+      {"inviscid, lp with p = 2", json::object(), "lp", {{"p", 2.0}}, 2, json::object()},
+      {"viscous, exact Laplacian", {{"solution", "viscous"}}, "", json::object(), 3, json::object()},
+      // Hess U = -2 k lambda I: Rademacher probes give its trace exactly.
+      {"viscous, Hutchinson Laplacian", {{"solution", "viscous"}}, "", json::object(), 6, {{"exact_up_to", 0}}},
+  };
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("hjb: closed-form solutions of the HJB equation have zero residual", "[hjb]") {
+  for (const auto& c : hjb_cases()) {
+    Setup s(c.d);
+    s.with_hamiltonian(c.hamiltonian, c.hamiltonian_params).with_model("mfg_test_model", c.model);
+    auto batch = s.normal(256, 1);
+    const double scale = mean_abs_dt(*s.model, batch, s.uniform_times(256, 0, 1, 2));
+    INFO(c.name << ": mean |U_t| " << scale);
+    REQUIRE(scale > 0.1);  // the terms are far from zero, so a ~0 residual means something
+    for (std::string points : {"paths", "box"})
+      for (int q : {1, 2}) {
+        auto params = c.regularizer;
+        params["points"] = points;
+        params["q"] = q;
+        auto r = s.regularizer("hjb", params);
+        const double value = s.penalty(*r, batch, 3);
+        INFO("points " << points << ", q " << q << ": penalty " << value);
+        CHECK(value >= 0);
+        CHECK(value < 1e-10 * scale);
+      }
+    // The SDK function itself, signed, at the model's collocation points (its null
+    // Hamiltonian is quadratic with lambda 1, so the case with the fallback's lambda 2 is left out).
+    if (c.regularizer.contains("lambda")) continue;
+    auto col = s.model->collocation(batch);
+    mfglab::hjb::TraceOptions trace;
+    trace.exact_up_to = c.regularizer.value("exact_up_to", 4);
+    trace.generator = s.ctx.generator;
+    auto res = mfglab::hjb::residual(*s.model, s.ctx.hamiltonian, col.x, col.t, false, trace);
+    REQUIRE(res.sizes() == torch::IntArrayRef{256});
+    CHECK_FALSE(res.requires_grad());
+    CHECK(max_abs(res) < 1e-10 * scale);
+  }
+}
+
+TEST_CASE("hjb: a perturbed value function violates the equation and the penalty trains it", "[hjb]") {
+  for (const auto& c : hjb_cases()) {
+    auto params = c.model;
+    params["perturb"] = 0.1;
+    Setup s(c.d);
+    s.with_hamiltonian(c.hamiltonian, c.hamiltonian_params).with_model("mfg_test_model", params);
+    auto batch = s.normal(256, 1);
+    for (int q : {1, 2}) {
+      auto rp = c.regularizer;
+      rp["q"] = q;
+      auto r = s.regularizer("hjb", rp);
+      auto penalty = s.penalty_tensor(*r, batch, 3);
+      INFO(c.name << ", q " << q << ": penalty " << penalty.item<double>());
+      // 0.1 sin(sum x + t) changes the residual by about 0.1 cos(.) and more.
+      CHECK(penalty.item<double>() > (q == 1 ? 1e-2 : 1e-4));
+      REQUIRE(penalty.requires_grad());
+      auto g = torch::autograd::grad({penalty}, s.model->parameters())[0];
+      CHECK(std::isfinite(g.item<double>()));
+      CHECK(g.item<double>() > 0);  // moving away from the solution increases the residual
+    }
+  }
+}
+
+TEST_CASE("hjb: the autograd residual agrees with finite differences", "[hjb]") {
+  struct Case {
+    std::string name;
+    json model;
+    std::string hamiltonian;
+    json hamiltonian_params;
+  };
+  const std::vector<Case> cases = {
+      {"inviscid, quadratic", {{"perturb", 0.3}}, "", json::object()},
+      {"viscous, lp p = 3 (non-quadratic H)", {{"solution", "viscous"}, {"perturb", 0.3}}, "lp", {{"p", 3.0}}},
+  };
+  for (const auto& c : cases) {
+    Setup s(2);
+    s.with_hamiltonian(c.hamiltonian, c.hamiltonian_params).with_model("mfg_test_model", c.model);
+    auto x = s.normal(32, 4);
+    auto t = s.uniform_times(32, 0.1, 0.9, 5);
+    Tensor autograd_r;
+    {
+      torch::NoGradGuard no_grad;  // a diagnostic caller: derivatives must still be taken
+      autograd_r = mfglab::hjb::residual(*s.model, s.ctx.hamiltonian, x, t, false);
+    }
+    auto fd = finite_differences(*s.model, x, t);
+    auto H = s.ctx.hamiltonian ? s.ctx.hamiltonian->hamiltonian(x, fd.grad) : 0.5 * fd.grad.square().sum(1);
+    auto b = s.model->drift(x, t);
+    auto s2 = s.model->diffusion(t).reshape({-1}).square();
+    auto fd_r = -fd.dt + H - (b * fd.grad).sum(1) - 0.5 * s2 * fd.lap;
+    INFO(c.name << ": max |r| " << max_abs(autograd_r) << ", max |autograd - fd| " << max_abs(autograd_r - fd_r));
+    CHECK(max_abs(autograd_r) > 1e-2);
+    CHECK(max_abs(autograd_r - fd_r) < 1e-6);
+  }
+}
+
+TEST_CASE("hjb: the Hutchinson Laplacian is unbiased", "[hjb]") {
+  // The perturbation's Hessian -p sin(.) 1 1^T is not diagonal, so the probes matter.
+  Setup s(5);
+  s.with_model("mfg_test_model", {{"solution", "viscous"}, {"perturb", 0.5}});
+  auto x = s.normal(64, 6);
+  auto t = s.uniform_times(64, 0, 1, 7);
+  const double exact = mfglab::hjb::residual(*s.model, nullptr, x, t, false).mean().item<double>();
+  mfglab::hjb::TraceOptions trace;
+  trace.exact_up_to = 0;
+  trace.generator = s.ctx.generator;
+  const int rounds = 200;
+  std::vector<double> v;
+  for (int k = 0; k < rounds; ++k)
+    v.push_back(mfglab::hjb::residual(*s.model, nullptr, x, t, false, trace).mean().item<double>());
+  double mean = 0, var = 0;
+  for (double e : v) mean += e / rounds;
+  for (double e : v) var += (e - mean) * (e - mean) / (rounds - 1);
+  INFO("exact mean r " << exact << ", Hutchinson " << mean << " (std of one estimate " << std::sqrt(var) << ")");
+  REQUIRE(var > 1e-8);
+  CHECK(std::abs(mean - exact) < 5 * std::sqrt(var / rounds));
+}
+
+TEST_CASE("hjb log_density: the exact log density of a noised Gaussian mixture solves its equation", "[hjb]") {
+  Setup s(2);
+  s.with_model("exact_gmm_score_model", json::object());
+  s.ctx.generator.set_current_seed(1);
+  auto batch = s.model->sample(512);
+  auto col = s.model->collocation(batch);
+  // The test model's value is the potential of its score.
+  {
+    auto x = col.x.detach().requires_grad_();
+    auto u = s.model->value(x, col.t);
+    auto g = torch::autograd::grad({u.sum()}, {x})[0];
+    CHECK(max_abs(g - s.model->score(x, col.t)) < 1e-10);
+  }
+  const double scale = mean_abs_dt(*s.model, col.x, col.t);
+  INFO("mean |u_t| at the collocation points " << scale);
+  REQUIRE(scale > 0.5);
+  for (std::string points : {"paths", "box"})
+    for (int q : {1, 2}) {
+      auto r = s.regularizer("hjb", {{"equation", "log_density"}, {"points", points}, {"q", q}});
+      const double value = s.penalty(*r, batch, 2);
+      INFO("points " << points << ", q " << q << ": " << value);
+      CHECK(value < 1e-9 * scale);
+    }
+
+  // The score's perturbation 0.1 sin(x) (potential -0.1 sum cos x) breaks it.
+  Setup p(2);
+  p.with_model("exact_gmm_score_model", {{"perturb", 0.1}});
+  auto r = p.regularizer("hjb", {{"equation", "log_density"}});
+  const double perturbed = p.penalty(*r, batch, 2);
+  INFO("perturbed: " << perturbed);
+  CHECK(perturbed > 0.05);
+
+  // Against finite differences: r = u_t + div f + f.grad u - g^2/2 (Lap u + |grad u|^2),
+  // f = -beta/2 x (div f = -beta d/2), g^2 = beta.
+  auto x = col.x.narrow(0, 0, 32).detach(), t = col.t.narrow(0, 0, 32).detach().clamp_min(0.05);
+  auto autograd_r = mfglab::hjb::log_density_residual(*p.model, x, t, false);
+  auto fd = finite_differences(*p.model, x, t);
+  auto f = p.model->drift(x, t);
+  auto g2 = p.model->diffusion(t).reshape({-1}).square();
+  auto fd_r = fd.dt - g2 + (f * fd.grad).sum(1) - 0.5 * g2 * (fd.lap + fd.grad.square().sum(1));
+  INFO("max |r| " << max_abs(autograd_r) << ", max |autograd - fd| " << max_abs(autograd_r - fd_r));
+  CHECK(max_abs(autograd_r) > 1e-2);
+  CHECK(max_abs(autograd_r - fd_r) < 1e-5 * std::max(1.0, max_abs(autograd_r)));
+}
+
+TEST_CASE("kinetic: the transport cost of closed-form flows", "[kinetic]") {
+  auto batch = Setup(2).normal(128, 8);
+  SECTION("constant velocity: |w|^2/2 T, or the experiment's running cost") {
+    const double w2 = 1.0 + 0.25, T = 2.0;
+    struct Case {
+      std::string hamiltonian;
+      json params;
+      double expected;
+    };
+    for (const auto& c : std::vector<Case>{{"", json::object(), 0.5 * w2 * T},
+                                           {"quadratic", {{"lambda", 3.0}}, 1.5 * w2 * T},
+                                           {"lp", {{"p", 3.0}}, std::pow(w2, 1.5) / 3 * T}}) {
+      Setup s(2);
+      s.with_hamiltonian(c.hamiltonian, c.params)
+          .with_model("mfg_test_model", {{"velocity", "constant"}, {"w", {1.0, -0.5}}, {"T", T}});
+      auto r = s.regularizer("kinetic", json::object());
+      INFO("Hamiltonian '" << c.hamiltonian << "'");
+      CHECK(s.penalty(*r, batch, 9) == Approx(c.expected).epsilon(1e-12));
+    }
+    // Without a Hamiltonian, the fallback's lambda.
+    Setup s(2);
+    s.with_model("mfg_test_model", {{"velocity", "constant"}, {"w", {1.0, -0.5}}, {"T", T}});
+    CHECK(s.penalty(*s.regularizer("kinetic", {{"lambda", 4.0}}), batch, 9) == Approx(2 * w2 * T).epsilon(1e-12));
+  }
+  SECTION("the optimal inviscid flow: |v|^2/2 = |x0|^2/(2 c^2) along each path") {
+    // x(t) = x0 (c + t)/c and v = x/(c + t) = x0/c: the running cost is constant on each
+    // path, so the estimate is exact for the batch whatever the collocation times.
+    const double c = 1.5, T = 0.7;
+    Setup s(2);
+    s.with_model("mfg_test_model", {{"c", c}, {"T", T}});
+    const double expected = T * (batch.square().sum(1) / (2 * c * c)).mean().item<double>();
+    CHECK(s.penalty(*s.regularizer("kinetic", json::object()), batch, 10) == Approx(expected).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("jacobian_frobenius: Hutchinson estimate of |A|_F^2 T for v = A x", "[jacobian_frobenius]") {
+  const std::vector<double> A = {1.0, 2.0, 0.0, -0.5, 0.3, 0.7, 0.2, -1.0, 0.4};
+  double frob = 0;
+  for (double a : A) frob += a * a;
+  const double T = 1.5, expected = frob * T;
+  Setup s(3);
+  s.with_model("mfg_test_model", {{"velocity", "linear"}, {"A", A}, {"T", T}});
+  auto batch = s.normal(256, 11);
+  for (int probes : {1, 4}) {
+    auto r = s.regularizer("jacobian_frobenius", {{"probes", probes}});
+    const int rounds = 60;
+    double mean = 0, var = 0;
+    std::vector<double> v;
+    for (int k = 0; k < rounds; ++k) v.push_back(s.penalty(*r, batch, 100 + k));
+    for (double e : v) mean += e / rounds;
+    for (double e : v) var += (e - mean) * (e - mean) / (rounds - 1);
+    const double se = std::sqrt(var / rounds);
+    INFO("probes " << probes << ": exact " << expected << ", estimate " << mean << " +- " << se);
+    REQUIRE(var > 0);
+    CHECK(std::abs(mean - expected) < 5 * se);
+    CHECK(se < 0.02 * expected);
+  }
+  // A constant velocity has a zero Jacobian.
+  Setup c(3);
+  c.with_model("mfg_test_model", {{"velocity", "constant"}});
+  CHECK(c.penalty(*c.regularizer("jacobian_frobenius", json::object()), batch, 12) == 0.0);
+}
+
+TEST_CASE("hjb_terminal: U(x(T), T) against 1 + log rho_T - log N, up to a constant", "[hjb_terminal]") {
+  // Inviscid flow x(T) = 2 x0 (c = T = 1) of data N(0, s0^2 I): rho_T = N(0, 4 s0^2 I), so
+  // 1 + log rho_T(y) - log N(y) = const - |y|^2 (1/(8 s0^2) - 1/2), and U(y, 1) = -|y|^2/4
+  // matches it exactly when s0^2 = 1/6.
+  auto gmm = [](double std) {
+    return json{{"components", {{{"mean", {0.0, 0.0}}, {"std", std}}}}, {"train_size", 10}, {"test_size", 10}};
+  };
+  auto batch = Setup(2).normal(256, 13);
+  SECTION("zero for the matching data, nonzero otherwise, trains U") {
+    Setup s(2);
+    s.with_dataset("gmm", gmm(std::sqrt(1.0 / 6.0))).with_model("mfg_test_model", json::object());
+    for (int q : {1, 2}) {
+      auto r = s.regularizer("hjb_terminal", {{"q", q}});
+      CHECK(s.penalty(*r, batch, 14) < 1e-12);
+      CHECK(s.penalty(*s.regularizer("hjb_terminal", {{"q", q}, {"data_density", "exact"}}), batch, 14) < 1e-12);
+    }
+    Setup wide(2);
+    wide.with_dataset("gmm", gmm(1.0)).with_model("mfg_test_model", json::object());
+    // s0 = 1: target const + 3|y|^2/8, mismatch -5|y|^2/8 = -5|x0|^2/2, far from constant.
+    CHECK(wide.penalty(*wide.regularizer("hjb_terminal", {{"q", 1}}), batch, 14) > 0.2);
+
+    Setup p(2);
+    p.with_dataset("gmm", gmm(std::sqrt(1.0 / 6.0))).with_model("mfg_test_model", {{"perturb", 0.2}});
+    auto penalty = p.penalty_tensor(*p.regularizer("hjb_terminal", json::object()), batch, 14);
+    CHECK(penalty.item<double>() > 1e-3);
+    REQUIRE(penalty.requires_grad());
+    auto g = torch::autograd::grad({penalty}, p.model->parameters())[0];
+    CHECK(g.item<double>() > 0);
+  }
+  SECTION("model mode: the spread of U(x(T), T)") {
+    Setup s(2);
+    s.with_model("mfg_test_model", json::object());  // no dataset: auto falls back to model
+    auto y = 2 * batch;
+    auto U = s.model->value(y, torch::ones({256, 1}, torch::kFloat64));
+    const double expected = (U - U.mean()).square().mean().item<double>();
+    REQUIRE(expected > 0.1);
+    CHECK(s.penalty(*s.regularizer("hjb_terminal", json::object()), batch, 15) == Approx(expected).epsilon(1e-12));
+    CHECK(s.penalty(*s.regularizer("hjb_terminal", {{"data_density", "model"}}), batch, 15) ==
+          Approx(expected).epsilon(1e-12));
+  }
+  SECTION("clear errors") {
+    Setup s(2);
+    s.with_model("mfg_test_model", json::object());
+    CHECK_THROWS_WITH(s.regularizer("hjb_terminal", {{"data_density", "exact"}}), Catch::Contains("exact density"));
+    Setup n(2);
+    n.with_model("mfg_test_model", {{"flow_map", false}});
+    auto r = n.regularizer("hjb_terminal", json::object());
+    CHECK_THROWS_WITH(r->penalty(*n.model, batch), Catch::Contains("mfglab.flow_map/1"));
+  }
+}
+
+TEST_CASE("otflow: collocation points lie on its RK4 paths; the regularizers train it", "[otflow][hjb]") {
+  Setup s(2);
+  s.with_model("otflow", {{"width", 8}, {"steps", 4}});
+  auto batch = s.normal(64, 16);
+  s.ctx.generator.set_current_seed(17);
+  auto col = s.model->collocation(batch);
+  REQUIRE(col.x.sizes() == batch.sizes());
+  REQUIRE(col.t.sizes() == torch::IntArrayRef{64, 1});
+  CHECK(col.t.min().item<double>() >= 0);
+  CHECK(col.t.max().item<double>() <= 1);
+  CHECK(col.t.std().item<double>() > 0.1);
+  CHECK(col.x.requires_grad());  // differentiable in the parameters
+
+  auto* internals = mfglab::capability<mfglab::otflow::Internals>(s.model.get(), mfglab::otflow::kInternals);
+  REQUIRE(internals != nullptr);
+  for (int64_t i : {0, 1, 2, 3}) {
+    const double ti = col.t[i][0].item<double>();
+    auto xi = internals->flow(batch.narrow(0, i, 1), 0.0, ti, 4).narrow(1, 0, 2);
+    INFO("point " << i << " at t = " << ti);
+    CHECK(max_abs(xi - col.x.narrow(0, i, 1)) < 1e-12);
+  }
+
+  // The SDK residual by autograd equals otflow's closed-form |-d_t Phi + H(grad Phi)|.
+  auto* own = mfglab::capability<mfglab::HjbResidual>(s.model.get(), mfglab::kHjbResidual);
+  REQUIRE(own != nullptr);
+  auto r = mfglab::hjb::residual(*s.model, nullptr, col.x, col.t, false);
+  auto closed = own->hjb_residual(col.x.detach(), col.t).detach();
+  CHECK(max_abs(closed) > 1e-3);
+  CHECK(max_abs(r.abs() - closed) < 1e-10);
+
+  // kinetic estimates the same integral as otflow's own L term (integrated by RK4 along
+  // the paths), by one uniform time per path.
+  {
+    auto big = 2 * s.normal(16000, 19);  // standard error of the estimate ~1%
+    const double L = internals->flow(big, 0.0, 1.0, 4).select(1, 3).mean().item<double>();  // [x, l, L, R]
+    const double k = s.penalty(*s.regularizer("kinetic", json::object()), big, 20);
+    INFO("otflow L term " << L << ", kinetic " << k);
+    CHECK(k == Approx(L).epsilon(0.05));
+  }
+
+  // hjb_terminal through otflow's flow map (no dataset here: the target is the constant 1).
+  for (std::string name : {"hjb", "kinetic", "jacobian_frobenius", "hjb_terminal"}) {
+    auto reg = s.regularizer(name, json::object());
+    auto p = s.penalty_tensor(*reg, batch, 18);
+    INFO(name << " = " << p.item<double>());
+    CHECK(std::isfinite(p.item<double>()));
+    CHECK(p.item<double>() > 0);
+    REQUIRE(p.requires_grad());
+    auto params = s.model->parameters();
+    auto g = torch::autograd::grad({p}, params, {}, false, false, /*allow_unused=*/true);
+    double total = 0;
+    for (const auto& gi : g)
+      if (gi.defined()) {
+        CHECK(torch::isfinite(gi).all().item<bool>());
+        total += gi.abs().sum().item<double>();
+      }
+    CHECK(total > 0);
+  }
+}
+
+TEST_CASE("mfglab validate refuses a regularizer whose model field is missing", "[cli]") {
+  // One file per model with all four regularizers: each CLI call loads every plugin.
+  using mfglab::test::mfglab_cli;
+  mfglab::test::TempDir tmp("test_mfg_regularizers");
+  const std::vector<std::pair<std::string, std::string>> needs = {
+      {"hjb", "value"}, {"hjb_terminal", "value"}, {"kinetic", "velocity"}, {"jacobian_frobenius", "velocity"}};
+  auto experiment = [&](const std::string& model) {
+    json regs = json::array();
+    for (const auto& [name, field] : needs) regs.push_back({{"plugin", name}, {"weight", 0.1}});
+    json j = {{"name", "v"},
+              {"dataset", {{"plugin", "toy2d"}, {"params", {{"name", "moons"}}}}},
+              {"model", {{"plugin", model}}},
+              {"regularizers", regs}};
+    return tmp.file(model + ".json", j.dump(2));
+  };
+  const std::string bad = experiment("sgm");
+  auto r = mfglab_cli("validate '" + bad + "'");
+  INFO(r.err);
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.empty());
+  for (size_t i = 0; i < needs.size(); ++i)
+    CHECK_THAT(r.err, Catch::Contains(bad + ": /regularizers/" + std::to_string(i) + "/plugin: regularizer '" +
+                                      needs[i].first + "' needs the model's '" + needs[i].second +
+                                      "' field, which model 'sgm' does not provide"));
+  // otflow provides value, velocity and log_prob.
+  const std::string good = experiment("otflow");
+  auto ok = mfglab_cli("validate '" + good + "'");
+  INFO(ok.err);
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.out == good + ": valid experiment 'v' with 1 run(s)\n");
+}
