@@ -255,9 +255,10 @@ TEST_CASE("evaluation settings", "[experiment]") {
 
 TEST_CASE("regularizers and what they need", "[experiment]") {
   SECTION("a model field the model lacks") {
-    CHECK_ERROR(patched(R"({"regularizers": [{"plugin": "needs_value", "weight": 0.1}]})"),
+    CHECK_ERROR(patched(R"({"model": {"plugin": "cnf", "params": null},
+                            "regularizers": [{"plugin": "needs_value", "weight": 0.1}]})"),
                 "bad.json: /regularizers/0/plugin: regularizer 'needs_value' needs the model's 'value' field, "
-                "which model 'sgm' does not provide (it provides: score, log_prob)");
+                "which model 'cnf' does not provide (it provides: velocity, log_prob)");
   }
   SECTION("a Hamiltonian the experiment lacks") {
     CHECK_ERROR(patched(R"({"regularizers": [{"plugin": "needs_hamiltonian"}]})"),

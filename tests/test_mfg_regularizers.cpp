@@ -465,7 +465,7 @@ TEST_CASE("otflow: collocation points lie on its RK4 paths; the regularizers tra
 }
 
 TEST_CASE("mfglab validate refuses a regularizer whose model field is missing", "[cli]") {
-  // One file per model with all four regularizers: each CLI call loads every plugin.
+  // One file per model with all four regularizers (each CLI call loads every plugin).
   using mfglab::test::mfglab_cli;
   mfglab::test::TempDir tmp("test_mfg_regularizers");
   const std::vector<std::pair<std::string, std::string>> needs = {
@@ -479,15 +479,29 @@ TEST_CASE("mfglab validate refuses a regularizer whose model field is missing", 
               {"regularizers", regs}};
     return tmp.file(model + ".json", j.dump(2));
   };
-  const std::string bad = experiment("sgm");
-  auto r = mfglab_cli("validate '" + bad + "'");
-  INFO(r.err);
-  CHECK(r.exit_code == 2);
-  CHECK(r.out.empty());
-  for (size_t i = 0; i < needs.size(); ++i)
-    CHECK_THAT(r.err, Catch::Contains(bad + ": /regularizers/" + std::to_string(i) + "/plugin: regularizer '" +
-                                      needs[i].first + "' needs the model's '" + needs[i].second +
-                                      "' field, which model 'sgm' does not provide"));
+  // cnf lacks value (hjb, hjb_terminal), sgm lacks velocity (kinetic, jacobian_frobenius).
+  for (const auto& [model, missing] : {std::pair<std::string, std::string>{"cnf", "value"}, {"sgm", "velocity"}}) {
+    const std::string bad = experiment(model);
+    auto r = mfglab_cli("validate '" + bad + "'");
+    INFO(r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.out.empty());
+    for (size_t i = 0; i < needs.size(); ++i) {
+      const std::string line = bad + ": /regularizers/" + std::to_string(i) + "/plugin: regularizer '" + needs[i].first +
+                               "' needs the model's '" + needs[i].second + "' field, which model '" + model +
+                               "' does not provide";
+      if (needs[i].second == missing) CHECK_THAT(r.err, Catch::Contains(line));
+      else CHECK_THAT(r.err, !Catch::Contains("regularizer '" + needs[i].first + "'"));
+    }
+  }
+  // sgm's potential parameterization has a value function: the log-density form of hjb.
+  const std::string sgm_hjb = tmp.file("sgm_hjb.json", json({{"name", "v"},
+      {"dataset", {{"plugin", "toy2d"}, {"params", {{"name", "moons"}}}}},
+      {"model", {{"plugin", "sgm"}, {"params", {{"parameterization", "potential"}}}}},
+      {"regularizers", {{{"plugin", "hjb"}, {"params", {{"equation", "log_density"}}}}}}}).dump(2));
+  auto sgm_ok = mfglab_cli("validate '" + sgm_hjb + "'");
+  INFO(sgm_ok.err);
+  CHECK(sgm_ok.exit_code == 0);
   // otflow provides value, velocity and log_prob.
   const std::string good = experiment("otflow");
   auto ok = mfglab_cli("validate '" + good + "'");

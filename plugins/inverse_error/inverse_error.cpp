@@ -23,16 +23,10 @@ class InverseError final : public mfglab::Metric {
   }
 
   mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {
-    if (in.model == nullptr)
-      throw mfglab::Error(
-          "inverse_error needs the model's flow, but there is no model here (it cannot be "
-          "computed from sample files: use it in an experiment's eval metrics)");
-    if (!in.reference.defined() || in.reference.dim() != 2 || in.reference.size(0) == 0)
-      throw mfglab::Error("inverse_error needs held-out reference data of shape [m, d], m >= 1");
+    auto x = mfglab::flow_metric_start(in, max_points_, "inverse_error").to(options_);
     torch::NoGradGuard no_grad;
     auto& model = *in.model;
     const double T = model.horizon();
-    auto x = in.reference.detach().slice(0, 0, max_points_).to(options_);
     Tensor back;
     if (auto* map = mfglab::capability<mfglab::FlowMap>(&model, mfglab::kFlowMap)) {
       back = map->transport(map->transport(x, 0.0, T), T, 0.0);

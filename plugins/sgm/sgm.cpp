@@ -437,7 +437,7 @@ class Sgm final : public mfglab::Model,
 MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.1.0",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
-              "score,log_prob",
+              "score,log_prob,value",  // value: parameterization "potential" only (U with s = grad U)
               mfglab::int_param("width", 128, "hidden units per layer of the score network").at_least(1),
               mfglab::int_param("depth", 3, "hidden layers of the score network").at_least(1),
               mfglab::choice_param("activation", "silu", "silu|gelu|tanh|relu|softplus",

@@ -26,16 +26,10 @@ class Transport final : public mfglab::Metric {
   }
 
   mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {
-    if (in.model == nullptr)
-      throw mfglab::Error(
-          "transport needs the model's velocity, but there is no model here (it cannot be "
-          "computed from sample files: use it in an experiment's eval metrics)");
-    if (!in.reference.defined() || in.reference.dim() != 2 || in.reference.size(0) == 0)
-      throw mfglab::Error("transport needs held-out reference data of shape [m, d], m >= 1");
+    auto x0 = mfglab::flow_metric_start(in, max_points_, "transport").to(options_);
     torch::NoGradGuard no_grad;
     auto& model = *in.model;
     const double T = model.horizon();
-    auto x0 = in.reference.detach().slice(0, 0, max_points_).to(options_);
     const int64_t n = x0.size(0);
     auto path = mfglab::flow_path(model, x0, 0.0, T, steps_);  // [K + 1, n, d]
 

@@ -44,4 +44,15 @@ inline torch::Tensor flow_path(Model& model, const torch::Tensor& x0, double t0,
   return path;
 }
 
+// For metrics that follow the model's flow from held-out points: the first `max_points`
+// of them, detached; clear errors (naming `metric`) without a model or held-out data.
+inline torch::Tensor flow_metric_start(const MetricInput& in, int64_t max_points, const std::string& metric) {
+  if (in.model == nullptr)
+    throw Error(metric + " follows the model's flow, but there is no model here (it cannot be computed "
+                "from sample files: use it in an experiment's eval metrics)");
+  if (!in.reference.defined() || in.reference.dim() != 2 || in.reference.size(0) == 0)
+    throw Error(metric + " needs held-out reference data of shape [m, d], m >= 1");
+  return in.reference.detach().slice(0, 0, max_points);
+}
+
 }  // namespace mfglab
