@@ -13,6 +13,7 @@
 #include <functional>
 #include <string>
 
+#include <mfglab/flow.h>
 #include <mfglab/sdk.h>
 
 namespace mfglab::cnf {
@@ -38,11 +39,7 @@ inline torch::Tensor rk4(const Rhs& f, torch::Tensor y, double t0, double t1, in
   const double h = (t1 - t0) / static_cast<double>(steps);
   for (int64_t k = 0; k < steps; ++k) {
     const double t = t0 + static_cast<double>(k) * h;
-    auto k1 = f(y, t);
-    auto k2 = f(y + (h / 2) * k1, t + h / 2);
-    auto k3 = f(y + (h / 2) * k2, t + h / 2);
-    auto k4 = f(y + h * k3, t + h);
-    y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4);
+    y = rk4_step(f, y, t, h);
     check_finite(y, "rk4", k + 1, t + h);
   }
   if (stats) {

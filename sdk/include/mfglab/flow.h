@@ -8,6 +8,16 @@
 
 namespace mfglab {
 
+// One classical RK4 step of dy/dt = f(y, t) from (y, t) with step h (h < 0 goes backwards).
+template <typename F>
+torch::Tensor rk4_step(F&& f, const torch::Tensor& y, double t, double h) {
+  auto k1 = f(y, t);
+  auto k2 = f(y + (h / 2) * k1, t + h / 2);
+  auto k3 = f(y + (h / 2) * k2, t + h / 2);
+  auto k4 = f(y + h * k3, t + h);
+  return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4);
+}
+
 // The classical RK4 path of dx/dt = model.velocity(x, t) + model.drift(x, t) from x0 [N, d]
 // at t0 to t1 (t1 < t0 integrates backwards) with `steps` equal steps: [steps + 1, N, d],
 // entry k at time t0 + k (t1 - t0) / steps, entry 0 being x0. The diffusion is ignored.
@@ -31,11 +41,7 @@ inline torch::Tensor flow_path(Model& model, const torch::Tensor& x0, double t0,
   path[0].copy_(x);
   for (int64_t k = 0; k < steps; ++k) {
     const double t = t0 + static_cast<double>(k) * h;
-    auto k1 = field(x, t);
-    auto k2 = field(x + (h / 2) * k1, t + h / 2);
-    auto k3 = field(x + (h / 2) * k2, t + h / 2);
-    auto k4 = field(x + h * k3, t + h);
-    x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4);
+    x = rk4_step(field, x, t, h);
     if (!torch::isfinite(x).all().item<bool>())
       throw Error("flow_path: non-finite state at RK4 step " + std::to_string(k + 1) + " of " +
                   std::to_string(steps) + " (t = " + std::to_string(t + h) + ")");
