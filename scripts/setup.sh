@@ -10,6 +10,8 @@ PACKAGES=(
   nlohmann-json3-dev libfmt-dev libtbb-dev libcli11-dev
   catch2                              # tests (v2)
   libopenblas0-pthread                # without it Debian's BLAS is the reference one, 4-8x slower
+  libblas-dev                         # link-time libblas.so for <mfglab/blas.h> (runs on OpenBLAS)
+  libdnnl-dev                         # oneDNN's float GEMM for LibTorch (engine/src/gemm_backend.cpp)
   libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/plot.cpp)
 )
 
