@@ -20,6 +20,7 @@
 #include <torch/nn/utils/clip_grad.h>
 
 #include "mfglab/sdk.h"
+#include "fused_adam.h"
 #include "plot.h"
 #include "model_arrays.h"
 #include "plugin_host.h"
@@ -291,7 +292,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       if (tc.optimizer == "sgd")
         optimizer = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(tc.lr).momentum(tc.momentum).weight_decay(tc.weight_decay));
       else
-        optimizer = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(tc.lr).betas({tc.beta1, tc.beta2}).weight_decay(tc.weight_decay));
+        optimizer = std::make_unique<FusedAdam>(params, torch::optim::AdamOptions(tc.lr).betas({tc.beta1, tc.beta2}).weight_decay(tc.weight_decay));
     } else if (params.empty() && tc.iterations > 0) {
       throw Error(fmt::format("model '{}' has no trainable parameters but train.iterations is {}", spec.model.plugin, tc.iterations));
     }
