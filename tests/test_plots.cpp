@@ -253,6 +253,40 @@ TEST_CASE("compare --png: one panel per configuration", "[plots]") {
     CHECK(r.out.find("width=64") != std::string::npos);  // the table is still printed
   }
 
+  SECTION("--draw trajectories: each configuration's paths side by side") {
+    // Paths from the origin towards the configuration's corner; width=64 has none.
+    for (const auto& [label, where] : configs) {
+      if (label == "width=64") continue;
+      const int64_t steps = 6, n = 40;
+      std::vector<float> paths;
+      for (int64_t t = 0; t < steps; ++t)
+        for (int64_t i = 0; i < n; ++i) {
+          const double s = t / (steps - 1.0);
+          paths.push_back(static_cast<float>(where * s + 0.01 * i));
+          paths.push_back(static_cast<float>(where * s - 0.01 * i));
+        }
+      save_npy((root / "grid" / (label + ",seed=0") / "trajectories.npy").string(),
+               torch::from_blob(paths.data(), {steps, n, 2}, torch::kFloat32).clone());
+    }
+    const std::string png3 = (tmp.path / "paths.png").string();
+    auto r = mfglab_cli("compare " + root.string() + " --png " + png3 + " --draw trajectories");
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    const PlotFile paths = plot_compare({root.string()}, png3, mfglab::engine::CompareView::trajectories);
+    REQUIRE(paths.panels.size() == 3);
+    Image img3(png3);
+    // Each panel frames its own paths, so where they go shows in the last steps (orange):
+    // width=128's end at the lower left of its panel, width=32's at the upper right;
+    // width=64 has no trajectories and stays empty.
+    auto orange = [](int r, int g, int b) { return r > 160 && g > 50 && g < 140 && b < 90; };
+    CHECK(img3.count(lower_left(paths.panels[0]), orange) > 10 * (img3.count(upper_right(paths.panels[0]), orange) + 1));
+    CHECK(img3.count(upper_right(paths.panels[1]), orange) > 10 * (img3.count(lower_left(paths.panels[1]), orange) + 1));
+    CHECK(img3.count(paths.panels[2], coloured) == 0);
+    // --draw needs --png, and only two values exist.
+    CHECK(mfglab_cli("compare " + root.string() + " --draw trajectories").exit_code != 0);
+    CHECK(mfglab_cli("compare " + root.string() + " --png " + png3 + " --draw density").exit_code != 0);
+  }
+
   SECTION("a configuration without a successful run gets an empty panel") {
     auto s = nlohmann::json::parse(mfglab::test::read_text((root / "grid" / "width=64,seed=0" / "summary.json").string()));
     for (uint64_t seed : {0, 1}) {

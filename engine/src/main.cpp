@@ -207,14 +207,15 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   return failed ? kExitFailedRuns : 0;
 }
 
-int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png) {
+int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png,
+                const std::string& draw) {
   try {
     auto rows = collect_runs(dirs);
     if (as_json) std::cout << format_json(rows).dump(2) << "\n";
     else if (csv) std::cout << format_csv(rows);
     else std::cout << format_table(rows);
     if (!png.empty()) {
-      plot_compare(dirs, png);
+      plot_compare(dirs, png, draw == "trajectories" ? CompareView::trajectories : CompareView::samples);
       std::fprintf(stderr, "wrote %s\n", png.c_str());
     }
     return 0;
@@ -337,7 +338,12 @@ int main(int argc, char** argv) {
   auto* csv_flag = compare->add_flag("--csv", compare_csv, "print CSV");
   compare->add_flag("--json", compare_json, "print JSON")->excludes(csv_flag);
   std::string compare_png;
-  compare->add_option("--png", compare_png, "also draw a grid of samples, one panel per configuration, into this PNG");
+  auto* png_option = compare->add_option("--png", compare_png, "also draw a grid of samples, one panel per configuration, into this PNG");
+  std::string compare_draw = "samples";
+  compare->add_option("--draw", compare_draw, "what the --png panels show: samples (over held-out data) or trajectories "
+                      "(each run's trajectories.npy)")
+      ->check(CLI::IsMember({"samples", "trajectories"}))
+      ->needs(png_option);
 
   auto* plot = app.add_subcommand("plot", "draw the figures of runs (samples.png, losses.png, ...) into their directories");
   std::vector<std::string> plot_dirs;
@@ -374,7 +380,7 @@ int main(int argc, char** argv) {
       options.plots = !no_plots;
       return cmd_run(host, run_file, options, quiet);
     }
-    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png);
+    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw);
     if (*plot) return cmd_plot(plot_dirs);
     if (*metric) return cmd_metric(host, metric_name, samples_file, data_file, params_text, metric_seed, metric_json);
   } catch (const std::exception& e) {

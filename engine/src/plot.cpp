@@ -1129,36 +1129,53 @@ std::vector<PlotFile> plot_density(const fs::path& dir, const std::string& title
   return saved(fig, dir / "density.png");
 }
 
-std::vector<PlotFile> plot_trajectories(const fs::path& dir, const std::string& title) {
-  const NdArray a = read_npy((dir / "trajectories.npy").string());
+// The paths of a trajectories.npy ([T, N, >= 2], time first), thinned to a few hundred
+// (more only cover each other), ready to draw.
+struct Trajectories {
+  std::vector<std::pair<std::vector<double>, std::vector<double>>> lines;
+  Cloud start, end;
+  View view;
+  std::string description;  // "particle trajectories: ..."
+};
+
+Trajectories read_trajectories(const fs::path& file) {
+  const NdArray a = read_npy(file.string());
   if (a.shape.size() != 3 || a.shape[0] < 1 || a.shape[2] < 2)
     throw Error(fmt::format("trajectories.npy: expected a [T, N, 2] array, got {} dimensions", a.shape.size()));
   const int64_t steps = a.shape[0], paths = a.shape[1], dims = a.shape[2];
   auto at = [&](int64_t t, int64_t i, int64_t k) { return a.values[(t * paths + i) * dims + k]; };
-  // A few hundred paths show the flow; more only cover each other.
   const int64_t stride = std::max<int64_t>(1, (paths + 299) / 300);
+  Trajectories out;
   std::vector<double> all_x, all_y;
-  Cloud start, end;
-  std::vector<std::pair<std::vector<double>, std::vector<double>>> lines;
   for (int64_t i = 0; i < paths; i += stride) {
     std::vector<double> xs, ys;
     for (int64_t t = 0; t < steps; ++t) xs.push_back(at(t, i, 0)), ys.push_back(at(t, i, 1));
     all_x.insert(all_x.end(), xs.begin(), xs.end());
     all_y.insert(all_y.end(), ys.begin(), ys.end());
-    start.x.push_back(xs.front()), start.y.push_back(ys.front());
-    end.x.push_back(xs.back()), end.y.push_back(ys.back());
-    lines.emplace_back(std::move(xs), std::move(ys));
+    out.start.x.push_back(xs.front()), out.start.y.push_back(ys.front());
+    out.end.x.push_back(xs.back()), out.end.y.push_back(ys.back());
+    out.lines.emplace_back(std::move(xs), std::move(ys));
   }
-  const View view{view_range({}, all_x), view_range({}, all_y)};
-  plot::Figure fig(580, fitted_height(view, 580, false));
+  out.view = View{view_range({}, all_x), view_range({}, all_y)};
+  out.description = fmt::format("particle trajectories: {} of {} paths, {} time steps{}", out.lines.size(), paths,
+                                steps, dims > 2 ? fmt::format(", first two of {} coordinates", dims) : "");
+  return out;
+}
+
+void draw_trajectories(plot::Axes& ax, const Trajectories& tr) {
+  frame_view(ax, tr.view);
+  for (size_t i = 0; i < tr.lines.size(); ++i)
+    ax.line(tr.lines[i].first, tr.lines[i].second, plot::palette(0).with_alpha(0.3), 0.7, i == 0 ? "paths" : "");
+  ax.scatter(tr.start.x, tr.start.y, kDataColor.with_alpha(0.7), 1.6, "first step");
+  ax.scatter(tr.end.x, tr.end.y, plot::palette(1).with_alpha(0.8), 1.6, "last step");
+}
+
+std::vector<PlotFile> plot_trajectories(const fs::path& dir, const std::string& title) {
+  const Trajectories tr = read_trajectories(dir / "trajectories.npy");
+  plot::Figure fig(580, fitted_height(tr.view, 580, false));
   auto& ax = fig.subplot(1, 1, 0);
-  frame_view(ax, view);
-  for (size_t i = 0; i < lines.size(); ++i)
-    ax.line(lines[i].first, lines[i].second, plot::palette(0).with_alpha(0.3), 0.7, i == 0 ? "paths" : "");
-  ax.scatter(start.x, start.y, kDataColor.with_alpha(0.7), 1.6, "first step");
-  ax.scatter(end.x, end.y, plot::palette(1).with_alpha(0.8), 1.6, "last step");
-  ax.set_title(title + fmt::format("\nparticle trajectories: {} of {} paths, {} time steps{}", lines.size(), paths, steps,
-                                   dims > 2 ? fmt::format(", first two of {} coordinates", dims) : ""));
+  draw_trajectories(ax, tr);
+  ax.set_title(title + "\n" + tr.description);
   return saved(fig, dir / "trajectories.png");
 }
 
@@ -1274,7 +1291,7 @@ std::vector<std::string> find_run_dirs(const std::vector<std::string>& paths) {
   return dirs;
 }
 
-PlotFile plot_compare(const std::vector<std::string>& paths, const std::string& png_path) {
+PlotFile plot_compare(const std::vector<std::string>& paths, const std::string& png_path, CompareView what) {
   struct Config {
     std::string experiment, label;
     std::vector<std::pair<fs::path, RunInfo>> runs;
@@ -1332,6 +1349,11 @@ PlotFile plot_compare(const std::vector<std::string>& paths, const std::string& 
     ax.set_legend(plot::Legend::none);
     const fs::path dir = ok.front()->first;
     try {
+      if (what == CompareView::trajectories) {
+        if (!fs::exists(dir / "trajectories.npy")) throw Error("no trajectories.npy (a model without velocity, or --no-plots)");
+        draw_trajectories(ax, read_trajectories(dir / "trajectories.npy"));
+        continue;
+      }
       if (!fs::exists(dir / "samples.npy")) throw Error("no samples.npy");
       const Cloud samples = read_cloud((dir / "samples.npy").string());
       std::optional<Cloud> data;
@@ -1346,8 +1368,11 @@ PlotFile plot_compare(const std::vector<std::string>& paths, const std::string& 
     }
   }
   fig.set_title(join(experiments, ", ") + fmt::format(": {} configuration{}", n, n == 1 ? "" : "s") +
-                "\nsamples of each configuration's first seed (blue) over held-out data (grey)" +
-                (projected ? ", first two coordinates" : "") + "\npanel titles: headline metric, mean ± std over seeds");
+                (what == CompareView::trajectories
+                     ? "\nparticle paths of each configuration's first seed, from held-out data (grey) to the last step (orange)"
+                     : "\nsamples of each configuration's first seed (blue) over held-out data (grey)" +
+                           std::string(projected ? ", first two coordinates" : "")) +
+                "\npanel titles: headline metric, mean ± std over seeds");
   fig.save_png(png_path);
   return {png_path, fig.pixel_data_areas()};
 }

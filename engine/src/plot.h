@@ -176,9 +176,15 @@ std::vector<PlotFile> plot_model_extras(const std::string& run_dir, const std::s
 // Throws mfglab::Error for a path that does not exist or holds no run.
 std::vector<std::string> find_run_dirs(const std::vector<std::string>& paths);
 
-// One panel per configuration (experiment and label) found under `paths`: the samples of
-// its first successful seed, titled with the headline metric (the first metric of
-// summary.json, mean ± std over the successful seeds). Written atomically to png_path.
-PlotFile plot_compare(const std::vector<std::string>& paths, const std::string& png_path);
+// What plot_compare draws in each panel: the samples over held-out data, or the particle
+// paths of trajectories.npy.
+enum class CompareView { samples, trajectories };
+
+// One panel per configuration (experiment and label) found under `paths`: the samples (or
+// trajectories) of its first successful seed, titled with the headline metric (the first
+// metric of summary.json, mean ± std over the successful seeds). Written atomically to
+// png_path.
+PlotFile plot_compare(const std::vector<std::string>& paths, const std::string& png_path,
+                      CompareView what = CompareView::samples);
 
 }  // namespace mfglab::engine
