@@ -8,7 +8,8 @@
 //             d/dt [x, l, L, R] = [v, div v, L(x, v), | -d_t Phi + H(x, grad_x Phi) |]
 // Loss terms  L = alpha_L mean L(1),  C = alpha_C mean(1/2 |x(1)|^2 + d/2 log 2 pi - l(1)),
 //             R = alpha_R mean R(1).
-// grad_s Phi and tr(Hess_xx Phi) come in closed form (see the header).
+// grad_s Phi and tr(Hess_xx Phi) come in closed form (see the header). For a quadratic H the
+// training loss and its gradient come from a hand-written kernel (block_loss.h, block_kernel.h).
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -16,12 +17,10 @@
 #include <string>
 #include <vector>
 
-#include <ATen/Parallel.h>
-
 #include <mfglab/plugin.h>
 #include <mfglab/potential.h>
 
-#include "fused_rhs.h"
+#include "block_loss.h"
 #include "otflow_internals.h"
 
 namespace {
@@ -107,13 +106,13 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
     if (batch.dim() != 2 || batch.size(1) != d_)
       throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " + shape(batch));
     auto x = batch.to(options_);
-    const int64_t n = x.size(0);
-    const int64_t chunks = std::min<int64_t>(threads_, n / kMinChunk);
-    if (chunks < 2 || !torch::GradMode::is_enabled()) {
-      auto t = terms(x);
+    if (lambda_ > 0 && fused_ && !x.requires_grad()) {
+      // Quadratic H: the whole objective and its gradient by the block kernel.
+      auto t = mfglab::otflow::block_loss(x, parameters(), {steps_, lambda_, {alpha_L_, alpha_C_, alpha_R_}, threads_});
       return {{"L", t[0]}, {"C", t[1]}, {"R", t[2]}};
     }
-    return split_loss(x, chunks);
+    auto t = terms(x);
+    return {{"L", t[0]}, {"C", t[1]}, {"R", t[2]}};
   }
 
   Tensor log_prob(const Tensor& x_in) override {
@@ -191,47 +190,12 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
 
  private:
   static constexpr double kT = 1.0;
-  static constexpr int64_t kMinChunk = 256;  // smaller chunks are all overhead
 
   // The three weighted terms (L, C, R) on x: [N, d].
   std::vector<Tensor> terms(const Tensor& x) {
     auto z = rk4(torch::constant_pad_nd(x, {0, 3}, 0), 0.0, kT, steps_, true);
     return {alpha_L_ * z.select(1, d_ + 1).mean(), alpha_C_ * neg_log_likelihood(z).mean(),
             alpha_R_ * z.select(1, d_ + 2).mean()};
-  }
-
-  // The run's thread budget spent on the batch: each thread integrates its slice and
-  // back-propagates its own share of the loss (autograd runs a backward pass on the
-  // calling thread only, so one graph would leave the other threads idle there). The
-  // parameter gradient of the total is then attached to the "L" term through
-  //   L + sum_p <p, g_p> - sum_p <p, g_p>.detach(),
-  // whose value is L and whose gradient is g: the engine's backward of L + C + R yields
-  // exactly the total's gradient, while C and R carry values only.
-  mfglab::LossTerms split_loss(const Tensor& x, int64_t chunks) {
-    auto params = parameters();
-    const int64_t n = x.size(0);
-    std::vector<std::vector<Tensor>> values(chunks), grads(chunks);
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      torch::AutoGradMode grad_on(true);  // OpenMP threads do not inherit the mode
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t lo = n * c / chunks, hi = n * (c + 1) / chunks;
-        auto t = terms(x.slice(0, lo, hi));
-        const double share = static_cast<double>(hi - lo) / static_cast<double>(n);
-        auto total = (t[0] + t[1] + t[2]) * share;
-        grads[c] = torch::autograd::grad({total}, params, {}, false, false, /*allow_unused=*/true);
-        for (auto& v : t) values[c].push_back(v.detach() * share);
-      }
-    });
-    Tensor L = values[0][0], C = values[0][1], R = values[0][2];
-    for (int64_t c = 1; c < chunks; ++c) L = L + values[c][0], C = C + values[c][1], R = R + values[c][2];
-    Tensor carrier = torch::zeros({}, options_);
-    for (size_t p = 0; p < params.size(); ++p) {
-      Tensor g;
-      for (int64_t c = 0; c < chunks; ++c)
-        if (grads[c][p].defined()) g = g.defined() ? g + grads[c][p] : grads[c][p];
-      if (g.defined()) carrier = carrier + (params[p] * g).sum();
-    }
-    return {{"L", L + (carrier - carrier.detach())}, {"C", C}, {"R", R}};
   }
 
   Tensor neg_log_likelihood(const Tensor& z) const {
@@ -243,8 +207,6 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   Tensor rhs(const Tensor& z, double t, bool augmented) {
     auto x = augmented ? z.narrow(1, 0, d_) : z;
     if (lambda_ > 0) {  // quadratic: everything in closed form
-      // One autograd node with a hand-written backward (fused_rhs.h); same values.
-      if (augmented && fused_) return mfglab::otflow::quadratic_rhs(z, potential_.parameters(), d_, t, lambda_);
       auto der = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), augmented);
       auto gx = der.grad.narrow(1, 0, d_);
       auto v = gx * (-1.0 / lambda_);
@@ -317,7 +279,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   int64_t steps_, eval_steps_;
   double alpha_L_, alpha_C_, alpha_R_;
   int threads_;
-  bool fused_;                  // quadratic H: the fused RHS node instead of autograd's graph
+  bool fused_;                  // quadratic H: the block kernel instead of autograd's graph
   torch::Generator generator_;  // shares the run generator's state
   torch::TensorOptions options_;
   mfglab::Hamiltonian* H_;      // the experiment's; not owned; null: quadratic, lambda = 1
@@ -337,5 +299,6 @@ MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.0.0",
               mfglab::number_param("alpha_L", 1.0, "weight of the running cost term L").at_least(0),
               mfglab::number_param("alpha_C", 100.0, "weight of the terminal term C (negative log-likelihood)").at_least(0),
               mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0),
-              mfglab::bool_param("fused", true, "quadratic H: one hand-differentiated node per RHS evaluation "
-                                 "(false: autograd through the closed-form sweep; same values)"))
+              mfglab::bool_param("fused", true, "quadratic H: the training loss and its gradient by a hand-written "
+                                 "kernel on blocks of samples (false: autograd through the closed-form sweep, "
+                                 "one thread; same values)"))

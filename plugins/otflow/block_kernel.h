@@ -1,0 +1,119 @@
+// The OT-Flow objective of one block of samples and its exact parameter gradient, for a
+// quadratic Hamiltonian H(p) = |p|^2 / (2 lambda), on raw pointers (no LibTorch inside):
+// forward RK4 over the augmented state z = [x, l, L, R], the loss terms, then the adjoint
+// of RK4 with a hand-written vector-Jacobian product of the right-hand side at every stage.
+//
+// Right-hand side at s = (x, t), with g = grad_s Phi and tr = tr(Hess_xx Phi):
+//   f = [v, div v, kin, res],  v = -g_x / lambda,  div v = -tr / lambda,
+//   kin = |g_x|^2 / (2 lambda),  res = |kin - g_t|.
+// Potential (<mfglab/potential.h>; rows are samples, weights stored [in, out]):
+//   a_0 = s K_0 + b_0,  u_0 = lc(a_0),  a_i = u_{i-1} K_i + b_i,  u_i = u_{i-1} + h lc(a_i),
+//   th_i = tanh(a_i) = lc'(a_i),  sech_i = 1 - th_i^2 = lc''(a_i),      i = 1..M, h = 1/M
+//   z_M = w,  z_{i-1} = z_i + h (th_i * z_i) K_i^T                       (z_i = dPhi/du_i)
+//   g = s S + b + (th_0 * z_0) K_0^T,  S = A^T A
+//   tr = (sech_0 * z_0) . q + tr_x(S),  q_j = sum_{k<d} K_0[k, j]^2
+//        + sum_i h sum_k (sech_i * z_i) . (KJ_i^k)^2,
+//   J_0^k = th_0 * K_0[k, :],  KJ_i^k = J_{i-1}^k K_i,  J_i^k = J_{i-1}^k + h th_i * KJ_i^k
+// (J_i^k = du_i/dx_k as a row, k < d).
+//
+// Layout trick: per layer i the rows [u_{i-1}; J_{i-1}^0 .. J_{i-1}^{d-1}] sit in one buffer,
+// so that a_i and all KJ_i come from one matrix product with K_i, and in the reverse sweep
+// the three contributions to dK_i (from a_i, KJ_i and z_{i-1}) are one product too.
+//
+// The adjoints of l, L, R are constant in time (f does not depend on them), so each stage's
+// output adjoint is a per-sample x part plus three scalars.
+//
+// This header holds what the driver (block_loss.cpp) shares with the kernel; the kernel itself
+// is block_kernel_impl.h, compiled once per instruction set (block_kernel_*.cpp) and chosen at
+// run time. Everything is templated on the scalar type: float for training, double for the
+// tests against autograd.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace mfglab::otflow::kernel {
+
+// Raw views of Potential::parameters() plus what every stage reuses.
+template <class T>
+struct Net {
+  int d = 0, m = 0, M = 0, r = 0;  // data dim, width, residual layers, rows of A
+  T h = 1;                         // ResNet step 1/M
+  std::vector<const T*> K, b;      // K_0 [d+1, m], K_i [m, m]; b_i [m]
+  const T *w = nullptr, *A = nullptr, *bvec = nullptr;
+  std::vector<T> S;  // A^T A, [d+1, d+1]
+  std::vector<T> q;  // q_j = sum_{k<d} K_0[k, j]^2
+  T trS = 0;         // tr_x(S) = sum_{k<d} S_kk
+
+  // Offsets of each parameter's gradient in the flat gradient (Potential::parameters()
+  // order; A's slot holds dl/dS, converted to dl/dA once all blocks are summed).
+  std::vector<int64_t> offK, offb;
+  int64_t offw = 0, offS = 0, offbvec = 0, size = 0;
+
+  void prepare() {
+    const int d1 = d + 1;
+    S.assign(d1 * d1, T(0));
+    for (int i = 0; i < d1; ++i)
+      for (int j = 0; j < d1; ++j) {
+        T acc = 0;
+        for (int k = 0; k < r; ++k) acc += A[k * d1 + i] * A[k * d1 + j];
+        S[i * d1 + j] = acc;
+      }
+    q.assign(m, T(0));
+    for (int k = 0; k < d; ++k)
+      for (int j = 0; j < m; ++j) q[j] += K[0][k * m + j] * K[0][k * m + j];
+    trS = 0;
+    for (int k = 0; k < d; ++k) trS += S[k * d1 + k];
+    offK.assign(M + 1, 0), offb.assign(M + 1, 0);
+    int64_t o = 0;
+    for (int i = 0; i <= M; ++i) {
+      offK[i] = o, o += (i == 0 ? d1 : m) * m;
+      offb[i] = o, o += m;
+    }
+    offw = o, o += m;
+    offS = o, o += d1 * d1;  // A's place in the parameter list, holding dl/dS
+    offbvec = o, o += d1;
+    size = o + 1;  // c: no derivative depends on it
+  }
+};
+
+// The settings of one loss evaluation.
+template <class T>
+struct Config {
+  int steps = 8;
+  T lambda = 1;
+  T alpha[3] = {1, 100, 5};  // weights of L, C, R
+  T seed[3] = {1, 1, 1};     // upstream gradients of the three weighted terms
+  int64_t n = 0;             // whole batch size: every mean divides by it
+  bool want_grad = true;
+};
+
+// What one block returns: its share of the three (weighted, batch-averaged) terms, the
+// gradient of seed . terms (Net offsets), and the first RK4 step with a non-finite state
+// (0: none).
+template <class T>
+struct Slot {
+  double terms[3] = {0, 0, 0};
+  std::vector<T> grad;
+  int bad_step = 0;
+};
+
+// Per-stage intermediates of the right-hand side, for nb <= B rows.
+// Runs blocks first, first + stride, ... of the batch x [n, d] (B samples each, the last one
+// possibly fewer), each into its own slot. One scratch set for all of them.
+#define MFGLAB_OTFLOW_RUN_BLOCKS(T) \
+  void run_blocks(const Net<T>& net, const Config<T>& cfg, const T* x, int64_t n, int B, int64_t first, \
+                  int64_t stride, Slot<T>* slots)
+namespace generic {  // any x86-64 (SSE2)
+MFGLAB_OTFLOW_RUN_BLOCKS(float);
+MFGLAB_OTFLOW_RUN_BLOCKS(double);
+}  // namespace generic
+namespace avx2 {  // AVX2 and FMA
+MFGLAB_OTFLOW_RUN_BLOCKS(float);
+}  // namespace avx2
+
+}  // namespace mfglab::otflow::kernel

@@ -1,0 +1,575 @@
+// The block kernel (see block_kernel.h for the equations), compiled once per instruction set:
+// the including file defines MFGLAB_OTFLOW_KERNEL_ISA, the namespace that keeps each
+// compilation's code apart. Compiled with -fno-trapping-math, without which GCC does not
+// vectorise the clamps in exp_nonpositive.
+#include "block_kernel.h"
+
+#include <mfglab/blas.h>
+
+namespace mfglab::otflow::kernel::MFGLAB_OTFLOW_KERNEL_ISA {
+
+// Element-wise activation of a pre-activation a: tanh(a) and log cosh(a), both from
+// e = exp(-2|a|):  tanh|a| = (1 - e) / (1 + e),  log cosh a = |a| + log1p(e) - log 2.
+// float: a polynomial exp and log1p that the compiler vectorises (libm's do not);
+// double: libm, for the comparisons against autograd.
+inline float exp_nonpositive(float x) {  // exp(x) for x <= 0, relative error ~2e-7
+  x = x < -87.0f ? -87.0f : x;  // (not std::fmax: it does not vectorise)
+  const int32_t n = static_cast<int32_t>(x * 1.44269504f - 0.5f);  // round(x / ln 2) for x <= 0
+  const float nf = static_cast<float>(n);
+  const float r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;  // x - n ln 2 (Cody-Waite), |r| <= ln2/2
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * __builtin_bit_cast(float, (n + 127) << 23);  // times 2^n, n >= -126
+}
+
+inline float log1p_unit(float e) {  // log(1 + e) for 0 <= e <= 1: 2 atanh(e / (2 + e)), |error| < 1e-8
+  const float s = e / (2.0f + e), s2 = s * s;
+  float p = 1.0f / 13;
+  p = p * s2 + 1.0f / 11;
+  p = p * s2 + 1.0f / 9;
+  p = p * s2 + 1.0f / 7;
+  p = p * s2 + 1.0f / 5;
+  p = p * s2 + 1.0f / 3;
+  p = p * s2 + 1.0f;
+  return 2.0f * s * p;
+}
+
+inline void tanh_logcosh(float a, float& th, float& lc) {
+  const float aa = std::fabs(a);
+  const float e = exp_nonpositive(-2.0f * aa);
+  th = std::copysign((1.0f - e) / (1.0f + e), a);
+  lc = aa + log1p_unit(e) - 0.693147181f;
+}
+
+inline void tanh_logcosh(double a, double& th, double& lc) {
+  const double aa = std::fabs(a);
+  th = std::tanh(a);
+  lc = aa + std::log1p(std::exp(-2.0 * aa)) - 0.69314718055994531;
+}
+
+// sum_j a_j b_j with 8 partial sums in a fixed order: vectorises (a plain running sum does
+// not, since float addition is not associative) and gives the same result on every call.
+template <class T>
+inline T dot(const T* a, const T* b, int m) {
+  typedef T V __attribute__((vector_size(8 * sizeof(T))));  // 8 lanes (GCC vector extension)
+  V acc = {};
+  int j = 0;
+  for (; j + 8 <= m; j += 8) {
+    V va, vb;
+    std::memcpy(&va, a + j, sizeof va);
+    std::memcpy(&vb, b + j, sizeof vb);
+    acc += va * vb;
+  }
+  T tail = 0;
+  for (; j < m; ++j) tail += a[j] * b[j];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
+// out_j = sum_{k<d} v[k stride + j]^2, j < m (the rows KJ^k of one sample).
+template <class T>
+inline void sum_squares(const T* v, size_t stride, int d, int m, T* out) {
+  for (int j = 0; j < m; ++j) out[j] = v[j] * v[j];
+  for (int k = 1; k < d; ++k)
+    for (int j = 0; j < m; ++j) out[j] += v[k * stride + j] * v[k * stride + j];
+}
+
+// An aligned scratch array (64 bytes: whole cache lines, same addresses modulo 64 for every
+// block, whichever thread runs it).
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t n) : n_((n + 15) / 16 * 16) {
+    p_ = static_cast<T*>(std::aligned_alloc(64, std::max<size_t>(64, n_ * sizeof(T))));
+    if (!p_) throw std::bad_alloc();
+  }
+  Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; }
+  Buffer& operator=(Buffer&& o) noexcept { std::swap(p_, o.p_); std::swap(n_, o.n_); return *this; }
+  Buffer(const Buffer&) = delete;
+  ~Buffer() { std::free(p_); }
+  T* data() const { return p_; }
+  void zero() { std::memset(p_, 0, n_ * sizeof(T)); }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+template <class T>
+struct Stage {
+  Buffer<T> s, g, sgn, th0;
+  std::vector<Buffer<T>> z;   // z_0 .. z_{M-1}, [nb, m] (z_M = w)
+  std::vector<Buffer<T>> L;   // L_i, i = 1..M: [u_{i-1}; J_{i-1}^k; zbar_{i-1}], [(d+2) nb, m]
+  std::vector<Buffer<T>> P;   // P_i, i = 1..M: [th_i; KJ_i^k], [(d+1) nb, m]
+  Stage(const Net<T>& net, int B) : s(B * (net.d + 1)), g(B * (net.d + 1)), sgn(B), th0(B * net.m) {
+    for (int i = 0; i < net.M; ++i) z.emplace_back(B * net.m);
+    L.emplace_back();
+    P.emplace_back();
+    for (int i = 1; i <= net.M; ++i) {
+      L.emplace_back(static_cast<size_t>(net.d + 2) * B * net.m);
+      P.emplace_back(static_cast<size_t>(net.d + 1) * B * net.m);
+    }
+  }
+};
+
+// One block of nb samples; all scratch sized for B rows.
+// DD, MW: the data dimension and width when known at compile time (0: at run time); with
+// them the compiler unrolls the short loops over k < d and j < m.
+template <class T, int DD = 0, int MW = 0>
+class Block {
+ public:
+  Block(const Net<T>& net, const Config<T>& cfg, int B) : net_(net), cfg_(cfg), B_(B), zc_(net.d + 3) {
+    const int d = net.d, m = net.m;
+    for (int i = 0; i < 4 * cfg.steps; ++i) stages_.emplace_back(net, B);
+    states_ = Buffer<T>(static_cast<size_t>(cfg.steps + 1) * B * zc_);
+    k_ = Buffer<T>(B * zc_), ksum_ = Buffer<T>(B * zc_);
+    xbar_ = Buffer<T>(B * d), gx_ = Buffer<T>(B * d);
+    for (int c = 0; c < 4; ++c) ybar_[c] = Buffer<T>(B * d);
+    tr_ = Buffer<T>(B), gbar_ = Buffer<T>(B * (d + 1)), sbar_ = Buffer<T>(B * (d + 1));
+    pbar_ = Buffer<T>(B * m), tmp_ = Buffer<T>(B * m), zbarM_ = Buffer<T>(B * m), row_ = Buffer<T>(2 * m);
+    for (int i = 0; i <= net.M; ++i) thbar_.emplace_back(B * m);
+    R_ = Buffer<T>(static_cast<size_t>(d + 2) * B * m);
+    UJbar_ = Buffer<T>(static_cast<size_t>(d + 1) * B * m);
+  }
+
+  // Runs rows [0, nb) of x ([nb, d], row-major) into slot (whose grad is accumulated into).
+  void run(const T* x, int nb, Slot<T>& slot) {
+    nb_ = nb;
+    const int d = DD ? DD : net_.d, zc = d + 3, steps = cfg_.steps;
+    const T dt = T(1) / static_cast<T>(steps);
+    T* Z0 = states_.data();
+    for (int r = 0; r < nb; ++r) {
+      for (int k = 0; k < d; ++k) Z0[r * zc + k] = x[r * d + k];
+      for (int k = d; k < zc; ++k) Z0[r * zc + k] = 0;
+    }
+    for (int n = 0; n < steps; ++n) {
+      forward_step(n);
+      if (!finite(state(n + 1))) {
+        slot.bad_step = n + 1;
+        return;
+      }
+    }
+    // Loss terms: alpha_L L(1), alpha_C (|x(1)|^2 / 2 + d/2 log 2 pi - l(1)), alpha_R R(1),
+    // each averaged over the whole batch.
+    const T* Z = state(steps);
+    const double log2pi = 0.5 * d * std::log(2 * M_PI);
+    double sL = 0, sC = 0, sR = 0;
+    for (int r = 0; r < nb; ++r) {
+      const T* zr = Z + r * zc;
+      double x2 = 0;
+      for (int k = 0; k < d; ++k) x2 += static_cast<double>(zr[k]) * zr[k];
+      sL += zr[d + 1];
+      sC += 0.5 * x2 + log2pi - zr[d];
+      sR += zr[d + 2];
+    }
+    const double N = static_cast<double>(cfg_.n);
+    slot.terms[0] = cfg_.alpha[0] * sL / N;
+    slot.terms[1] = cfg_.alpha[1] * sC / N;
+    slot.terms[2] = cfg_.alpha[2] * sR / N;
+    if (!cfg_.want_grad) return;
+
+    // Terminal adjoints: dl/dx(1) = wC x(1), dl/dl(1) = -wC, dl/dL(1) = wL, dl/dR(1) = wR,
+    // w* = seed * alpha / N. The last three stay constant back to t = 0.
+    const T wL = cfg_.seed[0] * cfg_.alpha[0] / static_cast<T>(cfg_.n);
+    const T wC = cfg_.seed[1] * cfg_.alpha[1] / static_cast<T>(cfg_.n);
+    const T wR = cfg_.seed[2] * cfg_.alpha[2] / static_cast<T>(cfg_.n);
+    const T seeds[3] = {-wC, wL, wR};  // adjoints of l, L, R
+    T* xb = xbar_.data();
+    for (int r = 0; r < nb; ++r)
+      for (int k = 0; k < d; ++k) xb[r * d + k] = wC * Z[r * zc + k];
+    grad_ = slot.grad.data();
+
+    // Adjoint of z_{n+1} = z_n + dt/6 (k1 + 2 k2 + 2 k3 + k4), k_c = f(y_c), y_1 = z_n,
+    // y_c = z_n + a_c dt k_{c-1} (a = 1/2, 1/2, 1): with Zb = dl/dz_{n+1},
+    //   kbar_4 = dt/6 Zb,  kbar_3 = dt/3 Zb + dt ybar_4,  kbar_2 = dt/3 Zb + dt/2 ybar_3,
+    //   kbar_1 = dt/6 Zb + dt/2 ybar_2,  ybar_c = kbar_c (df/dy)(y_c),  zbar_n = Zb + sum_c ybar_c.
+    // ybar_c has x components only, so the l, L, R parts of kbar_c are b_c dt seeds.
+    const T b[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
+    const T a_next[4] = {0, dt / 2, dt / 2, dt};  // kbar_c gets a_next[c+1] ybar_{c+1}
+    for (int n = steps - 1; n >= 0; --n) {
+      const int first = 4 * n;
+      for (int c = 3; c >= 0; --c) {
+        T* G = gx_.data();
+        for (int e = 0; e < nb * d; ++e) G[e] = b[c] * xb[e];
+        if (c < 3) {
+          const T* yb = ybar_[c + 1].data();
+          for (int e = 0; e < nb * d; ++e) G[e] += a_next[c + 1] * yb[e];
+        }
+        stage_backward(stages_[first + c], G, b[c] * seeds[0], b[c] * seeds[1], b[c] * seeds[2], ybar_[c].data());
+      }
+      for (int c = 0; c < 4; ++c) {
+        const T* yb = ybar_[c].data();
+        for (int e = 0; e < nb * d; ++e) xb[e] += yb[e];
+      }
+    }
+  }
+
+ private:
+  T* state(int n) const { return states_.data() + static_cast<size_t>(n) * B_ * zc_; }
+
+  bool finite(const T* Z) const {
+    bool ok = true;
+    for (int e = 0; e < nb_ * zc_; ++e) ok &= std::isfinite(Z[e]);
+    return ok;
+  }
+
+  // One RK4 step from state n to n + 1, its four stages' intermediates into stages_[4n..4n+3]
+  // (kept for the reverse sweep: recomputing them there was measured 25% slower overall).
+  void forward_step(int n) {
+    const int first = 4 * n;
+    const int zc = zc_, nb = nb_;
+    const T dt = T(1) / static_cast<T>(cfg_.steps);
+    const T t = static_cast<T>(n) * dt;
+    const T* Z = state(n);
+    T* Zn = state(n + 1);
+    T* k = k_.data();
+    T* ks = ksum_.data();
+    const T a[4] = {0, dt / 2, dt / 2, dt}, wgt[4] = {1, 2, 2, 1};
+    for (int c = 0; c < 4; ++c) {
+      stage_forward(stages_[first + c], Z, c == 0 ? nullptr : k, a[c], t + a[c], k);
+      if (c == 0) std::memcpy(ks, k, sizeof(T) * nb * zc);
+      else
+        for (int e = 0; e < nb * zc; ++e) ks[e] += wgt[c] * k[e];
+    }
+    for (int e = 0; e < nb * zc; ++e) Zn[e] = Z[e] + dt / 6 * ks[e];
+  }
+
+  // f at y = Z + a kprev (x columns only enter) and time t, into out [nb, d+3].
+  void stage_forward(Stage<T>& st, const T* Z, const T* kprev, T a, T t, T* out) {
+    const int d = DD ? DD : net_.d, d1 = d + 1, m = MW ? MW : net_.m, M = net_.M, nb = nb_, zc = d + 3;
+    const T h = net_.h, lambda = cfg_.lambda;
+    T* s = st.s.data();
+    for (int r = 0; r < nb; ++r) {
+      for (int k = 0; k < d; ++k) s[r * d1 + k] = Z[r * zc + k] + (kprev ? a * kprev[r * zc + k] : T(0));
+      s[r * d1 + d] = t;
+    }
+    // Layer 0 (K = d + 1 is tiny: by hand): th_0, u_0 = lc(a_0) and J_0^k = th_0 * K_0[k].
+    const T* K0 = net_.K[0];
+    const T* b0 = net_.b[0];
+    T* th0 = st.th0.data();
+    T* u0 = st.L[1].data();
+    T* J0 = u0 + static_cast<size_t>(nb) * m;
+    for (int r = 0; r < nb; ++r) {
+      T* arow = th0 + r * m;
+      for (int j = 0; j < m; ++j) arow[j] = b0[j];
+      for (int k = 0; k < d1; ++k) {
+        const T sk = s[r * d1 + k];
+        for (int j = 0; j < m; ++j) arow[j] += sk * K0[k * m + j];
+      }
+      T* urow = u0 + r * m;
+      for (int j = 0; j < m; ++j) tanh_logcosh(arow[j], arow[j], urow[j]);
+      for (int k = 0; k < d; ++k)
+        for (int j = 0; j < m; ++j) J0[(static_cast<size_t>(k) * nb + r) * m + j] = arow[j] * K0[k * m + j];
+    }
+    // Layers 1..M: [a_i; KJ_i] = [u_{i-1}; J_{i-1}] K_i in one product, then the activation
+    // and (i < M) u_i = u_{i-1} + h lc(a_i), J_i = J_{i-1} + h th_i * KJ_i into L_{i+1}.
+    for (int i = 1; i <= M; ++i) {
+      T* Li = st.L[i].data();
+      T* Pi = st.P[i].data();
+      blas::gemm(false, false, d1 * nb, m, m, T(1), Li, m, net_.K[i], m, T(0), Pi, m);
+      const T* bi = net_.b[i];
+      if (i < M) {
+        T* Ln = st.L[i + 1].data();
+        for (int r = 0; r < nb; ++r) {
+          T* arow = Pi + r * m;
+          const T* uprev = Li + r * m;
+          T* unext = Ln + r * m;
+          for (int j = 0; j < m; ++j) {
+            T lc;
+            tanh_logcosh(arow[j] + bi[j], arow[j], lc);
+            unext[j] = uprev[j] + h * lc;
+          }
+        }
+        const size_t off = static_cast<size_t>(nb) * m, len = static_cast<size_t>(d) * nb * m;
+        for (size_t e = 0; e < len; ++e) {
+          const size_t rj = e % off;
+          Ln[off + e] = Li[off + e] + h * Pi[rj] * Pi[off + e];
+        }
+      } else {
+        for (int r = 0; r < nb; ++r) {
+          T* arow = Pi + r * m;
+          for (int j = 0; j < m; ++j) {
+            T lc;
+            tanh_logcosh(arow[j] + bi[j], arow[j], lc);
+          }
+        }
+      }
+    }
+    // z_M = w, z_{i-1} = z_i + h (th_i * z_i) K_i^T.
+    T* y = tmp_.data();
+    for (int i = M; i >= 1; --i) {
+      const T* th = st.P[i].data();
+      T* zprev = st.z[i - 1].data();
+      for (int r = 0; r < nb; ++r) {
+        const T* zi = i == M ? net_.w : st.z[i].data() + r * m;
+        for (int j = 0; j < m; ++j) {
+          y[r * m + j] = th[r * m + j] * zi[j];
+          zprev[r * m + j] = zi[j];
+        }
+      }
+      blas::gemm(false, true, nb, m, m, h, y, m, net_.K[i], m, T(1), zprev, m);
+    }
+    // g = s S + b + (th_0 * z_0) K_0^T and the trace, then f.
+    const T* z0 = st.z[0].data();
+    const T* S = net_.S.data();
+    T* g = st.g.data();
+    T* tr = tr_.data();
+    T* p0 = row_.data();  // th_0 * z_0 of one row
+    T* c0 = p0 + m;       // sech_0 * z_0 of one row
+    for (int r = 0; r < nb; ++r) {
+      const T* th = th0 + r * m;
+      const T* zr = z0 + r * m;
+      for (int j = 0; j < m; ++j) {
+        p0[j] = th[j] * zr[j];
+        c0[j] = (T(1) - th[j] * th[j]) * zr[j];
+      }
+      tr[r] = net_.trS + dot(c0, net_.q.data(), m);
+      for (int c = 0; c < d1; ++c) {
+        T gc = net_.bvec[c];
+        for (int k = 0; k < d1; ++k) gc += s[r * d1 + k] * S[k * d1 + c];
+        g[r * d1 + c] = gc + dot(p0, K0 + c * m, m);
+      }
+    }
+    for (int i = 1; i <= M; ++i) {
+      const T* Pi = st.P[i].data();
+      const size_t off = static_cast<size_t>(nb) * m;
+      T* ci = row_.data();  // sech_i * z_i of one row
+      T* kj2 = ci + m;      // sum_k (KJ_i^k)^2 of one row
+      for (int r = 0; r < nb; ++r) {
+        const T* th = Pi + r * m;
+        const T* zi = i == M ? net_.w : st.z[i].data() + r * m;
+        sum_squares(Pi + off + r * m, off, d, m, kj2);
+        for (int j = 0; j < m; ++j) ci[j] = (T(1) - th[j] * th[j]) * zi[j];
+        tr[r] += h * dot(ci, kj2, m);
+      }
+    }
+    T* sg = st.sgn.data();
+    for (int r = 0; r < nb; ++r) {
+      T g2 = 0;
+      for (int k = 0; k < d; ++k) g2 += g[r * d1 + k] * g[r * d1 + k];
+      const T kin = g2 / (2 * lambda);
+      const T diff = kin - g[r * d1 + d];
+      T* o = out + r * zc;
+      for (int k = 0; k < d; ++k) o[k] = -g[r * d1 + k] / lambda;
+      o[d] = -tr[r] / lambda;
+      o[d + 1] = kin;
+      o[d + 2] = std::fabs(diff);
+      sg[r] = diff > 0 ? T(1) : (diff < 0 ? T(-1) : T(0));
+    }
+  }
+
+  // Vector-Jacobian product of one stage: output adjoint [Gx (per sample), Gl, GL, GR
+  // (scalars)] -> ybar = dl/dx [nb, d]; parameter adjoints accumulated into grad_.
+  void stage_backward(Stage<T>& st, const T* Gx, T Gl, T GL, T GR, T* ybar) {
+    const int d = DD ? DD : net_.d, d1 = d + 1, m = MW ? MW : net_.m, M = net_.M, nb = nb_;
+    const T h = net_.h, lambda = cfg_.lambda;
+    const size_t off = static_cast<size_t>(nb) * m;
+    const T* s = st.s.data();
+    const T* g = st.g.data();
+    const T* th0 = st.th0.data();
+    const T* z0 = st.z[0].data();
+    const T* K0 = net_.K[0];
+    const T* S = net_.S.data();
+    T* grad = grad_;
+    T* Sbar = grad + net_.offS;
+
+    // Output adjoints -> gbar = dl/dg [nb, d+1], trbar = dl/dtr (a scalar here):
+    //   v = -g_x / lambda, kin = |g_x|^2 / (2 lambda): d/dg_x = (-Gv + (GL + sgn GR) g_x) / lambda
+    //   res = |kin - g_t|: d/dg_t = -sgn GR;   div = -tr / lambda: trbar = -Gl / lambda.
+    T* gbar = gbar_.data();
+    const T* sg = st.sgn.data();
+    for (int r = 0; r < nb; ++r) {
+      const T rs = GR * sg[r];
+      for (int k = 0; k < d; ++k) gbar[r * d1 + k] = (g[r * d1 + k] * (GL + rs) - Gx[r * d + k]) / lambda;
+      gbar[r * d1 + d] = -rs;
+    }
+    const T trbar = -Gl / lambda;
+
+    // g = s S + b + p_0 K_0^T, p_0 = th_0 * z_0:
+    //   pbar = gbar K_0, K_0bar += gbar^T p_0, bbar += colsum gbar, Sbar += s^T gbar, sbar = gbar S.
+    // tr = (sech_0 * z_0) . q + ...:  zbar_0 = ebar sech_0 + pbar th_0,
+    //   thbar_0 = -2 ebar z_0 th_0 + pbar z_0 with ebar = trbar q.
+    T* sbar = sbar_.data();
+    T* zbar0 = st.L[1].data() + static_cast<size_t>(d1) * nb * m;  // zbar_0 in L_1's last rows
+    T* thb0 = thbar_[0].data();
+    T* K0bar = grad + net_.offK[0];
+    T* bvbar = grad + net_.offbvec;
+    for (int r = 0; r < nb; ++r) {
+      const T* gb = gbar + r * d1;
+      const T* th = th0 + r * m;
+      const T* zr = z0 + r * m;
+      T* pb = pbar_.data() + r * m;
+      for (int j = 0; j < m; ++j) pb[j] = 0;
+      for (int c = 0; c < d1; ++c) {
+        for (int j = 0; j < m; ++j) pb[j] += gb[c] * K0[c * m + j];
+        for (int j = 0; j < m; ++j) K0bar[c * m + j] += gb[c] * th[j] * zr[j];
+        bvbar[c] += gb[c];
+        for (int k = 0; k < d1; ++k) Sbar[k * d1 + c] += s[r * d1 + k] * gb[c];
+      }
+      for (int k = 0; k < d1; ++k) {
+        T acc = 0;
+        for (int c = 0; c < d1; ++c) acc += gb[c] * S[k * d1 + c];
+        sbar[r * d1 + k] = acc;
+      }
+      T* zb = zbar0 + r * m;
+      T* tb = thb0 + r * m;
+      for (int j = 0; j < m; ++j) {
+        const T e = trbar * net_.q[j];
+        zb[j] = e * (T(1) - th[j] * th[j]) + pb[j] * th[j];
+        tb[j] = -2 * e * zr[j] * th[j] + pb[j] * zr[j];
+      }
+    }
+
+    // z_{i-1} = z_i + h y_i K_i^T, y_i = th_i * z_i, i = 1..M, and the trace terms of layer i
+    // (c_i = sech_i * z_i, cbar_i = h trbar sum_k (KJ_i^k)^2):
+    //   ybar = h zbar_{i-1} K_i,  K_ibar += h zbar_{i-1}^T y_i (later, in the stacked product),
+    //   zbar_i = zbar_{i-1} + ybar th_i + cbar_i sech_i,  thbar_i = ybar z_i - 2 cbar_i z_i th_i.
+    for (int i = 1; i <= M; ++i) {
+      const T* Pi = st.P[i].data();
+      const T* zbprev = st.L[i].data() + static_cast<size_t>(d1) * nb * m;
+      T* zbnext = i < M ? st.L[i + 1].data() + static_cast<size_t>(d1) * nb * m : zbarM_.data();
+      T* yb = tmp_.data();
+      blas::gemm(false, false, nb, m, m, h, zbprev, m, net_.K[i], m, T(0), yb, m);
+      T* tb = thbar_[i].data();
+      T* kj2 = row_.data();
+      for (int r = 0; r < nb; ++r) {
+        const T* th = Pi + r * m;
+        const T* zi = i == M ? net_.w : st.z[i].data() + r * m;
+        sum_squares(Pi + off + r * m, off, d, m, kj2);
+        for (int j = 0; j < m; ++j) {
+          const T cbar = h * trbar * kj2[j], sech = T(1) - th[j] * th[j], ybj = yb[r * m + j];
+          zbnext[r * m + j] = zbprev[r * m + j] + ybj * th[j] + cbar * sech;
+          tb[r * m + j] = ybj * zi[j] - 2 * cbar * zi[j] * th[j];
+        }
+      }
+    }
+    T* wbar = grad + net_.offw;
+    for (int r = 0; r < nb; ++r)
+      for (int j = 0; j < m; ++j) wbar[j] += zbarM_.data()[r * m + j];
+
+    // Layers M..1, with R = [abar_i; KJbar_i; h y_i] and UJbar = [ubar; Jbar] running:
+    //   J_i = J_{i-1} + h th_i * KJ_i (i < M):  thbar_i += h sum_k Jbar_i^k * KJ_i^k,
+    //   KJbar_i = 2 h trbar c_i * KJ_i (+ h th_i * Jbar_i),
+    //   u_i = u_{i-1} + h lc(a_i), th_i = tanh(a_i):  abar_i = thbar_i sech_i (+ h th_i ubar_i),
+    //   K_ibar += [u_{i-1}; J_{i-1}; zbar_{i-1}]^T R,  b_ibar += colsum abar_i,
+    //   [ubar; Jbar] (+)= [abar_i; KJbar_i] K_i^T.
+    T* R = R_.data();
+    T* UJ = UJbar_.data();
+    for (int i = M; i >= 1; --i) {
+      const T* Pi = st.P[i].data();
+      T* tb = thbar_[i].data();
+      T* sech = row_.data();
+      T* ci2 = sech + m;  // 2 h trbar sech_i * z_i of one row
+      for (int r = 0; r < nb; ++r) {
+        const size_t e0 = static_cast<size_t>(r) * m;
+        const T* th = Pi + e0;
+        const T* zi = i == M ? net_.w : st.z[i].data() + e0;
+        T* tbr = tb + e0;
+        for (int j = 0; j < m; ++j) {
+          sech[j] = T(1) - th[j] * th[j];
+          ci2[j] = 2 * h * trbar * sech[j] * zi[j];
+        }
+        for (int k = 0; k < d; ++k) {
+          const T* kj = Pi + off * (k + 1) + e0;
+          T* kjb = R + off * (k + 1) + e0;
+          if (i < M) {
+            const T* jb = UJ + off * (k + 1) + e0;
+            for (int j = 0; j < m; ++j) {
+              tbr[j] += h * jb[j] * kj[j];
+              kjb[j] = ci2[j] * kj[j] + h * th[j] * jb[j];
+            }
+          } else {
+            for (int j = 0; j < m; ++j) kjb[j] = ci2[j] * kj[j];
+          }
+        }
+        T* ab = R + e0;
+        T* hy = R + off * d1 + e0;
+        for (int j = 0; j < m; ++j) {
+          ab[j] = tbr[j] * sech[j] + (i < M ? h * th[j] * UJ[e0 + j] : T(0));
+          hy[j] = h * th[j] * zi[j];  // h y_i
+        }
+      }
+      T* bb = grad + net_.offb[i];
+      for (int r = 0; r < nb; ++r)
+        for (int j = 0; j < m; ++j) bb[j] += R[r * m + j];
+      blas::gemm(true, false, m, m, (d + 2) * nb, T(1), st.L[i].data(), m, R, m, T(1), grad + net_.offK[i], m);
+      blas::gemm(false, true, d1 * nb, m, m, T(1), R, m, net_.K[i], m, i < M ? T(1) : T(0), UJ, m);
+    }
+
+    // Layer 0: J_0^k = th_0 * K_0[k] (k < d):  thbar_0 += sum_k Jbar_0^k K_0[k],
+    //   K_0bar[k] += colsum(Jbar_0^k * th_0);  the trace's q: K_0bar[k] += 2 trbar K_0[k] * colsum(sech_0 z_0);
+    //   tr_x(S): Sbar_kk += nb trbar.  a_0: abar_0 = thbar_0 sech_0 + th_0 ubar_0,
+    //   K_0bar += s^T abar_0,  b_0bar += colsum abar_0,  sbar += abar_0 K_0^T.
+    T* b0bar = grad + net_.offb[0];
+    T* colsum = pbar_.data();  // pbar is spent; colsum(sech_0 z_0) in its first row
+    for (int j = 0; j < m; ++j) colsum[j] = 0;
+    for (int r = 0; r < nb; ++r) {
+      const T* th = th0 + r * m;
+      const T* zr = z0 + r * m;
+      T* tb = thb0 + r * m;
+      const T* ub = UJ + r * m;
+      for (int k = 0; k < d; ++k) {
+        const T* jb = UJ + off * (k + 1) + r * m;
+        for (int j = 0; j < m; ++j) {
+          tb[j] += jb[j] * K0[k * m + j];
+          K0bar[k * m + j] += jb[j] * th[j];
+        }
+      }
+      T* ab = tmp_.data() + r * m;
+      for (int j = 0; j < m; ++j) {
+        const T sech = T(1) - th[j] * th[j];
+        colsum[j] += sech * zr[j];
+        ab[j] = tb[j] * sech + th[j] * ub[j];
+        b0bar[j] += ab[j];
+      }
+      for (int k = 0; k < d1; ++k) {
+        const T sk = s[r * d1 + k];
+        for (int j = 0; j < m; ++j) K0bar[k * m + j] += sk * ab[j];
+        sbar[r * d1 + k] += dot(ab, K0 + k * m, m);
+      }
+    }
+    for (int k = 0; k < d; ++k) {
+      for (int j = 0; j < m; ++j) K0bar[k * m + j] += 2 * trbar * K0[k * m + j] * colsum[j];
+      Sbar[k * d1 + k] += static_cast<T>(nb) * trbar;
+    }
+    for (int r = 0; r < nb; ++r)
+      for (int k = 0; k < d; ++k) ybar[r * d + k] = sbar[r * d1 + k];
+  }
+
+  const Net<T>& net_;
+  const Config<T>& cfg_;
+  const int B_;
+  const int zc_;
+  int nb_ = 0;
+  T* grad_ = nullptr;
+  std::vector<Stage<T>> stages_;
+  Buffer<T> states_, k_, ksum_, xbar_, gx_, ybar_[4], tr_, gbar_, sbar_, pbar_, tmp_, zbarM_, R_, UJbar_;
+  Buffer<T> row_;  // one or two rows of m for per-sample temporaries
+  std::vector<Buffer<T>> thbar_;
+};
+
+template <class T>
+void run_blocks_impl(const Net<T>& net, const Config<T>& cfg, const T* x, int64_t n, int B, int64_t first,
+                     int64_t stride, Slot<T>* slots) {
+  auto loop = [&](auto& block) {
+    for (int64_t b = first; b * B < n; b += stride) {
+      const int64_t lo = b * B, nb = std::min<int64_t>(B, n - lo);
+      block.run(x + lo * net.d, static_cast<int>(nb), slots[b]);
+    }
+  };
+  if (net.d == 2 && net.m == 32) {  // OT-Flow's 2D toys
+    Block<T, 2, 32> block(net, cfg, B);
+    loop(block);
+  } else {
+    Block<T> block(net, cfg, B);
+    loop(block);
+  }
+}
+
+}  // namespace mfglab::otflow::kernel::MFGLAB_OTFLOW_KERNEL_ISA

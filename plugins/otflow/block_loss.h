@@ -1,0 +1,28 @@
+// OT-Flow's training objective for a quadratic Hamiltonian by a hand-written kernel
+// (block_kernel.h): the batch is cut into fixed blocks of samples, each block integrates,
+// evaluates and back-propagates its samples on raw pointers, and the blocks' gradients are
+// summed in block order, so the result does not depend on the number of threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <mfglab/sdk.h>
+
+namespace mfglab::otflow {
+
+struct BlockLossSettings {
+  int64_t steps = 8;                   // RK4 steps on [0, 1]
+  double lambda = 1;                   // H(p) = |p|^2 / (2 lambda)
+  double alpha[3] = {1, 100, 5};       // weights of L, C, R
+  int threads = 1;                     // thread budget
+};
+
+// The weighted terms {L, C, R} (scalars) of the batch x [N, d] for the potential whose
+// Potential::parameters() are params (float32 or float64, as x). With grad mode on, the three
+// are differentiable in params (the gradient is computed in the same call; x gets none).
+// Throws mfglab::Error on a non-finite state.
+std::vector<torch::Tensor> block_loss(const torch::Tensor& x, const std::vector<torch::Tensor>& params,
+                                      const BlockLossSettings& settings);
+
+}  // namespace mfglab::otflow
