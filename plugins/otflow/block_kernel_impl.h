@@ -132,7 +132,8 @@ class Block {
     xbar_ = Buffer<T>(B * d), gx_ = Buffer<T>(B * d);
     for (int c = 0; c < 4; ++c) ybar_[c] = Buffer<T>(B * d);
     tr_ = Buffer<T>(B), gbar_ = Buffer<T>(B * (d + 1)), sbar_ = Buffer<T>(B * (d + 1));
-    pbar_ = Buffer<T>(B * m), tmp_ = Buffer<T>(B * m), zbarM_ = Buffer<T>(B * m), row_ = Buffer<T>(2 * m);
+    tmp_ = Buffer<T>(B * m), zbarM_ = Buffer<T>(B * m), row_ = Buffer<T>(2 * m);
+    X0_ = Buffer<T>(static_cast<size_t>(d + 2) * B * (d + 2)), Y0_ = Buffer<T>(static_cast<size_t>(d + 2) * B * m);
     for (int i = 0; i <= net.M; ++i) thbar_.emplace_back(B * m);
     R_ = Buffer<T>(static_cast<size_t>(d + 2) * B * m);
     UJbar_ = Buffer<T>(static_cast<size_t>(d + 1) * B * m);
@@ -392,37 +393,40 @@ class Block {
     const T trbar = -Gl / lambda;
 
     // g = s S + b + p_0 K_0^T, p_0 = th_0 * z_0:
-    //   pbar = gbar K_0, K_0bar += gbar^T p_0, bbar += colsum gbar, Sbar += s^T gbar, sbar = gbar S.
+    //   pbar = gbar K_0, K_0bar += gbar^T p_0 (in the stacked product below), bbar += colsum gbar,
+    //   Sbar += s^T gbar, sbar = gbar S (x columns only: s's t column is no state).
     // tr = (sech_0 * z_0) . q + ...:  zbar_0 = ebar sech_0 + pbar th_0,
     //   thbar_0 = -2 ebar z_0 th_0 + pbar z_0 with ebar = trbar q.
     T* sbar = sbar_.data();
     T* zbar0 = st.L[1].data() + static_cast<size_t>(d1) * nb * m;  // zbar_0 in L_1's last rows
     T* thb0 = thbar_[0].data();
-    T* K0bar = grad + net_.offK[0];
     T* bvbar = grad + net_.offbvec;
+    T* Y = Y0_.data();  // rows [p_0; abar_0; Jbar_0^k * th_0], see the stacked product
+    T* pb = row_.data();
     for (int r = 0; r < nb; ++r) {
       const T* gb = gbar + r * d1;
       const T* th = th0 + r * m;
       const T* zr = z0 + r * m;
-      T* pb = pbar_.data() + r * m;
-      for (int j = 0; j < m; ++j) pb[j] = 0;
-      for (int c = 0; c < d1; ++c) {
+      for (int j = 0; j < m; ++j) pb[j] = gb[0] * K0[j];
+      for (int c = 1; c < d1; ++c)
         for (int j = 0; j < m; ++j) pb[j] += gb[c] * K0[c * m + j];
-        for (int j = 0; j < m; ++j) K0bar[c * m + j] += gb[c] * th[j] * zr[j];
+      for (int c = 0; c < d1; ++c) {
         bvbar[c] += gb[c];
         for (int k = 0; k < d1; ++k) Sbar[k * d1 + c] += s[r * d1 + k] * gb[c];
       }
-      for (int k = 0; k < d1; ++k) {
+      for (int k = 0; k < d; ++k) {
         T acc = 0;
         for (int c = 0; c < d1; ++c) acc += gb[c] * S[k * d1 + c];
         sbar[r * d1 + k] = acc;
       }
       T* zb = zbar0 + r * m;
       T* tb = thb0 + r * m;
+      T* p0 = Y + r * m;
       for (int j = 0; j < m; ++j) {
         const T e = trbar * net_.q[j];
         zb[j] = e * (T(1) - th[j] * th[j]) + pb[j] * th[j];
         tb[j] = -2 * e * zr[j] * th[j] + pb[j] * zr[j];
+        p0[j] = th[j] * zr[j];
       }
     }
 
@@ -505,9 +509,8 @@ class Block {
     // Layer 0: J_0^k = th_0 * K_0[k] (k < d):  thbar_0 += sum_k Jbar_0^k K_0[k],
     //   K_0bar[k] += colsum(Jbar_0^k * th_0);  the trace's q: K_0bar[k] += 2 trbar K_0[k] * colsum(sech_0 z_0);
     //   tr_x(S): Sbar_kk += nb trbar.  a_0: abar_0 = thbar_0 sech_0 + th_0 ubar_0,
-    //   K_0bar += s^T abar_0,  b_0bar += colsum abar_0,  sbar += abar_0 K_0^T.
-    T* b0bar = grad + net_.offb[0];
-    T* colsum = pbar_.data();  // pbar is spent; colsum(sech_0 z_0) in its first row
+    //   K_0bar += s^T abar_0,  b_0bar += colsum abar_0,  sbar += abar_0 K_0^T (x columns).
+    T* colsum = row_.data();  // colsum(sech_0 z_0)
     for (int j = 0; j < m; ++j) colsum[j] = 0;
     for (int r = 0; r < nb; ++r) {
       const T* th = th0 + r * m;
@@ -516,24 +519,34 @@ class Block {
       const T* ub = UJ + r * m;
       for (int k = 0; k < d; ++k) {
         const T* jb = UJ + off * (k + 1) + r * m;
+        T* jt = Y + off * (k + 2) + r * m;
         for (int j = 0; j < m; ++j) {
           tb[j] += jb[j] * K0[k * m + j];
-          K0bar[k * m + j] += jb[j] * th[j];
+          jt[j] = jb[j] * th[j];
         }
       }
-      T* ab = tmp_.data() + r * m;
+      T* ab = Y + off + r * m;
       for (int j = 0; j < m; ++j) {
         const T sech = T(1) - th[j] * th[j];
         colsum[j] += sech * zr[j];
         ab[j] = tb[j] * sech + th[j] * ub[j];
-        b0bar[j] += ab[j];
       }
-      for (int k = 0; k < d1; ++k) {
-        const T sk = s[r * d1 + k];
-        for (int j = 0; j < m; ++j) K0bar[k * m + j] += sk * ab[j];
-        sbar[r * d1 + k] += dot(ab, K0 + k * m, m);
-      }
+      for (int k = 0; k < d; ++k) sbar[r * d1 + k] += dot(ab, K0 + k * m, m);
     }
+    // The stacked product [K_0bar; b_0bar] += X^T Y with X = [[gbar, 0]; [s, 1]; [e_k, 0] for k < d]
+    // ([(2 + d) nb, d + 2]) and Y = [p_0; abar_0; Jbar_0^k * th_0]: gbar^T p_0 + s^T abar_0 +
+    // colsum(Jbar_0^k * th_0) into K_0bar's rows, colsum(abar_0) into b_0bar (stored right after).
+    T* X = X0_.data();
+    const int xc = d1 + 1;
+    for (int r = 0; r < nb; ++r) {
+      for (int c = 0; c < d1; ++c) X[r * xc + c] = gbar[r * d1 + c], X[(nb + r) * xc + c] = s[r * d1 + c];
+      X[r * xc + d1] = 0, X[(nb + r) * xc + d1] = 1;
+    }
+    for (int k = 0; k < d; ++k)
+      for (int r = 0; r < nb; ++r)
+        for (int c = 0; c < xc; ++c) X[((2 + k) * nb + r) * xc + c] = c == k ? T(1) : T(0);
+    T* K0bar = grad + net_.offK[0];  // b_0bar follows at offb[0] = offK[0] + (d + 1) m
+    blas::gemm(true, false, xc, m, (2 + d) * nb, T(1), X, xc, Y, m, T(1), K0bar, m);
     for (int k = 0; k < d; ++k) {
       for (int j = 0; j < m; ++j) K0bar[k * m + j] += 2 * trbar * K0[k * m + j] * colsum[j];
       Sbar[k * d1 + k] += static_cast<T>(nb) * trbar;
@@ -549,7 +562,7 @@ class Block {
   int nb_ = 0;
   T* grad_ = nullptr;
   std::vector<Stage<T>> stages_;
-  Buffer<T> states_, k_, ksum_, xbar_, gx_, ybar_[4], tr_, gbar_, sbar_, pbar_, tmp_, zbarM_, R_, UJbar_;
+  Buffer<T> states_, k_, ksum_, xbar_, gx_, ybar_[4], tr_, gbar_, sbar_, tmp_, zbarM_, R_, UJbar_, X0_, Y0_;
   Buffer<T> row_;  // one or two rows of m for per-sample temporaries
   std::vector<Buffer<T>> thbar_;
 };
