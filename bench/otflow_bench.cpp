@@ -7,7 +7,7 @@
 //   otflow_bench --accuracy [--iters 200] [--seeds 3]
 //       mean test NLL after N iterations over seeds, both implementations.
 //   --unfused: mfglab through autograd's graph of the closed-form sweep instead of the
-//       hand-differentiated RHS node (otflow's "fused": false), for comparing the two.
+//       hand-written block kernel (otflow's "fused": false), for comparing the two.
 //
 // Setup as DESIGN.md's OT-Flow reference: 8gaussians, batch 2048, width 32, 2 layers, 8 RK4
 // steps, alphas (1, 100, 5), Adam lr 0.1 halved every 100 iterations.
@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
   }
   std::cout << "OT-Flow, 8gaussians, batch " << o.batch << ", width 32, 2 layers, 8 RK4 steps, " << o.iters
             << " iterations (median after " << o.warmup << " warm-up), mfglab "
-            << (o.fused ? "fused RHS" : "autograd RHS") << "\n";
+            << (o.fused ? "block kernel" : "autograd RHS") << "\n";
   for (int r = 0; r < o.repeats; ++r) {
     for (int t : o.threads) {
       auto m = run_mfglab(o, t, o.iters, 0, false);

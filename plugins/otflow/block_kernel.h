@@ -108,12 +108,14 @@ struct Slot {
 #define MFGLAB_OTFLOW_RUN_BLOCKS(T) \
   void run_blocks(const Net<T>& net, const Config<T>& cfg, const T* x, int64_t n, int B, int64_t first, \
                   int64_t stride, Slot<T>* slots)
-namespace generic {  // any x86-64 (SSE2)
+namespace generic {  // the compiler's default target (SSE2 on x86-64)
 MFGLAB_OTFLOW_RUN_BLOCKS(float);
 MFGLAB_OTFLOW_RUN_BLOCKS(double);
 }  // namespace generic
+#if defined(__x86_64__)
 namespace avx2 {  // AVX2 and FMA
 MFGLAB_OTFLOW_RUN_BLOCKS(float);
 }  // namespace avx2
+#endif
 
 }  // namespace mfglab::otflow::kernel

@@ -94,7 +94,6 @@ class Buffer {
   Buffer(const Buffer&) = delete;
   ~Buffer() { std::free(p_); }
   T* data() const { return p_; }
-  void zero() { std::memset(p_, 0, n_ * sizeof(T)); }
 
  private:
   T* p_ = nullptr;
@@ -190,7 +189,7 @@ class Block {
     // y_c = z_n + a_c dt k_{c-1} (a = 1/2, 1/2, 1): with Zb = dl/dz_{n+1},
     //   kbar_4 = dt/6 Zb,  kbar_3 = dt/3 Zb + dt ybar_4,  kbar_2 = dt/3 Zb + dt/2 ybar_3,
     //   kbar_1 = dt/6 Zb + dt/2 ybar_2,  ybar_c = kbar_c (df/dy)(y_c),  zbar_n = Zb + sum_c ybar_c.
-    // ybar_c has x components only, so the l, L, R parts of kbar_c are b_c dt seeds.
+    // ybar_c has x components only, so the l, L, R parts of kbar_c are b_c seeds (b below).
     const T b[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
     const T a_next[4] = {0, dt / 2, dt / 2, dt};  // kbar_c gets a_next[c+1] ybar_{c+1}
     for (int n = steps - 1; n >= 0; --n) {

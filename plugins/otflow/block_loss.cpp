@@ -58,12 +58,14 @@ Result run(const Tensor& x_in, const std::vector<Tensor>& params_in, const Block
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(st.threads, blocks));
   std::vector<kernel::Slot<T>> slots(blocks);
   const T* xp = x.data_ptr<T>();
-  // The AVX2 build of the kernel where the CPU has it (float only; double is for the tests).
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   auto work = [&](int64_t w) {
+#if defined(__x86_64__)
+    // The AVX2 build of the kernel where the CPU has it (float only; double is for the tests).
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if constexpr (std::is_same_v<T, float>) {
       if (avx2) return kernel::avx2::run_blocks(net, cfg, xp, n, kBlock, w, workers, slots.data());
     }
+#endif
     kernel::generic::run_blocks(net, cfg, xp, n, kBlock, w, workers, slots.data());
   };
   if (want_grad)
