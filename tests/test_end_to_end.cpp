@@ -147,6 +147,30 @@ TEST_CASE("one failing run does not stop the others; the exit code reports it", 
          error.find("samples contain NaN") != std::string::npos));
 }
 
+TEST_CASE("a metric that fails leaves the run, its model and the other metrics intact", "[e2e]") {
+  TempDir tmp("e2e_metric_fail");
+  auto exp = nlohmann::json::parse(tiny_experiment("metric_fail", 20, "[0]"));
+  exp["eval"]["metrics"].push_back({{"plugin", "failing_metric"}});
+  exp["eval"]["every"] = 10;
+  auto file = tmp.file("exp.json", exp.dump());
+  auto r = mfglab_cli("--plugin-dir " MFGLAB_TEST_FAILING_METRIC_DIR " run " + file + " --out " + tmp.str() + " --no-plots");
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  const fs::path run = tmp.path / "metric_fail" / "seed=0";
+  auto s = summary(run);
+  CHECK(s["status"] == "ok");
+  CHECK(s["metrics"]["mmd"].is_number());
+  CHECK(s["metrics"]["failing_metric"].is_null());
+  CHECK_THAT(s["metric_errors"]["failing_metric"].get<std::string>(),
+             Catch::Contains("metric 'failing_metric' failed") && Catch::Contains("deliberate"));
+  CHECK(fs::exists(run / "checkpoint.pt"));
+  CHECK(fs::exists(run / "samples.npy"));
+  auto evals = nlohmann::json::parse(read_text((run / "evals.json").string()));
+  REQUIRE(evals.size() == 1);  // at iteration 10 (the final evaluation goes to summary.json)
+  CHECK(evals[0]["metric_errors"].contains("failing_metric"));
+  CHECK(read_text((run / "log.txt").string()).find("deliberate") != std::string::npos);
+}
+
 TEST_CASE("an out-of-tree plugin builds against the installed SDK and runs in the engine", "[e2e][sdk]") {
   TempDir tmp("e2e_sdk");
   const std::string prefix = tmp.str() + "/prefix";

@@ -21,6 +21,7 @@
 
 #include "mfglab/sdk.h"
 #include "fused_adam.h"
+#include "gemm_backend.h"
 #include "plot.h"
 #include "model_arrays.h"
 #include "plugin_host.h"
@@ -100,8 +101,11 @@ struct RunObjects {
 };
 
 // Evaluates all metrics on fresh samples; names are "<label or value name>".
+// A metric that throws (an ODE that diverges on a poor model, say) does not discard the
+// others or the trained model: its value is null and its message goes into `errors`.
 nlohmann::json evaluate(const RunSpec& spec, RunObjects& o, const torch::Tensor& samples,
-                        const torch::Tensor& train, const torch::Tensor& test) {
+                        const torch::Tensor& train, const torch::Tensor& test,
+                        std::map<std::string, std::string>& errors) {
   nlohmann::json out = nlohmann::json::object();
   MetricInput in;
   in.samples = samples;
@@ -115,7 +119,11 @@ nlohmann::json evaluate(const RunSpec& spec, RunObjects& o, const torch::Tensor&
     try {
       values = o.metrics[i]->evaluate(in);
     } catch (const std::exception& e) {
-      throw Error(fmt::format("metric '{}' failed: {}", use.plugin, e.what()));
+      const std::string key = use.label.empty() ? use.plugin : use.label;
+      if (out.contains(key)) throw Error(fmt::format("two metrics report a value named '{}': give one a \"label\"", key));
+      out[key] = nullptr;
+      errors[key] = fmt::format("metric '{}' failed: {}", use.plugin, e.what());
+      continue;
     }
     for (const auto& [name, value] : values) {
       std::string key = use.label.empty() ? name : (values.size() == 1 ? use.label : use.label + "." + name);
@@ -407,7 +415,10 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       if (spec.eval.every > 0 && done % spec.eval.every == 0 && done < tc.iterations && !o.metrics.empty()) {
         torch::Tensor s;
         stage("model '" + spec.model.plugin + "' sample", [&] { s = o.model->sample(spec.eval.samples); });
-        auto m = evaluate(spec, o, s, train, test);
+        std::map<std::string, std::string> errors;
+        auto m = evaluate(spec, o, s, train, test, errors);
+        for (const auto& [_, message] : errors) logger.warn(fmt::format("iteration {}: {}", done, message));
+        if (!errors.empty()) m["metric_errors"] = errors;
         m["iteration"] = done;
         evals.push_back(m);
         write_json_atomic(dir + "/evals.json", evals);
@@ -434,7 +445,9 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     // At most 4000 held-out points for figures.
     const auto figure_data = test.slice(0, 0, test.size(0), std::max<int64_t>(1, (test.size(0) + 3999) / 4000));
     save_npy(dir + "/data.npy", figure_data);
-    auto metrics = evaluate(spec, o, samples, train, test);
+    std::map<std::string, std::string> metric_errors;
+    auto metrics = evaluate(spec, o, samples, train, test, metric_errors);
+    for (const auto& [_, message] : metric_errors) logger.warn(message);
 
     summary["status"] = "ok";
     summary["iterations"] = iteration;
@@ -443,7 +456,9 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     summary["sample_seconds"] = sample_seconds;
     summary["final_loss"] = last_terms;
     summary["metrics"] = metrics;
+    if (!metric_errors.empty()) summary["metric_errors"] = metric_errors;
     summary["threads"] = threads;
+    summary["float_gemm"] = gemm_backend();  // timings depend on it (gemm_backend.cpp)
     write_json_atomic(dir + "/summary.json", summary);
     if (plots) {
       // Figures are a convenience: a drawing failure must not fail a finished run.
