@@ -364,6 +364,32 @@ class Block {
     }
   }
 
+  // Row pieces of the reverse sweep as functions with restrict arguments: inline in the
+  // class body, GCC does not vectorise them (it cannot rule out aliasing).
+  //   zbar_0 = ebar sech_0 + pbar th_0,  thbar_0 = -2 ebar z_0 th_0 + pbar z_0  (ebar = trbar q),
+  //   p_0 = th_0 * z_0.
+  static void layer0_adjoints(int m, T trbar, const T* __restrict q, const T* __restrict th,
+                              const T* __restrict z, const T* __restrict pbar, T* __restrict zbar,
+                              T* __restrict thbar, T* __restrict p0) {
+    for (int j = 0; j < m; ++j) {
+      const T e = trbar * q[j];
+      zbar[j] = e * (T(1) - th[j] * th[j]) + pbar[j] * th[j];
+      thbar[j] = -2 * e * z[j] * th[j] + pbar[j] * z[j];
+      p0[j] = th[j] * z[j];
+    }
+  }
+  //   zbar_i = zbar_{i-1} + ybar th_i + cbar sech_i,  thbar_i = ybar z_i - 2 cbar z_i th_i
+  //   (cbar = h trbar kj2).
+  static void layer_adjoints(int m, T htrbar, const T* __restrict kj2, const T* __restrict th,
+                             const T* __restrict ybar, const T* __restrict zbprev, const T* __restrict z,
+                             T* __restrict zbnext, T* __restrict thbar) {
+    for (int j = 0; j < m; ++j) {
+      const T cbar = htrbar * kj2[j], sech = T(1) - th[j] * th[j];
+      zbnext[j] = zbprev[j] + ybar[j] * th[j] + cbar * sech;
+      thbar[j] = ybar[j] * z[j] - 2 * cbar * z[j] * th[j];
+    }
+  }
+
   // Vector-Jacobian product of one stage: output adjoint [Gx (per sample), Gl, GL, GR
   // (scalars)] -> ybar = dl/dx [nb, d]; parameter adjoints accumulated into grad_.
   void stage_backward(Stage<T>& st, const T* Gx, T Gl, T GL, T GR, T* ybar) {
@@ -418,15 +444,7 @@ class Block {
         for (int c = 0; c < d1; ++c) acc += gb[c] * S[k * d1 + c];
         sbar[r * d1 + k] = acc;
       }
-      T* zb = zbar0 + r * m;
-      T* tb = thb0 + r * m;
-      T* p0 = Y + r * m;
-      for (int j = 0; j < m; ++j) {
-        const T e = trbar * net_.q[j];
-        zb[j] = e * (T(1) - th[j] * th[j]) + pb[j] * th[j];
-        tb[j] = -2 * e * zr[j] * th[j] + pb[j] * zr[j];
-        p0[j] = th[j] * zr[j];
-      }
+      layer0_adjoints(m, trbar, net_.q.data(), th, zr, pb, zbar0 + r * m, thb0 + r * m, Y + r * m);
     }
 
     // z_{i-1} = z_i + h y_i K_i^T, y_i = th_i * z_i, i = 1..M, and the trace terms of layer i
@@ -445,11 +463,7 @@ class Block {
         const T* th = Pi + r * m;
         const T* zi = i == M ? net_.w : st.z[i].data() + r * m;
         sum_squares(Pi + off + r * m, off, d, m, kj2);
-        for (int j = 0; j < m; ++j) {
-          const T cbar = h * trbar * kj2[j], sech = T(1) - th[j] * th[j], ybj = yb[r * m + j];
-          zbnext[r * m + j] = zbprev[r * m + j] + ybj * th[j] + cbar * sech;
-          tb[r * m + j] = ybj * zi[j] - 2 * cbar * zi[j] * th[j];
-        }
+        layer_adjoints(m, h * trbar, kj2, th, yb + r * m, zbprev + r * m, zi, zbnext + r * m, tb + r * m);
       }
     }
     T* wbar = grad + net_.offw;
