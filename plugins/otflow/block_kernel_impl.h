@@ -390,6 +390,38 @@ class Block {
     }
   }
 
+  // One row of layer i's reverse step (the downward loop in stage_backward); rows k + 1 of
+  // P (KJ_i^k), UJ (Jbar_i^k) and R (KJbar_i^k) are `off` elements apart. scratch: 2 m.
+  static void layer_reverse(int m, int d, size_t off, T h, T trbar, bool inner, const T* __restrict P,
+                            const T* __restrict z, const T* __restrict UJ, T* __restrict thbar, T* __restrict R,
+                            T* __restrict scratch) {
+    const T* th = P;
+    T* sech = scratch;
+    T* ci2 = scratch + m;  // 2 h trbar sech_i * z_i
+    for (int j = 0; j < m; ++j) {
+      sech[j] = T(1) - th[j] * th[j];
+      ci2[j] = 2 * h * trbar * sech[j] * z[j];
+    }
+    for (int k = 0; k < d; ++k) {
+      const T* kj = P + off * (k + 1);
+      T* kjb = R + off * (k + 1);
+      if (inner) {
+        const T* jb = UJ + off * (k + 1);
+        for (int j = 0; j < m; ++j) {
+          thbar[j] += h * jb[j] * kj[j];
+          kjb[j] = ci2[j] * kj[j] + h * th[j] * jb[j];
+        }
+      } else {
+        for (int j = 0; j < m; ++j) kjb[j] = ci2[j] * kj[j];
+      }
+    }
+    T* hy = R + off * (d + 1);
+    for (int j = 0; j < m; ++j) {
+      R[j] = thbar[j] * sech[j] + (inner ? h * th[j] * UJ[j] : T(0));  // abar_i
+      hy[j] = h * th[j] * z[j];                                        // h y_i
+    }
+  }
+
   // Vector-Jacobian product of one stage: output adjoint [Gx (per sample), Gl, GL, GR
   // (scalars)] -> ybar = dl/dx [nb, d]; parameter adjoints accumulated into grad_.
   void stage_backward(Stage<T>& st, const T* Gx, T Gl, T GL, T GR, T* ybar) {
@@ -481,36 +513,10 @@ class Block {
     for (int i = M; i >= 1; --i) {
       const T* Pi = st.P[i].data();
       T* tb = thbar_[i].data();
-      T* sech = row_.data();
-      T* ci2 = sech + m;  // 2 h trbar sech_i * z_i of one row
       for (int r = 0; r < nb; ++r) {
         const size_t e0 = static_cast<size_t>(r) * m;
-        const T* th = Pi + e0;
-        const T* zi = i == M ? net_.w : st.z[i].data() + e0;
-        T* tbr = tb + e0;
-        for (int j = 0; j < m; ++j) {
-          sech[j] = T(1) - th[j] * th[j];
-          ci2[j] = 2 * h * trbar * sech[j] * zi[j];
-        }
-        for (int k = 0; k < d; ++k) {
-          const T* kj = Pi + off * (k + 1) + e0;
-          T* kjb = R + off * (k + 1) + e0;
-          if (i < M) {
-            const T* jb = UJ + off * (k + 1) + e0;
-            for (int j = 0; j < m; ++j) {
-              tbr[j] += h * jb[j] * kj[j];
-              kjb[j] = ci2[j] * kj[j] + h * th[j] * jb[j];
-            }
-          } else {
-            for (int j = 0; j < m; ++j) kjb[j] = ci2[j] * kj[j];
-          }
-        }
-        T* ab = R + e0;
-        T* hy = R + off * d1 + e0;
-        for (int j = 0; j < m; ++j) {
-          ab[j] = tbr[j] * sech[j] + (i < M ? h * th[j] * UJ[e0 + j] : T(0));
-          hy[j] = h * th[j] * zi[j];  // h y_i
-        }
+        layer_reverse(m, d, off, h, trbar, i < M, Pi + e0, i == M ? net_.w : st.z[i].data() + e0, UJ + e0,
+                      tb + e0, R + e0, row_.data());
       }
       T* bb = grad + net_.offb[i];
       for (int r = 0; r < nb; ++r)
