@@ -338,8 +338,7 @@ TEST_CASE("otflow: the block kernel has the autograd path's loss terms and gradi
       const double ones[3] = {1, 1, 1}, mixed[3] = {2.0, -0.5, 0.3};
       e[fused] = evaluate(*a.model, batch, ones);
       auto m = evaluate(*a.model, batch, mixed);
-      if (fused == 0) e[0].grads.insert(e[0].grads.end(), m.grads.begin(), m.grads.end());
-      else e[1].grads.insert(e[1].grads.end(), m.grads.begin(), m.grads.end());
+      e[fused].grads.insert(e[fused].grads.end(), m.grads.begin(), m.grads.end());
     }
     for (int k = 0; k < 3; ++k) {
       INFO("term " << k << ": kernel " << e[1].terms[k] << ", autograd " << e[0].terms[k]);
