@@ -377,6 +377,12 @@ TEST_CASE("otflow: the block kernel refuses a non-finite state", "[otflow][fused
   auto batch = torch::ones({200, 2});
   batch[150][1] = std::numeric_limits<float>::infinity();  // in the second block
   CHECK_THROWS_WITH(a.model->loss(batch), Catch::Contains("non-finite state at RK4 step 1 of 8"));
-  torch::NoGradGuard no_grad;  // the value-only path checks too
-  CHECK_THROWS_WITH(a.model->loss(batch), Catch::Contains("non-finite state at RK4 step 1 of 8"));
+  {
+    torch::NoGradGuard no_grad;  // the value-only path checks too
+    CHECK_THROWS_WITH(a.model->loss(batch), Catch::Contains("non-finite state at RK4 step 1 of 8"));
+  }
+  // Its gradient is a number, not a graph: a second derivative is refused, not silently wrong.
+  auto terms = a.model->loss(torch::ones({20, 2}));
+  CHECK_THROWS_WITH(torch::autograd::grad({terms[0].value}, a.model->parameters(), {}, true, /*create_graph=*/true),
+                    Catch::Contains("differentiable once"));
 }

@@ -144,6 +144,9 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
   }
 
   static variable_list backward(Ctx* ctx, variable_list upstream) {
+    if (torch::GradMode::is_enabled())  // create_graph: these gradients are plain numbers
+      throw Error("otflow's block-kernel loss is differentiable once; set the model's fused: false "
+                  "for higher derivatives");
     double seed[3];
     for (int k = 0; k < 3; ++k) seed[k] = upstream[k].defined() ? upstream[k].item<double>() : 0.0;
     auto saved = ctx->get_saved_variables();
