@@ -1,11 +1,15 @@
 // Experiment validation: every malformed file gets its exact one-line error (file, JSON
 // path, reason); a good file expands into seeds x sweep runs; the CLI exits with code 2
 // on bad input and writes nothing.
+#include <chrono>
+#include <cstdio>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include "cli.h"
 #include "experiment.h"
@@ -206,7 +210,7 @@ TEST_CASE("training settings", "[experiment]") {
                 "bad.json: /train/batch_size: expected an integer >= 1 and <= 100000000, got 0");
     CHECK_ERROR(patched(R"({"train": {"epochs": 3}})"),
                 "bad.json: /train/epochs: unknown key (expected one of: iterations, batch_size, optimizer, "
-                "schedule, grad_clip, log_every, checkpoint_every)");
+                "schedule, grad_clip, log_every, checkpoint_every, time_limit, memory_limit, data_parallel)");
   }
   SECTION("optimizer") {
     CHECK_ERROR(patched(R"({"train": {"optimizer": {"type": "adamw"}}})"),
@@ -345,6 +349,399 @@ TEST_CASE("a 2x2 sweep with 3 seeds expands into 12 runs", "[experiment]") {
   CHECK_FALSE(last.config.contains("seeds"));
 }
 
+// ---- run ids -----------------------------------------------------------------------
+
+namespace {
+
+// FNV-1a (64 bits) as hexadecimal, written out here to pin the hashes run ids carry.
+std::string fnv_hex(const std::string& bytes, size_t digits) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return std::string(buf).substr(0, digits);
+}
+
+std::vector<std::string> run_ids(const Experiment& ex) {
+  std::vector<std::string> ids;
+  for (const auto& r : ex.runs) ids.push_back(r.run_id);
+  return ids;
+}
+
+// The base experiment with a sweep (keys in the order given).
+std::string with_sweep(const std::vector<std::pair<std::string, nlohmann::ordered_json>>& sweep,
+                       const std::string& patch = "{}") {
+  auto j = base();
+  j.merge_patch(nlohmann::ordered_json::parse(patch));
+  j["sweep"] = nlohmann::ordered_json::object();
+  for (const auto& [key, values] : sweep) j["sweep"][key] = values;
+  return j.dump();
+}
+
+}  // namespace
+
+TEST_CASE("the hash in run ids is FNV-1a", "[experiment][run_id]") {
+  CHECK(fnv1a64("") == 0xcbf29ce484222325ull);
+  CHECK(fnv1a64("a") == 0xaf63dc4c8601ec8cull);
+  CHECK(fnv_hex("a", 16) == "af63dc4c8601ec8c");
+}
+
+TEST_CASE("a value repeated within one sweep list is refused", "[experiment][run_id]") {
+  CHECK_ERROR(patched(R"({"sweep": {"train.optimizer.lr": [0.001, 0.001]}})"),
+              "bad.json: /sweep/train.optimizer.lr/1: value 0.001 appears twice (first at index 0)");
+  // JSON equality: 2 and 2.0 are the same number.
+  CHECK_ERROR(patched(R"({"sweep": {"model.params.width": [2, 3, 2.0]}})"),
+              "bad.json: /sweep/model.params.width/2: value 2.0 appears twice (first at index 0)");
+  CHECK_ERROR(patched(R"({"sweep": {"eval.metrics": [[{"plugin": "mmd"}], [{"plugin": "sliced_wasserstein"}],
+                                                     [{"plugin": "mmd"}]]}})"),
+              "bad.json: /sweep/eval.metrics/2: value [{\"plugin\":\"mmd\"}] appears twice (first at index 0)");
+  // Every repetition is reported.
+  auto lines = errors_of(patched(R"({"sweep": {"model.params.width": [4, 4, 5, 4], "model.params.depth": [1, 1]}})"));
+  const std::vector<std::string> expected = {
+      "bad.json: /sweep/model.params.width/1: value 4 appears twice (first at index 0)",
+      "bad.json: /sweep/model.params.width/3: value 4 appears twice (first at index 0)",
+      "bad.json: /sweep/model.params.depth/1: value 1 appears twice (first at index 0)"};
+  CHECK(lines == expected);
+}
+
+TEST_CASE("values that print alike get a hash of their JSON in the label", "[experiment][run_id]") {
+  // "a/b" prints as a_b in a folder name, like "a_b" itself.
+  auto ex = parse_experiment(with_sweep({{"eval.metrics.0.label", {"a/b", "a_b", "c"}}}), "good.json", host());
+  const std::vector<std::string> expected = {"label=a_b~" + fnv_hex("\"a/b\"", 8) + ",seed=0",
+                                             "label=a_b~" + fnv_hex("\"a_b\"", 8) + ",seed=0", "label=c,seed=0"};
+  CHECK(run_ids(ex) == expected);
+  CHECK(expected[0] == "label=a_b~91effcb6,seed=0");  // stable across builds
+  REQUIRE(ex.runs.size() == 3);
+  CHECK(ex.runs[0].label == "label=a_b~91effcb6");
+  CHECK(ex.runs[0].eval.metrics[0].label == "a/b");
+  CHECK(ex.runs[1].eval.metrics[0].label == "a_b");
+
+  SECTION("a value holding ',' or '=' that makes two configurations read alike") {
+    auto ex2 = parse_experiment(with_sweep({{"eval.metrics.0.label", {"1,description=2", "1"}},
+                                            {"description", {"3", "2,description=3"}}}),
+                                "good.json", host());
+    const std::vector<std::string> ids = {
+        "label=1,description=2~" + fnv_hex("\"1,description=2\"", 8) + ",description=3,seed=0",
+        "label=1,description=2,description=2,description=3,seed=0",
+        "label=1,description=3,seed=0",
+        "label=1,description=2,description=3~" + fnv_hex("\"2,description=3\"", 8) + ",seed=0"};
+    CHECK(run_ids(ex2) == ids);
+  }
+  SECTION("control characters and separators of a value do not reach the folder name") {
+    auto ex2 = parse_experiment(with_sweep({{"eval.metrics.0.label", {"a\tb", "c d"}}}), "good.json", host());
+    CHECK(run_ids(ex2) == std::vector<std::string>{"label=a_b,seed=0", "label=c_d,seed=0"});
+  }
+}
+
+TEST_CASE("two configurations that would still share a run id are refused", "[experiment][run_id]") {
+  // Built so that the hashed label of the first configuration reads exactly like a
+  // third value of the second key.
+  const std::string h = fnv_hex("\"1,description=2\"", 8);
+  CHECK_ERROR(with_sweep({{"eval.metrics.0.label", {"1,description=2", "1"}},
+                          {"description", {"3", "2,description=3", "2~" + h + ",description=3"}}}),
+              "bad.json: /sweep: two configurations would share the run id 'label=1,description=2~" + h +
+                  ",description=3,seed=0': (/sweep/eval.metrics.0.label/0, /sweep/description/0) and "
+                  "(/sweep/eval.metrics.0.label/1, /sweep/description/2)");
+}
+
+TEST_CASE("run ids longer than 200 bytes are shortened and stay unique", "[experiment][run_id]") {
+  const std::string a = std::string(300, 'x') + "1", b = std::string(300, 'x') + "2";
+  auto ex = parse_experiment(with_sweep({{"eval.metrics.0.label", {a, b, "short"}}}, R"({"seeds": [0, 17]})"),
+                             "good.json", host());
+  REQUIRE(ex.runs.size() == 6);
+  const std::string label_a = "label=" + a;
+  const std::string id_a0 = "label=" + std::string(170, 'x') + "~" + fnv_hex(label_a, 16) + ",seed=0";
+  CHECK(ex.runs[0].run_id == id_a0);
+  CHECK(ex.runs[0].run_id.size() == 200);
+  CHECK(ex.runs[0].label == label_a);  // the label keeps the whole value
+  CHECK(ex.runs[1].run_id == "label=" + std::string(169, 'x') + "~" + fnv_hex(label_a, 16) + ",seed=17");
+  CHECK(ex.runs[2].run_id.size() == 200);
+  CHECK(ex.runs[2].run_id != ex.runs[0].run_id);
+  CHECK(ex.runs[4].run_id == "label=short,seed=0");
+  CHECK(ex.runs[0].config.at("run_id") == ex.runs[0].run_id);
+
+  SECTION("many sweep keys") {
+    // 40 regularizer weights, each swept over one value.
+    auto j = base();
+    j["hamiltonian"] = {{"plugin", "quadratic"}};
+    j["regularizers"] = nlohmann::ordered_json::array();
+    for (int i = 0; i < 40; ++i) {
+      j["regularizers"].push_back({{"plugin", "needs_hamiltonian"}});
+      j["sweep"][fmt::format("regularizers.{}.weight", i)] = nlohmann::ordered_json::array({0.5});
+    }
+    auto ex2 = parse_experiment(j.dump(), "good.json", host());
+    REQUIRE(ex2.runs.size() == 1);
+    const std::string& id = ex2.runs[0].run_id;
+    CHECK(id.size() <= 200);
+    CHECK(id.rfind("regularizers.0.weight=0.5,regularizers.1.weight=0.5,", 0) == 0);
+    CHECK(id.substr(id.size() - 7) == ",seed=0");
+    CHECK(id.find("~" + fnv_hex(ex2.runs[0].label, 16) + ",seed=0") != std::string::npos);
+  }
+}
+
+TEST_CASE("a sweep path into a list names an existing element", "[experiment][run_id]") {
+  CHECK_ERROR(patched(R"({"sweep": {"eval.metrics.3.label": ["x"]}})"),
+              "bad.json: /sweep/eval.metrics.3.label: path 'eval.metrics.3.label' does not lead into the experiment");
+  CHECK_ERROR(patched(R"({"sweep": {"eval.metrics.-.label": ["x"]}})"),
+              "bad.json: /sweep/eval.metrics.-.label: path 'eval.metrics.-.label' does not lead into the experiment");
+  std::string deep = "model.params";
+  for (int i = 0; i < 100; ++i) deep += ".a";
+  CHECK_ERROR(patched(R"({"sweep": {")" + deep + R"(": [1]}})"),
+              "bad.json: /sweep/" + deep + ": expected a path of at most 64 parts, got 102");
+}
+
+// ---- names -------------------------------------------------------------------------
+
+TEST_CASE("the experiment name must be usable as a folder name", "[experiment][names]") {
+  const std::string chars = "bad.json: /name: expected a name of letters, digits, '_', '-', '.' (not "
+                            "starting with '.'), got ";
+  CHECK_ERROR(patched(R"({"name": "."})"), chars + "\".\"");
+  CHECK_ERROR(patched(R"({"name": ".."})"), chars + "\"..\"");
+  CHECK_ERROR(patched(R"({"name": "a\u0000b"})"), chars + "\"a\\u0000b\"");
+  CHECK_ERROR(patched(R"({"name": "a\u0001b"})"), chars + "\"a\\u0001b\"");
+  CHECK_ERROR(patched(R"({"name": "a\\b"})"), chars + "\"a\\\\b\"");
+  CHECK_ERROR(patched(R"({"name": "x/.."})"), chars + "\"x/..\"");
+  CHECK_ERROR(patched(R"({"name": ")" + std::string(201, 'n') + R"("})"),
+              "bad.json: /name: expected a name of at most 200 bytes, got 201 bytes");
+  CHECK_ERROR(patched(R"({"name": ")" + std::string(50000, 'n') + R"("})"),
+              "bad.json: /name: expected a name of at most 200 bytes, got 50000 bytes");
+  auto ok = parse_experiment(patched(R"({"name": ")" + std::string(200, 'n') + R"("})"), "good.json", host());
+  CHECK(ok.name == std::string(200, 'n'));
+  CHECK(parse_experiment(patched(R"({"name": "a.b-c_9"})"), "good.json", host()).name == "a.b-c_9");
+}
+
+TEST_CASE("very long words give errors, without suggestions", "[experiment][names]") {
+  const std::string longname(50000, 's');
+  CHECK_ERROR(patched(R"({"model": {"plugin": ")" + longname + R"("}})"),
+              "bad.json: /model/plugin: no model plugin named '" + std::string(61, 's') + "...'; available: " +
+                  available(MFGLAB_KIND_MODEL));
+  CHECK_ERROR(patched(R"({"dataset": {"plugin": ")" + longname + R"("}})"),
+              "bad.json: /dataset/plugin: no dataset plugin named '" + std::string(61, 's') + "...'; available: " +
+                  available(MFGLAB_KIND_DATASET));
+  CHECK_ERROR(patched(R"({"dtype": ")" + longname + R"("})"),
+              "bad.json: /dtype: expected one of float32, float64, got \"" + std::string(36, 's') + "...");
+  CHECK_ERROR(patched(R"({")" + longname + R"(": 1})"),
+              "bad.json: /" + longname + ": unknown key (expected one of: name, description, seeds, dtype, dataset, "
+              "model, hamiltonian, regularizers, train, eval, sweep)");
+  CHECK(did_you_mean(std::string(65, 'a'), {std::string(65, 'a')}).empty());
+  CHECK(did_you_mean("sgn", {"sgm", std::string(100000, 'x')}) == " (did you mean 'sgm'?)");
+}
+
+// ---- training limits ---------------------------------------------------------------
+
+TEST_CASE("time_limit, memory_limit and data_parallel", "[experiment][train]") {
+  auto train_of = [](const std::string& train) {
+    auto ex = parse_experiment(patched(R"({"train": )" + train + "}"), "good.json", host());
+    REQUIRE(ex.runs.size() == 1);
+    return ex.runs[0].train;
+  };
+  SECTION("defaults") {
+    auto t = train_of("{}");
+    CHECK(t.time_limit == 0);
+    CHECK(t.memory_limit == 0);
+    CHECK_FALSE(t.data_parallel);
+  }
+  SECTION("time_limit") {
+    CHECK(train_of(R"({"time_limit": 3600})").time_limit == 3600.0);
+    CHECK(train_of(R"({"time_limit": 0.5})").time_limit == 0.5);
+    const std::string e = "bad.json: /train/time_limit: expected a number of seconds > 0, got ";
+    CHECK_ERROR(patched(R"({"train": {"time_limit": 0}})"), e + "0");
+    CHECK_ERROR(patched(R"({"train": {"time_limit": -5}})"), e + "-5");
+    CHECK_ERROR(patched(R"({"train": {"time_limit": "1h"}})"), e + "\"1h\"");
+    CHECK_ERROR(patched(R"({"train": {"time_limit": [1]}})"), e + "[1]");
+    CHECK_ERROR(patched(R"({"train": {"time_limit": true}})"), e + "true");
+  }
+  SECTION("memory_limit") {
+    CHECK(train_of(R"({"memory_limit": 1})").memory_limit == 1);
+    CHECK(train_of(R"({"memory_limit": 1073741824})").memory_limit == 1073741824);
+    CHECK(train_of(R"({"memory_limit": "512M"})").memory_limit == 512ll << 20);
+    CHECK(train_of(R"({"memory_limit": "4G"})").memory_limit == 4ll << 30);
+    CHECK(train_of(R"({"memory_limit": "1.5G"})").memory_limit == 1610612736);
+    CHECK(train_of(R"({"memory_limit": "800K"})").memory_limit == 800 * 1024);
+    CHECK(train_of(R"({"memory_limit": "2T"})").memory_limit == 2ll << 40);
+    CHECK(train_of(R"({"memory_limit": "64m"})").memory_limit == 64ll << 20);
+    const std::string e = "bad.json: /train/memory_limit: expected a number of bytes >= 1 or a size like \"512M\", "
+                          "\"4G\", \"1.5G\" (K, M, G, T: powers of 1024), got ";
+    for (const char* bad : {"0", "-1", "1.5", "1e3", "\"\"", "\"G\"", "\"12\"", "\"12X\"", "\"1.G\"", "\".5G\"",
+                            "\"1GB\"", "\" 1G\"", "\"0K\"", "\"0.0001K\"", "\"9000000T\"", "true",
+                            "18446744073709551615"}) {
+      INFO(bad);
+      CHECK_ERROR(patched(std::string(R"({"train": {"memory_limit": )") + bad + "}}"),
+                  e + nlohmann::json::parse(bad).dump());
+    }
+  }
+  SECTION("data_parallel") {
+    CHECK(train_of(R"({"data_parallel": true})").data_parallel);
+    CHECK_FALSE(train_of(R"({"data_parallel": false})").data_parallel);
+    CHECK_ERROR(patched(R"({"train": {"data_parallel": 1}})"), "bad.json: /train/data_parallel: expected true or false, got 1");
+    CHECK_ERROR(patched(R"({"train": {"data_parallel": "yes"}})"),
+                "bad.json: /train/data_parallel: expected true or false, got \"yes\"");
+  }
+  SECTION("swept") {
+    auto ex = parse_experiment(patched(R"({"sweep": {"train.memory_limit": ["1G", 1024]}})"), "good.json", host());
+    REQUIRE(ex.runs.size() == 2);
+    CHECK(ex.runs[0].train.memory_limit == 1ll << 30);
+    CHECK(ex.runs[1].train.memory_limit == 1024);
+    CHECK_ERROR(patched(R"({"sweep": {"train.time_limit": [10, 0]}})"),
+                "bad.json: /sweep/train.time_limit/1: expected a number of seconds > 0, got 0");
+  }
+}
+
+// ---- pathological input ------------------------------------------------------------
+
+TEST_CASE("deep nesting is refused before parsing, with its position", "[experiment][pathological]") {
+  const size_t n = 100000;
+  CHECK_ERROR("{\"description\": " + std::string(n, '[') + std::string(n, ']') + "}",
+              "bad.json:1:272: JSON nested more than 256 levels deep");
+  CHECK_ERROR("{\n  \"x\": " + std::string(n, '{') + std::string(n, '}') + "}",
+              "bad.json:2:263: JSON nested more than 256 levels deep");
+  // An unterminated file nests as deep.
+  CHECK_ERROR(std::string(n, '['), "bad.json:1:257: JSON nested more than 256 levels deep");
+  // 256 levels are read (and the value is then refused for what it is).
+  auto j = base();
+  j["description"] = nlohmann::ordered_json::parse(std::string(255, '[') + std::string(255, ']'));
+  CHECK_ERROR(j.dump(), "bad.json: /description: expected a string, got " + std::string(37, '[') + "...");
+  // Brackets inside strings do not count.
+  j["description"] = std::string(1000, '[') + "\\\"{{{";
+  CHECK(parse_experiment(j.dump(), "good.json", host()).runs.size() == 1);
+}
+
+TEST_CASE("a number out of range names its position", "[experiment][pathological]") {
+  CHECK_ERROR("{\n  \"name\": \"unit\",\n  \"train\": {\"iterations\": 1e309}\n}", "bad.json:3:27: number out of range");
+  CHECK_ERROR("{\"train\": {\"grad_clip\": -2.5e400, \"x\": 1}}", "bad.json:1:25: number out of range");
+  CHECK_ERROR("1e999", "bad.json:1:1: number out of range");
+}
+
+TEST_CASE("a key repeated in one object is refused", "[experiment][pathological]") {
+  const std::string text = base().dump();
+  auto replaced = [&](const std::string& from, const std::string& to) {
+    std::string t = text;
+    auto at = t.find(from);
+    REQUIRE(at != std::string::npos);
+    return t.replace(at, from.size(), to);
+  };
+  CHECK_ERROR(replaced("\"name\":\"unit\"", "\"name\":\"unit\",\"name\":\"other\""), "bad.json: /: key 'name' appears twice");
+  CHECK_ERROR(replaced("\"iterations\":10", "\"iterations\":10,\"iterations\":20"),
+              "bad.json: /train: key 'iterations' appears twice");
+  CHECK_ERROR(replaced("{\"plugin\":\"mmd\"}", "{\"plugin\":\"mmd\",\"plugin\":\"sliced_wasserstein\"}"),
+              "bad.json: /eval/metrics/0: key 'plugin' appears twice");
+  CHECK_ERROR(replaced("\"width\":32", "\"a/b~c\":{\"k\":1,\"k\":2},\"width\":32"),
+              "bad.json: /model/params/a~1b~0c: key 'k' appears twice");
+  CHECK_ERROR(replaced("\"name\":\"unit\"", "\"name\":\"unit\",\"regularizers\":[[1,{}],2,{\"a\":1,\"a\":2}]"),
+              "bad.json: /regularizers/2: key 'a' appears twice");
+  auto lines = errors_of(replaced("\"name\":\"unit\"", "\"name\":\"unit\",\"seeds\":[1],\"sweep\":{\"model.params.width\":[1],"
+                                                       "\"model.params.width\":[2]},\"seeds\":[2]"));
+  const std::vector<std::string> expected = {"bad.json: /sweep: key 'model.params.width' appears twice",
+                                             "bad.json: /: key 'seeds' appears twice"};
+  CHECK(lines == expected);
+}
+
+TEST_CASE("the number of runs is bounded, without wrapping around", "[experiment][pathological]") {
+  const std::string why = "expected at most 100000 runs (the sizes of the sweep lists multiplied together, times the "
+                          "number of seeds), got ";
+  std::vector<std::pair<std::string, nlohmann::ordered_json>> sweep;
+  for (int i = 0; i < 64; ++i) sweep.push_back({fmt::format("model.params.k{}", i), {1, 2}});
+  CHECK_ERROR(with_sweep(sweep), "bad.json: /sweep: " + why + "more than 18446744073709551615");
+  sweep.resize(17);  // 2^17 = 131072
+  CHECK_ERROR(with_sweep(sweep), "bad.json: /sweep: " + why + "131072");
+
+  nlohmann::ordered_json many = nlohmann::ordered_json::array();
+  for (int i = 0; i < 317; ++i) many.push_back(i + 1);
+  CHECK_ERROR(with_sweep({{"model.params.width", many}, {"model.params.depth", many}}), "bad.json: /sweep: " + why + "100489");
+  nlohmann::ordered_json seeds = nlohmann::ordered_json::array();
+  for (int i = 0; i < 100001; ++i) seeds.push_back(i);
+  auto j = base();
+  j["seeds"] = seeds;
+  CHECK_ERROR(j.dump(), "bad.json: /seeds: " + why + "100001");
+}
+
+TEST_CASE("100000 runs validate in a few seconds", "[experiment][pathological][perf]") {
+  using clock = std::chrono::steady_clock;
+  auto seconds_for = [](const std::string& text, size_t expected_runs) {
+    const auto start = clock::now();
+    auto ex = parse_experiment(text, "big.json", host());
+    const double s = std::chrono::duration<double>(clock::now() - start).count();
+    CHECK(ex.runs.size() == expected_runs);
+    return s;
+  };
+  SECTION("100000 seeds") {
+    auto j = base();
+    j["seeds"] = nlohmann::ordered_json::array();
+    for (int i = 0; i < 100000; ++i) j["seeds"].push_back(i);
+    const double s = seconds_for(j.dump(), 100000);
+    INFO(s << " s");
+    CHECK(s < 30);
+  }
+  SECTION("10 seeds x 10000 values") {
+    auto j = base();
+    j["seeds"] = nlohmann::ordered_json::array();
+    for (int i = 0; i < 10; ++i) j["seeds"].push_back(i);
+    for (int i = 0; i < 10000; ++i) j["sweep"]["model.params.width"].push_back(i + 1);
+    const double s = seconds_for(j.dump(), 100000);
+    INFO(s << " s");
+    CHECK(s < 30);
+  }
+}
+
+// ---- the resolved configuration ----------------------------------------------------
+
+TEST_CASE("config holds every resolved engine setting", "[experiment][config]") {
+  auto ex = parse_experiment(base().dump(), "good.json", host());
+  REQUIRE(ex.runs.size() == 1);
+  const json& c = ex.runs[0].config;
+  CHECK(c.at("dtype") == "float32");
+  const json train = json::parse(R"({
+    "iterations": 10, "batch_size": 16,
+    "optimizer": {"type": "adam", "lr": 0.001, "betas": [0.9, 0.999], "momentum": 0.0, "weight_decay": 0.0},
+    "schedule": {"type": "constant"},
+    "grad_clip": 0.0, "log_every": 100, "checkpoint_every": 1000, "data_parallel": false})");
+  CHECK(c.at("train") == train);
+  CHECK(c.at("eval") == json::parse(R"({"samples": 100, "every": 0, "metrics": [{"plugin": "mmd"}]})"));
+  CHECK(c.at("seed") == 0);
+  CHECK(c.at("label") == "default");
+
+  SECTION("schedules carry their own parameters; limits appear when given") {
+    auto ex2 = parse_experiment(patched(R"({"dtype": "float64",
+        "train": {"schedule": {"type": "step", "gamma": 0.25}, "time_limit": 90, "memory_limit": "1.5G",
+                  "data_parallel": true, "optimizer": {"type": "sgd", "momentum": 0.9}},
+        "eval": {"every": 5},
+        "hamiltonian": {"plugin": "quadratic"}, "regularizers": [{"plugin": "needs_hamiltonian"}]})"),
+                               "good.json", host());
+    const json& c2 = ex2.runs.at(0).config;
+    CHECK(c2.at("dtype") == "float64");
+    CHECK(c2.at("train").at("schedule") == json::parse(R"({"type": "step", "step_size": 100, "gamma": 0.25})"));
+    CHECK(c2.at("train").at("time_limit") == 90.0);
+    CHECK(c2.at("train").at("memory_limit") == 1610612736);
+    CHECK(c2.at("train").at("data_parallel") == true);
+    CHECK(c2.at("train").at("optimizer") ==
+          json::parse(R"({"type": "sgd", "lr": 0.001, "betas": [0.9, 0.999], "momentum": 0.9, "weight_decay": 0.0})"));
+    CHECK(c2.at("eval") == json::parse(R"({"samples": 100, "every": 5, "metrics": [{"plugin": "mmd"}]})"));
+    CHECK(c2.at("regularizers").at(0).at("weight") == 1.0);
+    auto ex3 = parse_experiment(patched(R"({"train": {"schedule": {"type": "exponential"}}})"), "good.json", host());
+    CHECK(ex3.runs.at(0).config.at("train").at("schedule") == json::parse(R"({"type": "exponential", "gamma": 0.5})"));
+    auto ex4 = parse_experiment(patched(R"({"train": {"schedule": {"type": "cosine", "min_lr": 1e-5}}})"), "good.json", host());
+    CHECK(ex4.runs.at(0).config.at("train").at("schedule") == json::parse(R"({"type": "cosine", "min_lr": 1e-5})"));
+
+    SECTION("a config is itself a valid experiment, resolving to the same config") {
+      json again = c2;
+      for (const char* k : {"seed", "run_id", "label"}) again.erase(k);
+      auto ex5 = parse_experiment(again.dump(), "again.json", host());
+      REQUIRE(ex5.runs.size() == 1);
+      CHECK(ex5.runs[0].config == c2);
+      CHECK(ex5.runs[0].train.memory_limit == 1610612736);
+      CHECK(ex5.runs[0].train.momentum == 0.9);
+    }
+  }
+  SECTION("swept settings appear with their values") {
+    auto ex2 = parse_experiment(patched(R"({"sweep": {"train.optimizer.lr": [0.1, 0.2], "eval.samples": [7]}})"),
+                                "good.json", host());
+    REQUIRE(ex2.runs.size() == 2);
+    CHECK(ex2.runs[1].config.at("train").at("optimizer").at("lr") == 0.2);
+    CHECK(ex2.runs[1].config.at("train").at("batch_size") == 16);
+    CHECK(ex2.runs[1].config.at("eval").at("samples") == 7);
+  }
+}
+
 // ---- the command line --------------------------------------------------------------
 
 TEST_CASE("the CLI refuses a bad file with exit code 2, the error on stderr, and writes nothing",
@@ -367,6 +764,23 @@ TEST_CASE("the CLI refuses a bad file with exit code 2, the error on stderr, and
     CHECK(r.exit_code == 2);
     CHECK(r.err == expected);
     CHECK(fs::is_empty(results));
+  }
+  SECTION("validate refuses pathological files with exit code 2") {
+    const std::string deep = tmp.file("deep.json", "{\"name\": \"x\", \"description\": " + std::string(100000, '[') +
+                                                       std::string(100000, ']') + "}");
+    auto r = mfglab_cli("validate '" + deep + "'");
+    CHECK(r.exit_code == 2);
+    CHECK(r.err == "error: " + deep + ":1:285: JSON nested more than 256 levels deep\n");
+    const std::string longname = tmp.file("longname.json", patched(R"({"name": ")" + std::string(50000, 'n') +
+                                                                   R"(", "model": {"plugin": ")" +
+                                                                   std::string(50000, 's') + R"("}})"));
+    r = mfglab_cli("validate '" + longname + "'");
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.rfind("error: " + longname + ": /name: expected a name of at most 200 bytes, got 50000 bytes\n", 0) == 0);
+    const std::string big = tmp.file("big.json", "{\"name\": \"x\", \"train\": {\"grad_clip\": 1e309}}");
+    r = mfglab_cli("validate '" + big + "'");
+    CHECK(r.exit_code == 2);
+    CHECK(r.err == "error: " + big + ":1:38: number out of range\n");
   }
   SECTION("validate accepts the good file") {
     const std::string good = tmp.file("good.json", patched(R"({"seeds": [0, 1]})"));

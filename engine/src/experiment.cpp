@@ -1,12 +1,15 @@
 #include "experiment.h"
 
 #include <algorithm>
+#include <cctype>
+#include <climits>
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -30,20 +33,66 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 }
 
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+  // The edit distance costs |word| x |candidate|; a very long word is no typo of a short name.
+  if (word.size() > kMaxSuggestWord) return "";
   std::string best;
   size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
   for (const auto& c : candidates) {
+    if (c.size() > kMaxSuggestWord) continue;
     size_t d = edit_distance(word, c);
     if (d < best_d) best_d = d, best = c;
   }
   return best.empty() ? "" : fmt::format(" (did you mean '{}'?)", best);
 }
 
+uint64_t fnv1a64(const std::string& bytes) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 namespace {
 
 std::string show(const nlohmann::json& v) {
-  std::string s = v.dump();
+  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+}
+
+// A name as messages quote it: at most 64 bytes.
+std::string clip(const std::string& s) { return s.size() > 64 ? s.substr(0, 61) + "..." : s; }
+
+// The compact JSON text of a value, object keys sorted: the same value gives the same text.
+std::string canonical(const nlohmann::json& v) {
+  return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// The first `digits` hexadecimal digits of the FNV-1a hash of `bytes`.
+std::string short_hash(const std::string& bytes, size_t digits) {
+  return fmt::format("{:016x}", fnv1a64(bytes)).substr(0, digits);
+}
+
+// 1-based line and column (in bytes) of the byte at `index`.
+std::pair<size_t, size_t> line_column(const std::string& text, size_t index) {
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < index && i < text.size(); ++i) {
+    if (text[i] == '\n') ++line, column = 1;
+    else ++column;
+  }
+  return {line, column};
+}
+
+// RFC 6901 escaping of one JSON pointer token.
+std::string pointer_token(const std::string& key) {
+  std::string out;
+  for (char ch : key) {
+    if (ch == '~') out += "~0";
+    else if (ch == '/') out += "~1";
+    else out += ch;
+  }
+  return out;
 }
 
 std::string join(const std::vector<std::string>& v, const std::string& sep = ", ") {
@@ -138,12 +187,12 @@ class Checker {
     if (p == nullptr) {
       auto same_kind = host_.names(kind);
       error(path + "/plugin", fmt::format("no {} plugin named '{}'{}; available: {}", kind_name(kind),
-                                          out.plugin, did_you_mean(out.plugin, host_.names()),
+                                          clip(out.plugin), did_you_mean(out.plugin, host_.names()),
                                           same_kind.empty() ? "none" : join(same_kind)));
       return nullptr;
     }
     if (p->kind() != kind) {
-      error(path + "/plugin", fmt::format("'{}' is a {} plugin, expected a {} plugin ({})", out.plugin,
+      error(path + "/plugin", fmt::format("'{}' is a {} plugin, expected a {} plugin ({})", clip(out.plugin),
                                           kind_name(p->kind()), kind_name(kind), join(host_.names(kind))));
       return nullptr;
     }
@@ -157,6 +206,43 @@ class Checker {
  private:
   const PluginHost& host_;
 };
+
+// A memory size: an integer number of bytes >= 1, or a string "<number><K|M|G|T>" in
+// binary multiples ("512M", "1.5G"); nullopt when it is neither or does not fit.
+std::optional<int64_t> memory_size(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t n = v.get<uint64_t>();
+    if (n < 1 || n > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+    return static_cast<int64_t>(n);
+  }
+  if (v.is_number_integer()) return std::nullopt;  // negative
+  if (!v.is_string()) return std::nullopt;
+  const std::string s = v.get<std::string>();
+  size_t i = 0, digits = 0;
+  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i, ++digits;
+  if (digits == 0 || digits > 15) return std::nullopt;
+  if (i < s.size() && s[i] == '.') {
+    size_t frac = 0;
+    ++i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i, ++frac;
+    if (frac == 0 || frac > 15) return std::nullopt;
+  }
+  if (i + 1 != s.size()) return std::nullopt;
+  const std::string units = "KMGT";
+  const size_t unit = units.find(static_cast<char>(std::toupper(static_cast<unsigned char>(s[i]))));
+  if (unit == std::string::npos) return std::nullopt;
+  // The decimal number, read without the locale.
+  double number = 0, scale = 1;
+  bool fraction = false;
+  for (size_t j = 0; j < i; ++j) {
+    if (s[j] == '.') fraction = true;
+    else if (!fraction) number = number * 10 + (s[j] - '0');
+    else scale /= 10, number += (s[j] - '0') * scale;
+  }
+  const double bytes = number * std::ldexp(1.0, 10 * static_cast<int>(unit + 1));
+  if (!(bytes >= 1) || !(bytes < 9.2e18)) return std::nullopt;
+  return static_cast<int64_t>(std::llround(bytes));
+}
 
 const std::vector<std::string> kTopKeys = {"name", "description", "seeds", "dtype", "dataset", "model",
                                            "hamiltonian", "regularizers", "train", "eval", "sweep"};
@@ -210,12 +296,30 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
   if (cfg.contains("train") && c.object_at(cfg.at("train"), "/train")) {
     const auto& t = cfg.at("train");
     auto& tr = run.train;
-    c.only_keys(t, "/train", {"iterations", "batch_size", "optimizer", "schedule", "grad_clip", "log_every", "checkpoint_every"});
+    c.only_keys(t, "/train", {"iterations", "batch_size", "optimizer", "schedule", "grad_clip", "log_every",
+                              "checkpoint_every", "time_limit", "memory_limit", "data_parallel"});
     c.number(t, "/train", "iterations", tr.iterations, 0, 1e9);
     c.number(t, "/train", "batch_size", tr.batch_size, 1, 1e8);
     c.number(t, "/train", "grad_clip", tr.grad_clip, 0, INFINITY);
     c.number(t, "/train", "log_every", tr.log_every, 1, 1e9);
     c.number(t, "/train", "checkpoint_every", tr.checkpoint_every, 0, 1e9);
+    if (t.contains("time_limit")) {
+      const auto& v = t.at("time_limit");
+      if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>()))
+        c.error("/train/time_limit", "expected a number of seconds > 0, got " + show(v));
+      else tr.time_limit = v.get<double>();
+    }
+    if (t.contains("memory_limit")) {
+      const auto& v = t.at("memory_limit");
+      if (auto bytes = memory_size(v)) tr.memory_limit = *bytes;
+      else c.error("/train/memory_limit", "expected a number of bytes >= 1 or a size like \"512M\", \"4G\", \"1.5G\" "
+                                          "(K, M, G, T: powers of 1024), got " + show(v));
+    }
+    if (t.contains("data_parallel")) {
+      const auto& v = t.at("data_parallel");
+      if (!v.is_boolean()) c.error("/train/data_parallel", "expected true or false, got " + show(v));
+      else tr.data_parallel = v.get<bool>();
+    }
     if (t.contains("optimizer") && c.object_at(t.at("optimizer"), "/train/optimizer")) {
       const auto& o = t.at("optimizer");
       c.only_keys(o, "/train/optimizer", {"type", "lr", "betas", "momentum", "weight_decay"});
@@ -273,39 +377,234 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
   }
 }
 
+// "model.params.width" -> {"model", "params", "width"}.
+std::vector<std::string> dotted_parts(const std::string& dotted) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = dotted.find('.', start);
+    parts.push_back(dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts;
+}
+
 // "model.params.width" -> "/model/params/width"; numeric parts index lists.
 std::string dotted_to_pointer(const std::string& dotted) {
   std::string out;
-  std::istringstream in(dotted);
-  std::string part;
-  while (std::getline(in, part, '.')) out += "/" + part;
+  for (const auto& part : dotted_parts(dotted)) out += "/" + part;
   return out;
 }
 
+// Sets the value at a dotted path, creating missing objects on the way; a numeric part
+// indexes an existing list element. False when the path does not lead into `cfg`.
+bool set_path(nlohmann::json& cfg, const std::vector<std::string>& parts, const nlohmann::json& value) {
+  nlohmann::json* cur = &cfg;
+  for (const auto& part : parts) {
+    if (cur->is_null()) *cur = nlohmann::json::object();
+    if (cur->is_object()) {
+      cur = &(*cur)[part];
+    } else if (cur->is_array()) {
+      if (part.empty() || part.size() > 18 || (part.size() > 1 && part[0] == '0') ||
+          !std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+        return false;
+      const size_t index = std::stoull(part);
+      if (index >= cur->size()) return false;
+      cur = &(*cur)[index];
+    } else {
+      return false;
+    }
+  }
+  *cur = value;
+  return true;
+}
+
+// A value as run ids show it: strings without quotes; characters that cannot be in a
+// file name (or would read badly in one) become '_'.
 std::string format_value(const nlohmann::json& v) {
-  std::string s = v.is_string() ? v.get<std::string>() : v.dump();
+  std::string s = v.is_string() ? v.get<std::string>() : canonical(v);
   for (char& ch : s)
-    if (ch == '/' || ch == ' ' || ch == '"') ch = '_';
+    if (ch == '/' || ch == ' ' || ch == '"' || static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '_';
   return s;
+}
+
+// A label part whose value holds one of these can be read as several parts.
+bool ambiguous_value(const std::string& formatted) {
+  return formatted.find_first_of(",=~") != std::string::npos;
+}
+
+// "<label>,seed=<s>", or "seed=<s>" without a sweep. One longer than kMaxRunIdBytes keeps
+// a prefix of the label and appends "~" and the hash of the whole label.
+std::string make_run_id(const std::string& label, bool has_sweep, uint64_t seed) {
+  const std::string seed_part = fmt::format("seed={}", seed);
+  if (!has_sweep) return seed_part;
+  std::string id = label + "," + seed_part;
+  if (id.size() <= kMaxRunIdBytes) return id;
+  const std::string tail = "~" + short_hash(label, 16) + "," + seed_part;
+  size_t keep = kMaxRunIdBytes - tail.size();
+  // Do not cut a UTF-8 sequence.
+  while (keep > 0 && (static_cast<unsigned char>(label[keep]) & 0xC0) == 0x80) --keep;
+  std::string prefix = label.substr(0, keep);
+  while (!prefix.empty() && prefix.back() == ',') prefix.pop_back();
+  return prefix + tail;
+}
+
+// Refuses arrays and objects nested deeper than kMaxJsonDepth before anything recursive
+// touches the document, naming the line and column of the bracket that goes too deep.
+void check_nesting(const std::string& text, const std::string& file) {
+  size_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\') ++i;
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '[' || ch == '{') {
+      if (++depth > kMaxJsonDepth) {
+        auto [line, column] = line_column(text, i);
+        throw ExperimentError({fmt::format("{}:{}:{}: JSON nested more than {} levels deep", file, line, column,
+                                           kMaxJsonDepth)});
+      }
+    } else if ((ch == ']' || ch == '}') && depth > 0) {
+      --depth;
+    }
+  }
+}
+
+// A SAX pass over the text: the first syntax error (with its position) and every key that
+// appears twice in one object (with the object's JSON pointer).
+class SyntaxChecker : public nlohmann::json::json_sax_t {
+ public:
+  struct Duplicate {
+    std::string pointer, key;
+  };
+  std::vector<Duplicate> duplicates;
+  bool failed = false;
+  size_t position = 0;      // bytes read when the error was found
+  std::string token;        // the last token read
+  int error_id = 0;         // nlohmann's exception id (101: syntax, 406: number out of range, ...)
+  std::string message;      // nlohmann's message
+
+  bool null() override { return value(); }
+  bool boolean(bool) override { return value(); }
+  bool number_integer(number_integer_t) override { return value(); }
+  bool number_unsigned(number_unsigned_t) override { return value(); }
+  bool number_float(number_float_t, const string_t&) override { return value(); }
+  bool string(string_t&) override { return value(); }
+  bool binary(binary_t&) override { return value(); }
+  bool start_object(std::size_t) override { return open(true); }
+  bool key(string_t& k) override {
+    auto& frame = stack_.back();
+    if (!frame.keys.insert(k).second) duplicates.push_back({pointer(), k});
+    frame.key = k;
+    return true;
+  }
+  bool end_object() override { return close(); }
+  bool start_array(std::size_t) override { return open(false); }
+  bool end_array() override { return close(); }
+  bool parse_error(std::size_t pos, const std::string& last_token, const nlohmann::json::exception& ex) override {
+    failed = true;
+    position = pos;
+    token = last_token;
+    error_id = ex.id;
+    message = ex.what();
+    return false;
+  }
+
+ private:
+  struct Frame {
+    bool object = false;
+    std::string segment;  // "/key" or "/index" in the parent; empty for the root
+    std::string key;      // objects: the key being read
+    size_t index = 0;     // arrays: the element being read
+    std::unordered_set<std::string> keys;
+  };
+  std::vector<Frame> stack_;
+
+  std::string pointer() const {
+    std::string out;
+    for (const auto& f : stack_) out += f.segment;
+    return out.empty() ? "/" : out;
+  }
+  bool value() {
+    if (!stack_.empty() && !stack_.back().object) ++stack_.back().index;
+    return true;
+  }
+  bool open(bool object) {
+    Frame f;
+    f.object = object;
+    if (!stack_.empty())
+      f.segment = "/" + (stack_.back().object ? pointer_token(stack_.back().key) : std::to_string(stack_.back().index));
+    stack_.push_back(std::move(f));
+    return true;
+  }
+  bool close() {
+    stack_.pop_back();
+    return value();
+  }
+};
+
+// Throws ExperimentError for text that is not JSON, holds a number out of range, nests
+// too deep, or repeats a key within one object.
+void check_syntax(const std::string& text, const std::string& file) {
+  check_nesting(text, file);
+  SyntaxChecker checker;
+  nlohmann::json::sax_parse(text, &checker);
+  if (checker.failed) {
+    if (checker.error_id == 406) {
+      // Number out of range: point at its first character.
+      const size_t end = std::min(checker.position, text.size());
+      const size_t start = end >= checker.token.size() ? end - checker.token.size() : 0;
+      auto [line, column] = line_column(text, start);
+      throw ExperimentError({fmt::format("{}:{}:{}: number out of range", file, line, column)});
+    }
+    // Line and column of the offending byte (1-based).
+    auto [line, column] = line_column(text, checker.position > 0 ? checker.position - 1 : 0);
+    const std::string& what = checker.message;
+    auto colon = what.find(": ", what.find("parse error"));
+    std::string reason = colon == std::string::npos ? what : what.substr(colon + 2);
+    throw ExperimentError({fmt::format("{}:{}:{}: JSON syntax error: {}", file, line, column, reason)});
+  }
+  if (!checker.duplicates.empty()) {
+    std::vector<std::string> lines;
+    std::unordered_set<std::string> seen;
+    for (const auto& d : checker.duplicates) {
+      std::string line = fmt::format("{}: {}: key '{}' appears twice", file, d.pointer, clip(d.key));
+      if (seen.insert(line).second) lines.push_back(std::move(line));
+    }
+    throw ExperimentError(lines);
+  }
+}
+
+// The resolved train section: every setting, defaults filled in, spelled as in the file.
+nlohmann::json train_json(const TrainConfig& t) {
+  nlohmann::json optimizer = {{"type", t.optimizer}, {"lr", t.lr}, {"betas", {t.beta1, t.beta2}},
+                              {"momentum", t.momentum}, {"weight_decay", t.weight_decay}};
+  nlohmann::json schedule = {{"type", t.schedule}};
+  if (t.schedule == "step") schedule["step_size"] = t.step_size, schedule["gamma"] = t.gamma;
+  else if (t.schedule == "exponential") schedule["gamma"] = t.gamma;
+  else if (t.schedule == "cosine") schedule["min_lr"] = t.min_lr;
+  nlohmann::json out = {{"iterations", t.iterations}, {"batch_size", t.batch_size},
+                        {"optimizer", optimizer}, {"schedule", schedule},
+                        {"grad_clip", t.grad_clip}, {"log_every", t.log_every},
+                        {"checkpoint_every", t.checkpoint_every}, {"data_parallel", t.data_parallel}};
+  if (t.time_limit > 0) out["time_limit"] = t.time_limit;
+  if (t.memory_limit > 0) out["memory_limit"] = t.memory_limit;
+  return out;
 }
 
 }  // namespace
 
 Experiment parse_experiment(const std::string& text, const std::string& file, const PluginHost& host) {
+  check_syntax(text, file);
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    // Line and column of the offending byte (1-based).
-    size_t line = 1, column = 1;
-    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
-      if (text[i] == '\n') ++line, column = 1;
-      else ++column;
-    }
-    std::string what = e.what();
-    auto colon = what.find(": ", what.find("parse error"));
-    std::string reason = colon == std::string::npos ? what : what.substr(colon + 2);
-    throw ExperimentError({fmt::format("{}:{}:{}: JSON syntax error: {}", file, line, column, reason)});
+  } catch (const nlohmann::json::exception& e) {  // check_syntax has seen the same text
+    throw ExperimentError({fmt::format("{}: JSON error: {}", file, e.what())});
   }
   auto fail = [&](const std::string& path, const std::string& msg) {
     throw ExperimentError({fmt::format("{}: {}: {}", file, path.empty() ? "/" : path, msg)});
@@ -315,24 +614,37 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
   Experiment ex;
   ex.file = file;
   std::vector<std::string> lines;
+  std::unordered_set<std::string> seen_lines;
   auto add = [&](const std::string& path, const std::string& msg) {
     std::string line = fmt::format("{}: {}: {}", file, path.empty() ? "/" : path, msg);
-    if (std::find(lines.begin(), lines.end(), line) == lines.end()) lines.push_back(line);
+    if (seen_lines.insert(line).second) lines.push_back(std::move(line));
   };
 
   // name and seeds are read once; the rest per expanded configuration.
-  if (!root.contains("name")) add("", "missing key 'name' (a short identifier, used as the results folder)");
-  else if (!root.at("name").is_string() || !std::regex_match(root.at("name").get<std::string>(), std::regex("[A-Za-z0-9_.-]+")) ||
-           root.at("name").get<std::string>().front() == '.')
-    add("/name", "expected a name of letters, digits, '_', '-', '.' (not starting with '.'), got " + show(root.at("name")));
-  else ex.name = root.at("name").get<std::string>();
+  if (!root.contains("name")) {
+    add("", "missing key 'name' (a short identifier, used as the results folder)");
+  } else {
+    const auto& n = root.at("name");
+    auto name_char = [](char ch) {
+      return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+             ch == '-' || ch == '.';
+    };
+    if (n.is_string() && n.get_ref<const std::string&>().size() > kMaxNameBytes)
+      add("/name", fmt::format("expected a name of at most {} bytes, got {} bytes", kMaxNameBytes,
+                               n.get_ref<const std::string&>().size()));
+    else if (!n.is_string() || n.get_ref<const std::string&>().empty() || n.get_ref<const std::string&>().front() == '.' ||
+             !std::all_of(n.get_ref<const std::string&>().begin(), n.get_ref<const std::string&>().end(), name_char))
+      add("/name", "expected a name of letters, digits, '_', '-', '.' (not starting with '.'), got " + show(n));
+    else
+      ex.name = n.get<std::string>();
+  }
   if (root.contains("description") && !root.at("description").is_string())
     add("/description", "expected a string, got " + show(root.at("description")));
 
   std::vector<uint64_t> seeds = {0};
   if (root.contains("seeds")) {
     const auto& s = root.at("seeds");
-    std::set<uint64_t> seen;
+    std::unordered_set<uint64_t> seen;
     seeds.clear();
     if (!s.is_array() || s.empty()) add("/seeds", "expected a non-empty list of non-negative integers, got " + show(s));
     else
@@ -344,7 +656,14 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
   }
 
   // Sweep: {"dotted.path": [values...]}, expanded as a Cartesian product in file order.
-  std::vector<std::pair<std::string, nlohmann::json>> sweep;
+  struct SweepKey {
+    std::string key;
+    nlohmann::json values;
+    std::vector<std::string> parts;  // the dotted path split
+    std::string pointer;             // "/model/params/width"
+  };
+  std::vector<SweepKey> sweep;
+  constexpr size_t kMaxSweepPathParts = 64;
   if (root.contains("sweep")) {
     const auto& sw = root.at("sweep");
     if (!sw.is_object()) add("/sweep", "expected an object mapping \"section.key\" paths to lists of values, got " + show(sw));
@@ -355,47 +674,129 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
         const std::string& key = item.key();
         const auto& values = sw.at(key);
         const std::string top = key.substr(0, key.find('.'));
+        auto parts = dotted_parts(key);
         if (top == "name" || top == "seeds" || top == "sweep" ||
-            std::find(kTopKeys.begin(), kTopKeys.end(), top) == kTopKeys.end())
+            std::find(kTopKeys.begin(), kTopKeys.end(), top) == kTopKeys.end()) {
           add("/sweep/" + key, fmt::format("cannot sweep '{}': a sweep path starts with one of dataset, model, "
-                                           "hamiltonian, regularizers, train, eval, dtype", key));
-        else if (!values.is_array() || values.empty())
+                                           "hamiltonian, regularizers, train, eval, dtype", clip(key)));
+        } else if (parts.size() > kMaxSweepPathParts) {
+          add("/sweep/" + key, fmt::format("expected a path of at most {} parts, got {}", kMaxSweepPathParts, parts.size()));
+        } else if (!values.is_array() || values.empty()) {
           add("/sweep/" + key, "expected a non-empty list of values, got " + show(values));
-        else
-          sweep.emplace_back(key, values);
+        } else {
+          // Two equal values would be two identical runs.
+          std::map<nlohmann::json, size_t> first;
+          bool unique = true;
+          for (size_t i = 0; i < values.size(); ++i) {
+            auto [it, inserted] = first.emplace(values[i], i);
+            if (!inserted) {
+              add(fmt::format("/sweep/{}/{}", key, i),
+                  fmt::format("value {} appears twice (first at index {})", show(values[i]), it->second));
+              unique = false;
+            }
+          }
+          if (unique) sweep.push_back({key, values, std::move(parts), dotted_to_pointer(key)});
+        }
       }
     }
+  }
+
+  // The number of runs, without wrapping around.
+  {
+    uint64_t total = seeds.size();
+    bool overflow = false;
+    for (const auto& k : sweep)
+      if (__builtin_mul_overflow(total, static_cast<uint64_t>(k.values.size()), &total)) overflow = true;
+    if (overflow || total > kMaxRuns)
+      add(sweep.empty() ? "/seeds" : "/sweep",
+          fmt::format("expected at most {} runs (the sizes of the sweep lists multiplied together, times the "
+                      "number of seeds), got {}",
+                      kMaxRuns, overflow ? "more than 18446744073709551615" : std::to_string(total)));
   }
   if (!lines.empty()) throw ExperimentError(lines);
 
   // Short labels: the last path component, or the whole path when two would clash.
   std::vector<std::string> short_names;
-  for (const auto& [key, _] : sweep) short_names.push_back(key.substr(key.rfind('.') + 1));
-  for (size_t i = 0; i < sweep.size(); ++i)
-    if (std::count(short_names.begin(), short_names.end(), short_names[i]) > 1) short_names[i] = sweep[i].first;
+  for (const auto& k : sweep) short_names.push_back(k.key.substr(k.key.rfind('.') + 1));
+  {
+    std::unordered_map<std::string, size_t> count;
+    for (const auto& n : short_names) ++count[n];
+    for (size_t i = 0; i < sweep.size(); ++i)
+      if (count[short_names[i]] > 1) short_names[i] = sweep[i].key;
+    for (auto& n : short_names) n = format_value(n);
+  }
+
+  // Label parts "name=value"; values of one key that print alike get "~" and a hash of
+  // their JSON.
+  struct Part {
+    std::string text;    // "name=value"
+    std::string hashed;  // "name=value~hash"
+    bool ambiguous = false;
+  };
+  std::vector<std::vector<Part>> parts(sweep.size());
+  for (size_t k = 0; k < sweep.size(); ++k) {
+    const auto& values = sweep[k].values;
+    std::vector<std::string> shown(values.size());
+    std::unordered_map<std::string, size_t> count;
+    for (size_t i = 0; i < values.size(); ++i) ++count[shown[i] = format_value(values[i])];
+    for (size_t i = 0; i < values.size(); ++i) {
+      Part& p = parts[k].emplace_back();
+      p.hashed = short_names[k] + "=" + shown[i] + "~" + short_hash(canonical(values[i]), 8);
+      p.text = count[shown[i]] > 1 ? p.hashed : short_names[k] + "=" + shown[i];
+      p.ambiguous = ambiguous_value(shown[i]);
+    }
+  }
+
+  size_t combos = 1;
+  for (const auto& k : sweep) combos *= k.values.size();
+  // Sweep indices of one combination: the last key varies fastest.
+  auto indices_of = [&](size_t combo) {
+    std::vector<size_t> index(sweep.size());
+    for (size_t k = sweep.size(); k-- > 0;) {
+      index[k] = combo % sweep[k].values.size();
+      combo /= sweep[k].values.size();
+    }
+    return index;
+  };
+  auto label_of = [&](const std::vector<size_t>& index, bool hash_ambiguous) {
+    std::string label;
+    for (size_t k = 0; k < sweep.size(); ++k) {
+      const Part& p = parts[k][index[k]];
+      label += (k == 0 ? "" : ",") + (hash_ambiguous && p.ambiguous ? p.hashed : p.text);
+    }
+    return label.empty() ? std::string("default") : label;
+  };
+  std::vector<std::string> labels(combos);
+  {
+    std::unordered_map<std::string, size_t> count;
+    for (size_t combo = 0; combo < combos; ++combo) ++count[labels[combo] = label_of(indices_of(combo), false)];
+    // A value holding ',' or '=' can make two configurations read alike: those get hashes too.
+    for (size_t combo = 0; combo < combos; ++combo)
+      if (count[labels[combo]] > 1) labels[combo] = label_of(indices_of(combo), true);
+  }
+  auto describe = [&](size_t combo) {
+    std::vector<std::string> where;
+    auto index = indices_of(combo);
+    for (size_t k = 0; k < sweep.size(); ++k) where.push_back(fmt::format("/sweep/{}/{}", sweep[k].key, index[k]));
+    return "(" + join(where) + ")";
+  };
 
   nlohmann::json base = root;
   base.erase("sweep");
-  size_t combos = 1;
-  for (const auto& [_, values] : sweep) combos *= values.size();
+  base.erase("seeds");
+  std::unordered_map<std::string, size_t> run_ids;  // run id -> combination
+  ex.runs.reserve(combos * seeds.size());
   for (size_t combo = 0; combo < combos; ++combo) {
     nlohmann::json cfg = base;
-    std::vector<std::string> label_parts;
     std::map<std::string, std::string> swept_paths;  // pointer -> /sweep/key/index
-    size_t rest = combo;
-    for (size_t k = sweep.size(); k-- > 0;) {  // last key varies fastest
-      const auto& [key, values] = sweep[k];
-      size_t index = rest % values.size();
-      rest /= values.size();
-      const std::string ptr = dotted_to_pointer(key);
-      try {
-        cfg[nlohmann::json::json_pointer(ptr)] = values[index];
-      } catch (const std::exception&) {
-        add(fmt::format("/sweep/{}", key), fmt::format("path '{}' does not lead into the experiment", key));
+    const auto index = indices_of(combo);
+    for (size_t k = sweep.size(); k-- > 0;) {
+      const auto& sk = sweep[k];
+      if (!set_path(cfg, sk.parts, sk.values[index[k]])) {
+        add(fmt::format("/sweep/{}", sk.key), fmt::format("path '{}' does not lead into the experiment", clip(sk.key)));
         continue;
       }
-      swept_paths[ptr] = fmt::format("/sweep/{}/{}", key, index);
-      label_parts.insert(label_parts.begin(), fmt::format("{}={}", short_names[k], format_value(values[index])));
+      swept_paths[sk.pointer] = fmt::format("/sweep/{}/{}", sk.key, index[k]);
     }
     Checker checker(host);
     RunSpec spec;
@@ -407,15 +808,29 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
         if (path == ptr || path.rfind(ptr + "/", 0) == 0) where = sweep_path + path.substr(ptr.size());
       add(where, msg);
     }
-    if (!checker.errors.empty()) continue;
+    if (!checker.errors.empty() || !lines.empty()) continue;
     spec.experiment = ex.name;
-    spec.label = label_parts.empty() ? "default" : join(label_parts, ",");
+    spec.label = labels[combo];
+
+    // The resolved configuration: what the file says, plus every engine setting.
+    cfg["dtype"] = spec.dtype;
+    cfg["train"] = train_json(spec.train);
+    nlohmann::json metrics = nlohmann::json::array();
+    if (cfg.contains("eval") && cfg["eval"].contains("metrics")) metrics = cfg["eval"]["metrics"];
+    cfg["eval"] = {{"samples", spec.eval.samples}, {"every", spec.eval.every}, {"metrics", metrics}};
+    if (cfg.contains("regularizers"))
+      for (size_t i = 0; i < cfg["regularizers"].size(); ++i) cfg["regularizers"][i]["weight"] = spec.regularizers[i].weight;
+
     for (uint64_t seed : seeds) {
       RunSpec run = spec;
       run.seed = seed;
-      run.run_id = (label_parts.empty() ? "" : spec.label + ",") + fmt::format("seed={}", seed);
+      run.run_id = make_run_id(spec.label, !sweep.empty(), seed);
+      if (auto [it, inserted] = run_ids.emplace(run.run_id, combo); !inserted) {
+        add("/sweep", fmt::format("two configurations would share the run id '{}': {} and {}", run.run_id,
+                                  describe(it->second), describe(combo)));
+        break;
+      }
       run.config = cfg;
-      run.config.erase("seeds");
       run.config["seed"] = seed;
       run.config["run_id"] = run.run_id;
       run.config["label"] = run.label;

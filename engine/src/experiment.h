@@ -43,6 +43,9 @@ struct TrainConfig {
   double grad_clip = 0.0;             // max global gradient norm; 0 = off
   int64_t log_every = 100;
   int64_t checkpoint_every = 1000;    // 0 = only the final checkpoint
+  double time_limit = 0;              // seconds, 0 = none
+  int64_t memory_limit = 0;           // bytes, 0 = none
+  bool data_parallel = false;
 };
 
 struct EvalConfig {
@@ -53,8 +56,12 @@ struct EvalConfig {
 
 struct RunSpec {
   std::string experiment;
-  std::string run_id;  // directory name: "<label>,seed=<s>" or "seed=<s>"
-  std::string label;   // the configuration without the seed: "width=64" or "default"
+  // Directory name: "<label>,seed=<s>" or "seed=<s>"; unique within the experiment and at
+  // most kMaxRunIdBytes long (a longer one keeps a prefix of the label and a hash of it).
+  std::string run_id;
+  // The configuration without the seed: "width=64" or "default". A swept value that prints
+  // like another value of the same key gets "~" and a hash of its JSON: "path=a_b~1a2b3c4d".
+  std::string label;
   uint64_t seed = 0;
   std::string dtype = "float32";
   PluginUse dataset, model;
@@ -62,8 +69,20 @@ struct RunSpec {
   std::vector<PluginUse> regularizers;
   TrainConfig train;
   EvalConfig eval;
-  nlohmann::json config;  // the resolved configuration of this run (written to config.json)
+  // The resolved configuration of this run (written to config.json): the experiment with
+  // the sweep applied, dtype and every train and eval setting with its default filled in.
+  nlohmann::json config;
 };
+
+// Limits of validation.
+inline constexpr size_t kMaxNameBytes = 200;     // experiment name
+inline constexpr size_t kMaxRunIdBytes = 200;    // run id (longer ones are shortened)
+inline constexpr size_t kMaxJsonDepth = 256;     // nesting of arrays and objects
+inline constexpr uint64_t kMaxRuns = 100000;     // sweep combinations x seeds
+inline constexpr size_t kMaxSuggestWord = 64;    // longer words get no did-you-mean
+
+// 64-bit FNV-1a of a byte string (stable across builds and platforms).
+uint64_t fnv1a64(const std::string& bytes);
 
 struct Experiment {
   std::string file;
@@ -76,7 +95,8 @@ Experiment load_experiment(const std::string& file, const PluginHost& host);
 // Same from JSON text (file is used in messages only).
 Experiment parse_experiment(const std::string& text, const std::string& file, const PluginHost& host);
 
-// Edit distance, for did-you-mean suggestions.
+// Edit distance, for did-you-mean suggestions. did_you_mean gives no suggestion for a word
+// (or candidate) longer than kMaxSuggestWord bytes.
 size_t edit_distance(const std::string& a, const std::string& b);
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
 
