@@ -13,6 +13,7 @@ PACKAGES=(
   libblas-dev                         # link-time libblas.so for <mfglab/blas.h> (runs on OpenBLAS)
   libdnnl-dev                         # oneDNN's float GEMM for LibTorch (engine/src/gemm_backend.cpp)
   libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/plot.cpp)
+  libopenmpi-dev openmpi-bin          # sweeps across machines (engine/src/running/mpi_sweep.cpp)
 )
 
 missing=()

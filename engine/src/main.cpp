@@ -7,7 +7,10 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <memory>
+#include <sstream>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -23,6 +26,8 @@
 #include "progress.h"
 #include "results.h"
 #include "runner.h"
+#include "running/isolation.h"
+#include "running/mpi_sweep.h"
 
 namespace fs = std::filesystem;
 using namespace mfglab;
@@ -158,7 +163,31 @@ int cmd_validate(const PluginHost& host, const std::string& file) {
 
 void on_stop_signal(int) { request_stop(); }
 
-int cmd_run(const PluginHost& host, const std::string& file, RunOptions options, bool quiet) {
+
+// A worker that cannot stop (a plugin stuck in a loop) ends by SIGALRM's default action.
+void on_worker_stop_signal(int) {
+  request_stop();
+  ::alarm(30);
+}
+
+std::string read_whole_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string self_executable() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw Error(fmt::format("cannot find the mfglab executable (/proc/self/exe): {}", ec.message()));
+  return p.string();
+}
+
+int cmd_run(const PluginHost& host, const std::string& file, RunOptions options, bool quiet, MpiWorld* mpi) {
+  options.executable = self_executable();
+  if (mpi && mpi->size() > 1) return run_experiment_mpi(*mpi, host, file, options, quiet);
   print_problems(host);
   Experiment ex;
   try {
@@ -172,39 +201,20 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
     std::fprintf(stderr, "warning: %d jobs x %d threads exceeds the %d cores\n", options.jobs, options.threads, cores);
   set_thread_budget(options.threads);
   const bool terminal = ::isatty(STDERR_FILENO) != 0;
-  std::fprintf(stderr, "experiment '%s': %zu run(s), %d in parallel, %d thread(s) each, results in %s\n", ex.name.c_str(),
-               ex.runs.size(), options.jobs, options.threads, (fs::path(options.out_dir) / ex.name).c_str());
-  size_t pending = 0;
-  // Count runs that will execute (finished ones are skipped) for the progress display.
-  for (const auto& r : ex.runs) {
-    auto dir = fs::path(options.out_dir) / ex.name / r.run_id / "summary.json";
-    bool ok = false;
-    if (!options.force && fs::exists(dir)) try { ok = read_json_file(dir.string()).value("status", "") == "ok"; } catch (...) {}
-    pending += ok ? 0 : 1;
-  }
-  Progress live(static_cast<int>(pending), terminal, quiet);
-
-  auto outcomes = run_experiment(ex, host, options, live);
-  int ok = 0, failed = 0, skipped = 0, interrupted = 0;
-  for (const auto& o : outcomes) {
-    if (o.status == "ok") ++ok;
-    else if (o.status == "skipped") ++skipped;
-    else if (o.status == "interrupted") ++interrupted;
-    else ++failed;
-  }
-  std::cout << fmt::format("results: {}\n", (fs::path(options.out_dir) / ex.name).string());
-  std::cout << fmt::format("runs: {} ok, {} failed, {} already finished (skipped; --force reruns them)\n", ok, failed, skipped);
-  for (const auto& o : outcomes)
-    if (o.status == "failed") std::cout << fmt::format("failed: {}: {}\n", o.run_id, o.error);
-  if (interrupted) {
-    std::cout << fmt::format("interrupted: {} run(s); run the same command again to resume them\n", interrupted);
-    return 130;
-  }
+  std::fprintf(stderr, "experiment '%s': %zu run(s), %d in parallel%s, %d thread(s) each, results in %s\n", ex.name.c_str(),
+               ex.runs.size(), options.jobs, options.in_process ? " in this process" : "", options.threads,
+               (fs::path(options.out_dir) / ex.name).c_str());
+  options.experiment_text = read_whole_file(file);
+  Progress live(static_cast<int>(runs_to_do(ex, host, options).size()), terminal, quiet);
+  std::vector<RunOutcome> outcomes;
   try {
-    std::cout << "\n" << format_table(collect_runs({(fs::path(options.out_dir) / ex.name).string()}));
-  } catch (const std::exception&) {
+    outcomes = run_experiment(ex, host, options, live);
+  } catch (const Error& e) {  // the folder is locked by another run, or cannot be made
+    live.finish();
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
   }
-  return failed ? kExitFailedRuns : 0;
+  return report_outcomes(outcomes, (fs::path(options.out_dir) / ex.name).string());
 }
 
 int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png,
@@ -330,6 +340,24 @@ int main(int argc, char** argv) {
   run->add_flag("--quiet", quiet, "no progress output");
   bool no_plots = false;
   run->add_flag("--no-plots", no_plots, "do not draw samples.png and losses.png into each run directory");
+  run->add_flag("--in-process", options.in_process, "run every run inside this process (no isolation; for debuggers)");
+  run->add_option("--time-limit", options.time_limit, "wall-clock limit per run in seconds (overrides train.time_limit)")
+      ->check(CLI::PositiveNumber);
+  std::string run_memory;
+  run->add_option("--run-memory", run_memory, "memory limit per run, e.g. 4G or 512M (overrides train.memory_limit)");
+
+  // A run in a process of its own: started by `run`, never by hand.
+  auto* worker = app.add_subcommand("worker", "");
+  worker->group("");
+  WorkerRequest worker_request;
+  worker->add_option("file", worker_request.experiment_file)->required();
+  worker->add_option("--run-index", worker_request.run_index)->required();
+  worker->add_option("--slot", worker_request.slot);
+  worker->add_option("--out", worker_request.out_dir)->required();
+  worker->add_option("--threads", worker_request.threads)->check(CLI::Range(1, 256));
+  worker->add_flag("--force", worker_request.force);
+  bool worker_no_plots = false;
+  worker->add_flag("--no-plots", worker_no_plots);
 
   auto* compare = app.add_subcommand("compare", "table of runs: one row per configuration, mean ± std over seeds");
   std::vector<std::string> compare_dirs;
@@ -370,15 +398,36 @@ int main(int argc, char** argv) {
     // Ctrl-C stops cleanly: each run saves a checkpoint and the next `run` resumes it.
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
+    if (!run_memory.empty()) {
+      try {
+        options.memory_limit = parse_byte_size(run_memory);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: --run-memory: %s\n", e.what());
+        return kExitBadInput;
+      }
+    }
   }
+  if (*worker) {
+    std::signal(SIGINT, on_worker_stop_signal);
+    std::signal(SIGTERM, on_worker_stop_signal);
+  }
+  // Under mpirun or srun, `run` spreads its runs over the ranks (mpi_sweep.h).
+  std::unique_ptr<MpiWorld> mpi;
+  if (*run && MpiWorld::launched()) mpi = std::make_unique<MpiWorld>(&argc, &argv);
   try {
     PluginHost host(PluginHost::search_path(plugin_dirs));
+    if (*worker) {
+      set_thread_budget(worker_request.threads);
+      worker_request.plots = !worker_no_plots;
+      return worker_main(host, worker_request);
+    }
     if (*plugins) return cmd_plugins(host, kind, plugins_json);
     if (*describe) return cmd_describe(host, describe_name);
     if (*validate) return cmd_validate(host, validate_file);
     if (*run) {
       options.plots = !no_plots;
-      return cmd_run(host, run_file, options, quiet);
+      options.plugin_dirs = plugin_dirs;
+      return cmd_run(host, run_file, options, quiet, mpi.get());
     }
     if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw);
     if (*plot) return cmd_plot(plot_dirs);

@@ -18,6 +18,7 @@ void Progress::set_run(int index, const std::string& run_id, long long iteration
   r.iterations = iterations;
   r.iteration = 0;
   r.active = true;
+  r.last_iteration = std::chrono::steady_clock::now();
   if (!terminal_ && !quiet_) std::fprintf(stderr, "[run %s] started (%lld iterations)\n", run_id.c_str(), iterations);
 }
 
@@ -26,6 +27,7 @@ void Progress::iteration(int index, long long iteration, double loss, bool log_l
   auto& r = runs_.at(static_cast<size_t>(index));
   r.iteration = iteration;
   r.loss = loss;
+  r.last_iteration = std::chrono::steady_clock::now();
   if (quiet_) return;
   if (terminal_) {
     auto now = std::chrono::steady_clock::now();
@@ -54,6 +56,11 @@ void Progress::run_finished(int index, const std::string& status, const std::str
   if (terminal_) render_locked();
 }
 
+void Progress::refresh() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (terminal_ && !quiet_ && std::chrono::steady_clock::now() - last_render_ > std::chrono::milliseconds(500)) render_locked();
+}
+
 void Progress::finish() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (terminal_ && !quiet_) clear_line_locked();
@@ -71,7 +78,11 @@ void Progress::render_locked() {
   for (const auto& r : runs_) {
     total_iters += r.iterations;
     done_iters += r.active ? r.iteration : (r.id.empty() ? 0 : r.iterations);
-    if (r.active) active += fmt::format(" | {} {}/{} loss {:.4g}", r.id, r.iteration, r.iterations, r.loss);
+    if (!r.active) continue;
+    active += fmt::format(" | {} {}/{} loss {:.4g}", r.id, r.iteration, r.iterations, r.loss);
+    // A run that has not finished an iteration for a while may be stuck: show for how long.
+    const auto idle = std::chrono::duration<double>(last_render_ - r.last_iteration).count();
+    if (idle >= 10) active += fmt::format(" (idle {:.0f} s)", idle);
   }
   // Runs not started yet have unknown iteration counts; assume they match the average.
   const int started = static_cast<int>(std::count_if(runs_.begin(), runs_.end(), [](auto& r) { return !r.id.empty(); }));

@@ -9,17 +9,28 @@
 
 namespace mfglab::engine {
 
-class Progress {
+// Where a run reports what it is doing. The console display implements it; so does a
+// worker process, which forwards the events to its parent through a pipe.
+class ProgressSink {
+ public:
+  virtual ~ProgressSink() = default;
+  virtual void set_run(int index, const std::string& run_id, long long iterations) = 0;
+  virtual void iteration(int index, long long iteration, double loss, bool log_line) = 0;
+  virtual void message(const std::string& line) = 0;  // a log line
+  virtual void run_finished(int index, const std::string& status, const std::string& detail) = 0;
+};
+
+class Progress : public ProgressSink {
  public:
   // total_runs: how many runs this invocation will execute; iterations: per run.
   Progress(int total_runs, bool terminal, bool quiet = false);
-  virtual ~Progress() = default;
 
-  void set_run(int index, const std::string& run_id, long long iterations);
-  void iteration(int index, long long iteration, double loss, bool log_line);
-  void message(const std::string& line);  // a log line (kept above the status line)
-  void run_finished(int index, const std::string& status, const std::string& detail);
-  void finish();  // clears the status line
+  void set_run(int index, const std::string& run_id, long long iterations) override;
+  void iteration(int index, long long iteration, double loss, bool log_line) override;
+  void message(const std::string& line) override;  // kept above the status line
+  void run_finished(int index, const std::string& status, const std::string& detail) override;
+  void refresh();  // redraws the status line (the idle times of active runs advance)
+  void finish();   // clears the status line
 
  private:
   struct RunState {
@@ -27,6 +38,7 @@ class Progress {
     long long iteration = 0, iterations = 0;
     double loss = 0;
     bool active = false;
+    std::chrono::steady_clock::time_point last_iteration;  // a stuck run shows its idle time
   };
   void render_locked();
   void clear_line_locked();

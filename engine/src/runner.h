@@ -1,12 +1,12 @@
-// Runs experiments: one training + evaluation per RunSpec, many in parallel with TBB.
+// Runs experiments: every run of seeds x sweep, each in a worker process of its own (by
+// default), all in this process (--in-process, for debuggers), or spread over MPI ranks.
 #pragma once
 
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "experiment.h"
+#include "running/trainer.h"
 
 namespace mfglab::engine {
 
@@ -15,34 +15,31 @@ class Progress;
 
 struct RunOptions {
   std::string out_dir = "results";
-  int jobs = 1;     // runs in parallel
+  int jobs = 1;     // runs in parallel (per MPI rank)
   int threads = 1;  // intra-op threads per run
   bool force = false;
-  bool plots = true;  // draw each successful run's figures (plot.h) into its directory
+  bool plots = true;       // draw each successful run's figures (plot.h) into its directory
+  bool in_process = false; // every run in this process (TBB tasks): no isolation
+  double time_limit = -1;    // seconds per run; < 0: the experiment's train.time_limit
+  int64_t memory_limit = -1; // bytes per run; < 0: the experiment's train.memory_limit
+  // For worker processes: how to start them again.
+  std::string executable;
+  std::vector<std::string> plugin_dirs;
+  std::string experiment_text;
 };
 
-struct RunOutcome {
-  std::string run_id;
-  std::string dir;
-  std::string status;  // ok | failed | skipped (already finished) | interrupted
-  std::string error;
-};
-
-// Runs every run of the experiment into OUT/<experiment>/<run-id>/. A run whose
-// summary.json says "ok" is skipped unless options.force. One failing run does not
-// stop the others.
+// Runs every run of the experiment into OUT/<experiment>/<run-id>/. A finished run (its
+// summary says "ok" and its files are all there) is skipped unless options.force. One
+// failing run does not stop the others. Holds OUT/<experiment>/.lock while it works: a
+// second `run` of the same experiment into the same folder throws mfglab::Error.
 std::vector<RunOutcome> run_experiment(const Experiment& experiment, const PluginHost& host,
                                        const RunOptions& options, Progress& progress);
 
-// Trains and evaluates one run into `dir`; never throws: failures land in summary.json.
-// With `resume`, a checkpoint of the same configuration left by an interrupted run is
-// continued exactly (parameters, optimizer, generator, batch order).
-RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::string& dir,
-                   int threads, bool resume, int run_index, Progress& progress, bool plots = true);
+// Indices of the runs that still have to run (not finished, or options.force).
+std::vector<size_t> runs_to_do(const Experiment& experiment, const PluginHost& host, const RunOptions& options);
 
-// Asks running trainings to stop at their next iteration, saving a checkpoint and no
-// summary (async-signal-safe: the CLI calls it from SIGINT/SIGTERM handlers).
-void request_stop();
-bool stop_requested();
+// Prints each run's outcome and the results table to stdout; returns run's exit code:
+// 0 when every run succeeded, 1 when one failed, 130 when runs were interrupted.
+int report_outcomes(const std::vector<RunOutcome>& outcomes, const std::string& folder);
 
 }  // namespace mfglab::engine

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Throughput of sweeps and the cost of isolation, on this machine:
+#   jobs      8 short runs of one experiment (sgm on 8gaussians): --jobs 2 against --jobs 1,
+#             every run in a worker process of its own
+#   mpi       the same 8 runs: mpirun -np 2 against -np 1 (one job per rank)
+#   overhead  experiments/quickstart.json, isolated workers against --in-process (wall time)
+#   dp        data-parallel OT-Flow at batch 16384: seconds per step on 2 ranks against 1
+# Wall times are the median of --repeats runs; every run starts from an empty folder.
+#
+# usage: bench/sweep_bench.sh [--repeats R] [--mfglab PATH] [--parts "jobs mpi overhead dp"]
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+mfglab="${MFGLAB:-$root/build/bin/mfglab}"
+repeats=3
+parts="jobs mpi overhead dp"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --repeats) repeats="$2"; shift 2 ;;
+    --mfglab) mfglab="$2"; shift 2 ;;
+    --parts) parts="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "sweep_bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mpirun=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader,tcp --mca btl_vader_single_copy_mechanism none)
+
+cat > "$work/sweep.json" <<'EOF'
+{"name": "sweep", "seeds": [0, 1, 2, 3],
+ "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 8000, "test_size": 1000}},
+ "model": {"plugin": "sgm", "params": {"width": 64, "depth": 2, "sample_steps": 100}},
+ "train": {"iterations": 1500, "batch_size": 256, "log_every": 500},
+ "eval": {"samples": 1000, "metrics": [{"plugin": "mmd", "params": {"bandwidth": [1]}}]},
+ "sweep": {"train.optimizer.lr": [0.001, 0.002]}}
+EOF
+cat > "$work/dp.json" <<'EOF'
+{"name": "dp", "seeds": [0],
+ "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 65536, "test_size": 1000}},
+ "model": {"plugin": "otflow", "params": {"width": 32, "steps": 8}},
+ "train": {"iterations": 12, "batch_size": 16384, "data_parallel": true, "log_every": 4},
+ "eval": {"samples": 100, "metrics": []}}
+EOF
+
+# Median wall seconds of `"$@"` over the repeats, each into a fresh output folder.
+wall() {
+  local times=()
+  for ((r = 0; r < repeats; r++)); do
+    rm -rf "$work/out"
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" --out "$work/out" --no-plots --quiet > "$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    times+=("$(echo "$t1 - $t0" | bc -l)")
+  done
+  printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+
+for part in $parts; do
+  case "$part" in
+    jobs)
+      one=$(wall "$mfglab" run "$work/sweep.json" --jobs 1)
+      two=$(wall "$mfglab" run "$work/sweep.json" --jobs 2)
+      echo "jobs: 8 runs, --jobs 1 ${one} s, --jobs 2 ${two} s: $(ratio "$one" "$two")x (goal 1.8x)" ;;
+    mpi)
+      one=$(wall "${mpirun[@]}" -np 1 "$mfglab" run "$work/sweep.json" --jobs 1)
+      two=$(wall "${mpirun[@]}" -np 2 "$mfglab" run "$work/sweep.json" --jobs 1)
+      echo "mpi: 8 runs, -np 1 ${one} s, -np 2 ${two} s: $(ratio "$one" "$two")x (goal 1.8x)" ;;
+    overhead)
+      iso=$(wall "$mfglab" run "$root/experiments/quickstart.json")
+      inp=$(wall "$mfglab" run "$root/experiments/quickstart.json" --in-process)
+      echo "overhead: quickstart isolated ${iso} s, in-process ${inp} s: $(echo "scale=1; 100 * ($iso - $inp) / $inp" | bc -l)% (goal <= 3%)" ;;
+    dp)
+      step() {  # median seconds per iteration of the dp run on $1 ranks
+        rm -rf "$work/out"
+        "${mpirun[@]}" -np "$1" "$mfglab" run "$work/dp.json" --out "$work/out" --no-plots --quiet > "$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
+        python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seconds_per_iteration'])" "$work/out/dp/seed=0/summary.json"
+      }
+      s1=$(step 1); s2=$(step 2)
+      echo "dp: OT-Flow batch 16384, 1 rank ${s1} s/step, 2 ranks ${s2} s/step: speed-up $(ratio "$s1" "$s2")x, efficiency $(echo "scale=2; $s1 / (2 * $s2)" | bc -l)" ;;
+    *) echo "sweep_bench.sh: unknown part '$part'" >&2; exit 2 ;;
+  esac
+done

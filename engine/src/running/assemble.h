@@ -1,0 +1,35 @@
+// Builds the plugin objects of one run from its RunSpec, in the order the SDK promises:
+// dataset, Hamiltonian, model, regularizers, metrics. The trainer and the tests use it.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <mfglab/sdk.h>
+
+#include "experiment.h"
+
+namespace mfglab::engine {
+
+class PluginHost;
+
+// Everything a run creates, in creation order (destroyed in reverse: metrics before the
+// model, the model before the Hamiltonian it may hold).
+struct RunObjects {
+  std::unique_ptr<Dataset> dataset;
+  std::unique_ptr<Hamiltonian> hamiltonian;
+  std::unique_ptr<Model> model;
+  std::vector<std::unique_ptr<Regularizer>> regularizers;
+  std::vector<std::unique_ptr<Metric>> metrics;
+  torch::Tensor train, test;  // the dataset's splits in the run's dtype, [N, d] and [M, d]
+};
+
+// Creates the run's plugins; `ctx` must hold the generator, dtype, threads, output folder and
+// logger. Sets ctx.data_dim, ctx.dataset and ctx.hamiltonian as the objects appear. Throws
+// mfglab::Error naming the plugin that failed.
+RunObjects assemble(const RunSpec& spec, const PluginHost& host, RunContext& ctx);
+
+// The run's configuration with every plugin's parameter defaults filled in (config.json).
+nlohmann::json resolved_config(const RunSpec& spec, const PluginHost& host);
+
+}  // namespace mfglab::engine

@@ -1,0 +1,154 @@
+// Runs in worker processes: a plugin that crashes, aborts, exits, throws a non-exception,
+// eats memory or hangs ends its own run only, with the right status and message, while the
+// healthy runs beside it finish with the bytes they have in a single process.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "cli.h"
+
+namespace fs = std::filesystem;
+using mfglab::test::mfglab_cli;
+using mfglab::test::read_text;
+using mfglab::test::shell;
+using mfglab::test::TempDir;
+
+namespace {
+
+const std::string kFaultDir = MFGLAB_TEST_FAULT_PLUGIN_DIR;
+
+// fault_model on a small 2-D set; `train_extra` is spliced into the "train" object.
+std::string fault_experiment(const std::string& name, const std::string& faults, const std::string& train_extra = "") {
+  return R"({"name": ")" + name + R"(", "seeds": [0],
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 512, "test_size": 256}},
+    "model": {"plugin": "fault_model", "params": {"at": 5}},
+    "train": {"iterations": 30, "batch_size": 64, "log_every": 10, "checkpoint_every": 10)" + train_extra + R"(},
+    "eval": {"samples": 200, "metrics": [{"plugin": "mmd", "params": {"bandwidth": [1]}}]},
+    "sweep": {"model.params.fault": )" + faults + "}}";
+}
+
+nlohmann::json summary_of(const fs::path& run) { return nlohmann::json::parse(read_text((run / "summary.json").string())); }
+
+std::string run_cmd(const std::string& file, const std::string& out, const std::string& extra = "") {
+  return "--plugin-dir " + kFaultDir + " run " + file + " --out " + out + " --no-plots " + extra;
+}
+
+}  // namespace
+
+TEST_CASE("a crashing plugin ends its own run only, with the signal or exit code by name", "[isolation]") {
+  TempDir tmp("iso_crash");
+  auto file = tmp.file("exp.json", fault_experiment("faults", R"(["none", "segfault", "abort", "exit", "throw_int"])"));
+  auto r = mfglab_cli(run_cmd(file, tmp.str() + "/out", "--jobs 2"));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.find("runs: 1 ok, 4 failed, 0 already finished") != std::string::npos);
+  const fs::path root = tmp.path / "out" / "faults";
+  CHECK(summary_of(root / "fault=none,seed=0")["status"] == "ok");
+
+  auto segv = summary_of(root / "fault=segfault,seed=0");
+  CHECK(segv["status"] == "crashed");
+  CHECK(segv["error"].get<std::string>().find("SIGSEGV") != std::string::npos);
+  CHECK(segv["iterations"].get<int>() < 5);
+
+  auto abrt = summary_of(root / "fault=abort,seed=0");
+  CHECK(abrt["status"] == "crashed");
+  CHECK(abrt["error"].get<std::string>().find("SIGABRT") != std::string::npos);
+
+  auto ex = summary_of(root / "fault=exit,seed=0");
+  CHECK(ex["status"] == "crashed");
+  CHECK(ex["error"].get<std::string>().find("exit code 3") != std::string::npos);
+
+  auto thrown = summary_of(root / "fault=throw_int,seed=0");
+  CHECK(thrown["status"] == "failed");
+  CHECK(thrown["error"].get<std::string>().find("not a std::exception") != std::string::npos);
+
+  SECTION("the healthy run has the bytes of a run in a single process") {
+    auto single = tmp.file("one.json", fault_experiment("faults", R"(["none"])"));
+    auto s = mfglab_cli(run_cmd(single, tmp.str() + "/single", "--in-process"));
+    REQUIRE(s.exit_code == 0);
+    CHECK(read_text((root / "fault=none,seed=0" / "samples.npy").string()) ==
+          read_text((tmp.path / "single" / "faults" / "fault=none,seed=0" / "samples.npy").string()));
+    CHECK(read_text((root / "fault=none,seed=0" / "losses.csv").string()).size() > 0);
+  }
+  SECTION("a rerun retries the failed runs only") {
+    auto again = mfglab_cli(run_cmd(file, tmp.str() + "/out", "--jobs 2"));
+    CHECK(again.exit_code == 1);
+    CHECK(again.out.find("runs: 0 ok, 4 failed, 1 already finished") != std::string::npos);
+  }
+}
+
+TEST_CASE("a run past its time limit is stopped and recorded as a timeout", "[isolation]") {
+  TempDir tmp("iso_time");
+  auto file = tmp.file("exp.json", fault_experiment("slow", R"(["none", "hang"])"));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = mfglab_cli(run_cmd(file, tmp.str() + "/out", "--jobs 2 --time-limit 4"));
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(secs < 40);  // 4 s, a grace period for the stuck plugin, then SIGKILL
+  const fs::path root = tmp.path / "out" / "slow";
+  CHECK(summary_of(root / "fault=none,seed=0")["status"] == "ok");
+  auto hang = summary_of(root / "fault=hang,seed=0");
+  CHECK(hang["status"] == "timeout");
+  CHECK(hang["error"].get<std::string>().find("time limit of 4 s") != std::string::npos);
+
+  SECTION("the limit can come from the experiment file") {
+    auto limited = tmp.file("lim.json", fault_experiment("slow2", R"(["hang"])", R"(, "time_limit": 3)"));
+    auto l = mfglab_cli(run_cmd(limited, tmp.str() + "/out"));
+    CHECK(l.exit_code == 1);
+    CHECK(summary_of(tmp.path / "out" / "slow2" / "fault=hang,seed=0")["status"] == "timeout");
+  }
+}
+
+TEST_CASE("a run past its memory limit is recorded as out of memory", "[isolation]") {
+  TempDir tmp("iso_mem");
+  auto file = tmp.file("exp.json", fault_experiment("hog", R"(["none", "hog"])"));
+  auto r = mfglab_cli(run_cmd(file, tmp.str() + "/out", "--jobs 2 --run-memory 3G"));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  const fs::path root = tmp.path / "out" / "hog";
+  CHECK(summary_of(root / "fault=none,seed=0")["status"] == "ok");
+  auto hog = summary_of(root / "fault=hog,seed=0");
+  CHECK(hog["status"] == "out_of_memory");
+}
+
+TEST_CASE("bad limits are bad input", "[isolation]") {
+  TempDir tmp("iso_bad");
+  auto file = tmp.file("exp.json", fault_experiment("bad", R"(["none"])"));
+  CHECK(mfglab_cli(run_cmd(file, tmp.str() + "/out", "--time-limit 0")).exit_code == 2);
+  CHECK(mfglab_cli(run_cmd(file, tmp.str() + "/out", "--run-memory 12Q")).exit_code == 2);
+  auto neg = tmp.file("neg.json", fault_experiment("bad", R"(["none"])", R"(, "time_limit": -1)"));
+  auto r = mfglab_cli(run_cmd(neg, tmp.str() + "/out"));
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("/train/time_limit") != std::string::npos);
+}
+
+TEST_CASE("one run per experiment folder at a time", "[isolation]") {
+  TempDir tmp("iso_lock");
+  auto file = tmp.file("exp.json", fault_experiment("locked", R"(["none"])"));
+  fs::create_directories(tmp.path / "out" / "locked");
+  // Another process holds the folder's lock (flock(1) takes the same kind of lock).
+  auto r = shell("flock " + (tmp.path / "out" / "locked" / ".lock").string() + " \"" + MFGLAB_BINARY + "\" " +
+                 run_cmd(file, tmp.str() + "/out"));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("in use by another mfglab process") != std::string::npos);
+  // The holder is gone: its lock is free again.
+  CHECK(mfglab_cli(run_cmd(file, tmp.str() + "/out")).exit_code == 0);
+}
+
+TEST_CASE("the results folder never follows a symbolic link", "[isolation]") {
+  TempDir tmp("iso_link");
+  auto file = tmp.file("exp.json", fault_experiment("linked", R"(["none"])"));
+  fs::create_directories(tmp.path / "out" / "linked");
+  fs::create_directories(tmp.path / "elsewhere");
+  fs::create_directory_symlink(tmp.path / "elsewhere", tmp.path / "out" / "linked" / "fault=none,seed=0");
+  auto r = mfglab_cli(run_cmd(file, tmp.str() + "/out"));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.find("symbolic link") != std::string::npos);
+  CHECK(fs::is_empty(tmp.path / "elsewhere"));
+}
