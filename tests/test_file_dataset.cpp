@@ -4,8 +4,11 @@
 // with a message naming the file and the place.
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -120,6 +123,39 @@ std::string error_of(json params) {
   }
   return "";
 }
+
+// The engine's error for a sample file, "" when it loads.
+std::string engine_error(const std::string& path) {
+  try {
+    mfglab::engine::load_samples(path);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// While alive, the process may map at most `headroom` more bytes of address space than it
+// does now: a reader that reads a device until memory runs out fails at once under it.
+class AddressSpaceLimit {
+ public:
+  explicit AddressSpaceLimit(uint64_t headroom) {
+    ::getrlimit(RLIMIT_AS, &saved_);
+    long pages = 0;
+    std::ifstream("/proc/self/statm") >> pages;
+    const uint64_t limit = static_cast<uint64_t>(pages) * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) + headroom;
+    rlimit lowered = saved_;
+    if (saved_.rlim_max == RLIM_INFINITY || limit < saved_.rlim_max) lowered.rlim_cur = limit;
+    active_ = ::setrlimit(RLIMIT_AS, &lowered) == 0;
+  }
+  ~AddressSpaceLimit() {
+    if (active_) ::setrlimit(RLIMIT_AS, &saved_);
+  }
+  bool active() const { return active_; }
+
+ private:
+  rlimit saved_{};
+  bool active_ = false;
+};
 
 // Train and test back together, in the order of column 0 (the row number).
 Tensor reunite(const Sets& s) {
@@ -256,12 +292,12 @@ TEST_CASE("file: unreadable input is refused naming the file and the place", "[f
       {"not .npy", {{"path", write("text.npy", "1,2,3\n")}}, {"text.npy", "not a .npy file"}},
       {"3-D .npy", {{"path", write("cube.npy", npy("<f8", "(2, 2, 3)", data8))}}, {"cube.npy", "(N,) or (N, d)"}},
       {"ragged CSV", {{"path", write("ragged.csv", "x,y,z\n1,2,3\n4,5\n")}},
-       {"ragged.csv", "line 3", "2 values, expected 3", "line 1"}},
+       {"ragged.csv:3: ", "2 values, expected 3", "line 1"}},
       {"text cell", {{"path", write("text.csv", "1,2\n3,4\n5,abc\n")}},
-       {"text.csv", "line 3, column 2", "'abc' is not a number"}},
-      {"empty cell", {{"path", write("hole.csv", "1,2\n,4\n")}}, {"hole.csv", "line 2, column 1", "not a number"}},
-      {"NaN in CSV", {{"path", write("nan.csv", "a,b\n1,2\nnan,4\n")}}, {"nan.csv", "line 3, column 1", "not finite"}},
-      {"Inf in CSV", {{"path", write("inf.csv", "1,2\n3,-inf\n")}}, {"inf.csv", "line 2, column 2", "not finite"}},
+       {"text.csv:3: ", "not a number in column 2: 'abc'"}},
+      {"empty cell", {{"path", write("hole.csv", "1,2\n,4\n")}}, {"hole.csv:2: ", "not a number in column 1"}},
+      {"NaN in CSV", {{"path", write("nan.csv", "a,b\n1,2\nnan,4\n")}}, {"nan.csv:3: ", "not finite in column 1"}},
+      {"Inf in CSV", {{"path", write("inf.csv", "1,2\n3,-inf\n")}}, {"inf.csv:2: ", "not finite in column 2"}},
       {"NaN in .npy",
        {{"path", write("nan.npy", npy("<f8", "(3,)", raw_bytes(std::vector<double>{1, 2, std::nan("")})))}},
        {"nan.npy", "row 2", "NaN"}},
@@ -275,4 +311,55 @@ TEST_CASE("file: unreadable input is refused naming the file and the place", "[f
     REQUIRE_FALSE(message.empty());
     for (const auto& part : c.expected) CHECK_THAT(message, Catch::Contains(part));
   }
+}
+
+TEST_CASE("file: devices and FIFOs are refused unread, naming the file", "[file]") {
+  const std::string dir = fs::path(write("probe", "")).parent_path().string();
+  const std::string fifo = dir + "/pipe.npy";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);  // opening it for reading would block
+  std::vector<std::string> paths = {fifo};
+  for (const char* name : {"urandom.csv", "urandom.npy", "zero.csv"}) {
+    const std::string link = dir + "/" + name;
+    fs::create_symlink(std::string(name).rfind("zero", 0) == 0 ? "/dev/zero" : "/dev/urandom", link);
+    paths.push_back(link);
+  }
+  AddressSpaceLimit limit(uint64_t{1} << 30);
+  CHECK(limit.active());
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto& path : paths) {
+    INFO(path);
+    CHECK_THAT(error_of({{"path", path}}), Catch::Contains(path + ": not a regular file"));
+    CHECK_THAT(error_of({{"path", path}, {"max_rows", 5}}), Catch::Contains(path + ": not a regular file"));
+  }
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 10);
+}
+
+TEST_CASE("file: the dataset and the engine read files by the same rules", "[file]") {
+  const std::string data8 = raw_bytes(values(table(4)));  // 4 x 3 float64
+  std::string bad_version = npy("<f8", "(4, 3)", data8);
+  bad_version[6] = 9;
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {write("trailing.npy", npy("<f8", "(3, 3)", data8)), "24 unexpected bytes after the data"},
+      {write("fraction.npy", npy("<f8", "(100.5, 2)", data8)), "not a tuple of non-negative integers"},
+      {write("negative.npy", npy("<f8", "(-4, 3)", data8)), "not a tuple of non-negative integers"},
+      {write("version9.npy", bad_version), "version 9.0 is not supported"},
+      {write("claims_4gb.npy", npy("<f8", "(536870912,)", data8)), "4294967296 bytes"},
+      {write("overflow.csv", "x,y\n1,2\n3,1e400\n"), ":3: value out of range in column 2: '1e400'"},
+      {write("mixed.csv", "1,abc\n2,3\n"), ":1: not a number in column 2: 'abc'"},
+  };
+  for (const auto& [path, expected] : refused) {
+    INFO(path);
+    const std::string engine = engine_error(path);
+    CHECK_THAT(engine, Catch::StartsWith(path + ":") && Catch::Contains(expected));
+    // The dataset reports the reader's message as it is, after the host's prefix.
+    CHECK_THAT(error_of({{"path", path}}), Catch::EndsWith(engine));
+  }
+  // A first row whose value underflows (1e-400 is 0 in float64) is data for both.
+  auto x = table(30);
+  std::string text = "0,1e-400,-0\n" + csv(x.slice(0, 1));
+  const std::string tiny = write("tiny.csv", text);
+  auto expected = x.clone();
+  expected[0][1] = 0;
+  CHECK(torch::equal(mfglab::engine::load_samples(tiny), expected));
+  CHECK(torch::equal(reunite(load({{"path", tiny}})), expected));
 }

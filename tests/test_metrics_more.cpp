@@ -209,6 +209,45 @@ TEST_CASE("wasserstein uses the first min(n, m, max_points) points of each set",
   CHECK_THROWS_WITH(wasserstein(bad, x), Catch::Contains("NaN"));
 }
 
+TEST_CASE("wasserstein refuses squared distances beyond float64, without looping or crashing",
+          "[metrics][wasserstein]") {
+  const auto start = std::chrono::steady_clock::now();
+  // Finite points 1e200 apart: their squared distance, 1e400, is not a float64.
+  auto far = torch::tensor({{1e200}, {0.0}}, kF64), near = torch::tensor({{0.0}, {1e200}}, kF64);
+  CHECK_THROWS_WITH(wasserstein(far, near),
+                    "wasserstein: samples too large for an exact assignment (max cost 1e400 overflows): every "
+                    "squared distance |x_i - y_j|^2 must be below 1.8e308; rescale the data");
+  // Clouds at scale 1e200 and 1e154 (where squared distances just overflow).
+  for (double scale : {1e200, 1e154}) {
+    INFO("scale " << scale);
+    auto x = normal(30, 300, 2) * scale, y = normal(31, 300, 2) * scale;
+    CHECK_THROWS_WITH(wasserstein(x, y), Catch::StartsWith("wasserstein: samples too large for an exact "
+                                                           "assignment (max cost ") &&
+                                             Catch::Contains(scale == 1e200 ? "e401 overflows" : "e309 overflows"));
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(seconds < 10);
+}
+
+TEST_CASE("wasserstein is exact for huge but finite squared distances", "[metrics][wasserstein]") {
+  // Scaling both sets by a power of two scales W2 by it exactly, up to the largest costs
+  // float64 holds (about 2^1022 here: 1-D points in [-2^510, 2^510]).
+  auto g = at::make_generator<at::CPUGeneratorImpl>(32);
+  auto x = torch::rand({600, 1}, g, kF64) - 0.5, y = torch::rand({600, 1}, g, kF64) * 0.8 - 0.3;
+  const double unit = wasserstein(x, y);
+  auto xs = std::get<0>(x.flatten().sort()), ys = std::get<0>(y.flatten().sort());
+  CHECK(unit == Approx(std::sqrt((xs - ys).square().mean().item<double>())).epsilon(1e-12));
+  for (int e : {-500, 200, 500, 511}) {
+    INFO("scale 2^" << e);
+    const double scale = std::ldexp(1.0, e);
+    CHECK(wasserstein(x * scale, y * scale) == Approx(unit * scale).epsilon(1e-12));
+  }
+  // 2-D points about 1e153 apart: squared distances near 1e307.
+  auto a = normal(33, 400, 2), b = normal(34, 400, 2) * 0.5 + 1;
+  const double ab = wasserstein(a, b);
+  CHECK(wasserstein(a * 1e152, b * 1e152) == Approx(ab * 1e152).epsilon(1e-9));
+}
+
 // ---- energy_distance ------------------------------------------------------------------
 
 TEST_CASE("energy_distance equals the brute-force U-statistic across row blocks",

@@ -1,15 +1,17 @@
 #include "results.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <torch/types.h>
 
+#include "mfglab/array_io.h"
 #include "mfglab/params.h"
 
 namespace fs = std::filesystem;
@@ -17,17 +19,34 @@ namespace fs = std::filesystem;
 namespace mfglab::engine {
 
 void write_file_atomic(const std::string& path, const std::string& content) {
+  // A temporary in the same folder, then rename: readers see the old file or the new one.
+  // Any failure (a full disk, say) removes the temporary and names the file and the reason.
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("cannot write {}", tmp));
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    out.flush();
-    if (!out) throw Error(fmt::format("failed writing {}", tmp));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) throw Error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+  auto fail = [&](const char* what) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw Error(fmt::format("cannot write {}: {}: {}", path, what, std::strerror(err)));
+  };
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("write");
+    done += static_cast<size_t>(n);
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw Error(fmt::format("cannot write {}: {}", path, std::strerror(err)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(err)));
+  }
 }
 
 void write_json_atomic(const std::string& path, const nlohmann::json& j) {
@@ -71,108 +90,44 @@ std::string npy_bytes(const at::Tensor& t_in) {
 
 void save_npy(const std::string& path, const at::Tensor& t) { write_file_atomic(path, npy_bytes(t)); }
 
+namespace {
+
+// A float64 tensor of the values read by <mfglab/array_io.h>.
+at::Tensor to_tensor(const array_io::Array& a) {
+  auto t = torch::empty(a.shape, torch::TensorOptions().dtype(torch::kFloat64));
+  if (!a.values.empty()) std::memcpy(t.data_ptr<double>(), a.values.data(), a.values.size() * sizeof(double));
+  return t;
+}
+
+// A sample file's array: N x d, a 1-D array being N x 1.
+array_io::Array read_sample_npy(const std::string& path) {
+  auto a = array_io::read_npy(path);
+  if (a.shape.empty() || a.shape.size() > 2)
+    throw Error(fmt::format("{}: expected a 1-D or 2-D array (N x d), got {} dimensions", path, a.shape.size()));
+  if (a.shape.size() == 1) a.shape.push_back(1);
+  return a;
+}
+
+}  // namespace
+
 at::Tensor load_npy_array(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open the file", path));
-  char magic[8];
-  in.read(magic, 8);
-  if (!in || std::memcmp(magic, "\x93NUMPY", 6) != 0) throw Error(fmt::format("{}: not a .npy file", path));
-  uint32_t header_len = 0;
-  if (magic[6] == 1) {
-    unsigned char b[2];
-    in.read(reinterpret_cast<char*>(b), 2);
-    header_len = b[0] | (b[1] << 8);
-  } else {
-    unsigned char b[4];
-    in.read(reinterpret_cast<char*>(b), 4);
-    header_len = b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<uint32_t>(b[3]) << 24);
-  }
-  std::string header(header_len, '\0');
-  in.read(header.data(), header_len);
-  if (!in) throw Error(fmt::format("{}: truncated .npy header", path));
-  auto field = [&](const std::string& key) {
-    auto k = header.find("'" + key + "'");
-    if (k == std::string::npos) throw Error(fmt::format("{}: .npy header lacks '{}'", path, key));
-    return header.substr(header.find(':', k) + 1);
-  };
-  std::string descr = field("descr");
-  descr = descr.substr(descr.find('\'') + 1);
-  descr = descr.substr(0, descr.find('\''));
-  torch::Dtype dtype;
-  if (descr == "<f4" || descr == "=f4") dtype = torch::kFloat32;
-  else if (descr == "<f8" || descr == "=f8") dtype = torch::kFloat64;
-  else throw Error(fmt::format("{}: dtype '{}' is not supported (expected float32 or float64)", path, descr));
-  if (field("fortran_order").find("True") < field("fortran_order").find(',')) throw Error(fmt::format("{}: Fortran-ordered arrays are not supported", path));
-  std::string shape_text = field("shape");
-  shape_text = shape_text.substr(shape_text.find('(') + 1);
-  shape_text = shape_text.substr(0, shape_text.find(')'));
-  std::vector<int64_t> shape;
-  std::stringstream ss(shape_text);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (item.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(item));
-  if (shape.empty()) throw Error(fmt::format("{}: expected an array, got a scalar", path));
-  auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
-  in.read(static_cast<char*>(t.data_ptr()), t.numel() * t.element_size());
-  if (in.gcount() != static_cast<std::streamsize>(t.numel() * t.element_size()))
-    throw Error(fmt::format("{}: file is shorter than its header says", path));
-  return t.to(torch::kFloat64);
+  const auto a = array_io::read_npy(path);
+  if (a.shape.empty()) throw Error(fmt::format("{}: expected an array, got a scalar", path));
+  return to_tensor(a);
 }
 
-at::Tensor load_npy(const std::string& path) {
-  auto t = load_npy_array(path);
-  if (t.dim() > 2) throw Error(fmt::format("{}: expected a 1-D or 2-D array (N x d), got {} dimensions", path, t.dim()));
-  return t.dim() == 1 ? t.unsqueeze(1) : t;
-}
+at::Tensor load_npy(const std::string& path) { return to_tensor(read_sample_npy(path)); }
 
-at::Tensor load_csv(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(fmt::format("{}: cannot open the file", path));
-  std::vector<double> values;
-  int64_t cols = -1, rows = 0, line_no = 0;
-  std::string line;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    std::vector<double> row;
-    std::stringstream ss(line);
-    std::string cell;
-    bool numeric = true;
-    while (std::getline(ss, cell, ',')) {
-      try {
-        size_t used = 0;
-        double v = std::stod(cell, &used);
-        if (cell.find_first_not_of(" \t", used) != std::string::npos) numeric = false;
-        row.push_back(v);
-      } catch (const std::exception&) {
-        numeric = false;
-      }
-    }
-    if (!numeric) {
-      if (rows == 0 && cols < 0) { cols = static_cast<int64_t>(std::count(line.begin(), line.end(), ',')) + 1; continue; }  // header
-      throw Error(fmt::format("{}:{}: not a row of numbers", path, line_no));
-    }
-    if (cols >= 0 && static_cast<int64_t>(row.size()) != cols)
-      throw Error(fmt::format("{}:{}: {} values, expected {} like the first row", path, line_no, row.size(), cols));
-    cols = static_cast<int64_t>(row.size());
-    for (double v : row)
-      if (!std::isfinite(v)) throw Error(fmt::format("{}:{}: non-finite value", path, line_no));
-    values.insert(values.end(), row.begin(), row.end());
-    ++rows;
-  }
-  if (rows == 0) throw Error(fmt::format("{}: no data rows", path));
-  return torch::tensor(values, torch::kFloat64).reshape({rows, cols});
-}
+at::Tensor load_csv(const std::string& path) { return to_tensor(array_io::read_csv(path)); }
 
 at::Tensor load_samples(const std::string& path) {
-  auto ext = fs::path(path).extension().string();
-  at::Tensor t;
-  if (ext == ".npy") t = load_npy(path);
-  else if (ext == ".csv" || ext == ".txt") t = load_csv(path);
+  const auto ext = fs::path(path).extension().string();
+  array_io::Array a;
+  if (ext == ".npy") a = read_sample_npy(path);
+  else if (ext == ".csv" || ext == ".txt") a = array_io::read_csv(path);
   else throw Error(fmt::format("{}: unknown sample file type '{}' (expected .npy or .csv)", path, ext));
-  if (!torch::isfinite(t).all().item<bool>()) throw Error(fmt::format("{}: contains NaN or infinite values", path));
-  return t;
+  array_io::require_finite(a, path);
+  return to_tensor(a);
 }
 
 }  // namespace mfglab::engine

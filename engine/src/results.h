@@ -20,13 +20,17 @@ nlohmann::json read_json_file(const std::string& path);
 // float64), any rank >= 1.
 std::string npy_bytes(const at::Tensor& t);
 void save_npy(const std::string& path, const at::Tensor& t);
-// Loads a float32/float64 .npy array of any rank as a float64 tensor.
+// The readers below follow the rules of <mfglab/array_io.h> (the file dataset uses the same):
+// regular files only, every size checked against the file before anything is allocated,
+// errors naming the file (and the line of a CSV file).
+// Loads a float32/float64 .npy array of any rank >= 1 as a float64 tensor (NaN and Inf kept).
 at::Tensor load_npy_array(const std::string& path);
 // Same for sample files: shape N x d (1-D is N x 1).
 at::Tensor load_npy(const std::string& path);
-// Loads a CSV of numbers (a header line is skipped when it is not numeric) as float64 N x d.
+// Loads a CSV of finite numbers as float64 N x d; the first line is skipped as a header
+// when none of its cells is a number.
 at::Tensor load_csv(const std::string& path);
-// By extension: .npy or .csv/.txt.
+// By extension: .npy or .csv/.txt; refuses NaN and Inf.
 at::Tensor load_samples(const std::string& path);
 
 }  // namespace mfglab::engine

@@ -17,12 +17,21 @@
 // on reduced costs c(i,j) - u_i - v_j >= 0), after which the potentials are updated so
 // that the reduced costs stay non-negative and are zero on matched pairs. When every row
 // is matched, the potentials certify optimality. All arithmetic is float64.
+//
+// Bounds: the costs are checked before solving. A squared distance beyond the float64 range
+// (points about 1e154 apart) is refused with its size; finite costs are scaled by a power of
+// two so that the largest is in [1, 2), which changes no comparison and no rounding (the
+// result is the same bit for bit) but keeps the potentials, which may grow to several times
+// the largest cost, far from overflow. The solver counts its steps against an explicit bound
+// (it needs at most n shortest-path steps per free row) and stops with an error when the
+// bound is hit or a distance is not finite, rather than running on broken arithmetic.
 #include <mfglab/plugin.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -58,6 +67,40 @@ std::vector<double> squared_distance_matrix(const Tensor& x, const Tensor& y) {
   return cost;
 }
 
+// log10 of the largest |x_i - y_j|² without overflow (for a message when that square is not
+// a float64): halves are exact, and the norm is taken relative to its largest component.
+double log10_max_squared_distance(const Tensor& x, const Tensor& y) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const double* xp = x.data_ptr<double>();
+  const double* yp = y.data_ptr<double>();
+  double best = -kInf;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double largest = 0;
+      for (int64_t k = 0; k < d; ++k) largest = std::max(largest, std::abs(xp[i * d + k] / 2 - yp[j * d + k] / 2));
+      if (largest == 0) continue;
+      double s = 0;
+      for (int64_t k = 0; k < d; ++k) {
+        const double r = (xp[i * d + k] / 2 - yp[j * d + k] / 2) / largest;
+        s += r * r;
+      }
+      best = std::max(best, 2 * std::log10(2 * largest) + std::log10(s));
+    }
+  return best;
+}
+
+// 10^e as "1e400", "2.5e308" (3 significant digits), for numbers beyond float64.
+std::string power_of_ten(double e) {
+  double exponent = std::floor(e);
+  char mantissa[32];
+  std::snprintf(mantissa, sizeof mantissa, "%.3g", std::pow(10.0, e - exponent));
+  if (std::string(mantissa) == "10") {
+    exponent += 1;
+    std::snprintf(mantissa, sizeof mantissa, "1");
+  }
+  return std::string(mantissa) + "e" + std::to_string(static_cast<long long>(exponent));
+}
+
 // Minimum-cost perfect matching of an n x n cost matrix (row-major), after Jonker and
 // Volgenant (1987). Only column potentials v are stored. Invariant: every matched row's
 // column minimises c(i, j) - v_j over j, so with u_i that minimum, all reduced costs
@@ -68,7 +111,8 @@ class AssignmentSolver {
   AssignmentSolver(const std::vector<double>& cost, int64_t n)
       : cost_(cost), n_(n), v_(n), col_of_(n, -1), row_of_(n, -1), dist_(n), via_(n), scanned_(n) {}
 
-  // Returns the column matched to each row.
+  // Returns the column matched to each row. Throws when the step bound is hit or the
+  // arithmetic breaks down (a distance that is not finite).
   std::vector<int64_t> solve() {
     if (n_ > kDirectSize) start_from_coarse();
     else reduce_columns();
@@ -87,6 +131,19 @@ class AssignmentSolver {
   // Problems up to this size start from column reduction; larger ones from the solution
   // of a half-size problem.
   static constexpr int64_t kDirectSize = 256;
+
+  // One step: a column settled by the shortest-path search, or a pair flipped along a path.
+  // Each free row needs at most n of each, so 2 n² + n steps can only be exceeded when the
+  // arithmetic broke down.
+  void step() {
+    if (++steps_ > max_steps_)
+      throw mfglab::Error("wasserstein: the assignment solver did not finish within " + std::to_string(max_steps_) +
+                          " steps for " + std::to_string(n_) + " points (are the costs finite and of a sane range?)");
+  }
+  [[noreturn]] static void broke_down(const char* where) {
+    throw mfglab::Error(std::string("wasserstein: the assignment solver met a non-finite value in ") + where +
+                        " (costs too large or not finite)");
+  }
 
   const double* row(int64_t i) const { return cost_.data() + i * n_; }
   void match(int64_t i, int64_t j) {
@@ -170,6 +227,7 @@ class AssignmentSolver {
             }
           }
         }
+        if (j1 < 0 || !std::isfinite(u1)) broke_down("row reduction");
         int64_t displaced = row_of_[j1];
         const bool moved = u1 < u2;
         if (moved) v_[j1] -= u2 - u1;
@@ -218,6 +276,8 @@ class AssignmentSolver {
         }
       }
       if (next < 0) throw mfglab::Error("wasserstein: the assignment search found no column");
+      if (!std::isfinite(nearest)) broke_down("the shortest-path search");
+      step();
       scanned_[next] = 1;
       scanned_columns_.push_back(next);
       reached = nearest;
@@ -229,8 +289,12 @@ class AssignmentSolver {
     // invariant for every row and makes the path's pairs minimal for their new rows.
     for (int64_t j : scanned_columns_) v_[j] -= reached - dist_[j];
 
-    // Flip the matching along the path back from sink to start.
+    // Flip the matching along the path back from sink to start: at most one pair per
+    // settled column.
+    size_t flips = 0;
     for (int64_t j = sink;;) {
+      if (j < 0 || ++flips > scanned_columns_.size()) broke_down("the augmenting path");
+      step();
       const int64_t r = via_[j];
       const int64_t previous = col_of_[r];
       match(r, j);
@@ -247,6 +311,8 @@ class AssignmentSolver {
   std::vector<int64_t> via_;                  // the row from which a column was last reached
   std::vector<char> scanned_;                 // columns whose distance is final
   std::vector<int64_t> scanned_columns_;      // the same, as a list
+  int64_t steps_ = 0;
+  int64_t max_steps_ = 2 * n_ * n_ + n_;      // explicit bound on the search and flip steps
 };
 
 class Wasserstein final : public mfglab::Metric {
@@ -280,11 +346,23 @@ class Wasserstein final : public mfglab::Metric {
     // A NaN cost would break the search's comparisons: refuse it with a clear message.
     if (!torch::isfinite(x).all().item<bool>() || !torch::isfinite(y).all().item<bool>())
       throw mfglab::Error("wasserstein: samples or reference contain NaN or infinite values");
-    const auto cost = squared_distance_matrix(x, y);
+    auto cost = squared_distance_matrix(x, y);
+    const double max_cost = *std::max_element(cost.begin(), cost.end());
+    if (!std::isfinite(max_cost))
+      throw mfglab::Error("wasserstein: samples too large for an exact assignment (max cost " +
+                          power_of_ten(log10_max_squared_distance(x, y)) +
+                          " overflows): every squared distance |x_i - y_j|^2 must be below 1.8e308; "
+                          "rescale the data");
+    // Scaled by 2^-e, the largest cost is in [1, 2) and the potentials stay far from
+    // overflow. A power of two scales exactly (down to costs 2^-1022 times the largest), so
+    // the matching and the sum below are those of the unscaled costs.
+    const int e = max_cost > 0 ? std::ilogb(max_cost) : 0;
+    if (e != 0)
+      for (double& c : cost) c = std::ldexp(c, -e);
     const auto match = AssignmentSolver(cost, n).solve();
     double total = 0;  // from the original costs, not the duals: no accumulated rounding
     for (int64_t i = 0; i < n; ++i) total += cost[i * n + match[i]];
-    return {{"wasserstein", std::sqrt(total / static_cast<double>(n))}};
+    return {{"wasserstein", std::sqrt(std::ldexp(total / static_cast<double>(n), e))}};
   }
 
  private:
