@@ -1,13 +1,22 @@
 #include "plugin_host.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstddef>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <iostream>
+#include <set>
 #include <sstream>
 
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <boost/dll/runtime_symbol_info.hpp>
-#include <boost/dll/shared_library.hpp>
 #include <fmt/format.h>
 
 #include "mfglab/sdk.h"
@@ -57,6 +66,121 @@ struct ManifestHead {
   uint32_t struct_size;
 };
 
+static_assert(MFGLAB_MANIFEST_SIZE_1_0 == offsetof(mfglab_manifest, param_size),
+              "the SDK 1.0 manifest ends where the SDK 1.2 fields begin");
+
+// More parameters than any plugin declares: a count beyond it is garbage, not a schema.
+constexpr uint32_t kMaxParams = 4096;
+
+// Whether a struct of `size` bytes (as the plugin was built) contains the field at
+// [offset, offset + field_size).
+constexpr bool covers(size_t size, size_t offset, size_t field_size) { return offset + field_size <= size; }
+
+// A plugin's string for a one-line message: control characters escaped, at most 60 bytes.
+std::string printable(const char* text) {
+  std::string out;
+  for (const char* c = text; *c != '\0'; ++c) {
+    if (out.size() >= 60) {
+      out += "...";
+      break;
+    }
+    const auto u = static_cast<unsigned char>(*c);
+    out += u < 0x20 || u == 0x7f ? fmt::format("\\x{:02x}", u) : std::string(1, *c);
+  }
+  return out;
+}
+
+// A message from elsewhere (the loader, a JSON parser) on one line.
+std::string one_line(std::string text) {
+  for (auto& c : text)
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  return text;
+}
+
+// "1.13.0" -> (1, 13); nothing when the text does not start with <major>.<minor>.
+std::optional<std::pair<long, long>> major_minor(const char* version) {
+  if (version == nullptr) return std::nullopt;
+  char* end = nullptr;
+  if (!std::isdigit(static_cast<unsigned char>(version[0]))) return std::nullopt;
+  const long major = std::strtol(version, &end, 10);
+  if (*end != '.' || !std::isdigit(static_cast<unsigned char>(end[1]))) return std::nullopt;
+  const long minor = std::strtol(end + 1, &end, 10);
+  return std::make_pair(major, minor);
+}
+
+// "gxx-abi-<N>-cxx11abi-<M>" -> (N / 1000, M): the C++ ABI family and libstdc++'s string ABI.
+std::optional<std::pair<long, std::string>> abi_family(const std::string& tag) {
+  const std::string head = "gxx-abi-", mid = "-cxx11abi-";
+  if (tag.compare(0, head.size(), head) != 0) return std::nullopt;
+  const size_t at = tag.find(mid, head.size());
+  if (at == std::string::npos || at == head.size()) return std::nullopt;
+  const std::string number = tag.substr(head.size(), at - head.size());
+  if (number.size() > 9 ||
+      !std::all_of(number.begin(), number.end(), [](unsigned char c) { return std::isdigit(c); }))
+    return std::nullopt;
+  const std::string string_abi = tag.substr(at + mid.size());
+  if (string_abi.empty()) return std::nullopt;
+  return std::make_pair(std::stol(number) / 1000, string_abi);
+}
+
+// Points fd 1 at fd 2 while it lives, so that what a library prints while it loads (static
+// initialisers, the entry function) reaches stderr and leaves stdout to the engine (e.g. the
+// JSON of `mfglab plugins --json`). C and C++ streams are flushed on both sides, so text
+// buffered by the library goes to stderr too. Not thread-safe: hosts are built at start-up.
+class StdoutToStderr {
+ public:
+  StdoutToStderr() {
+    std::cout.flush();
+    std::fflush(stdout);
+    saved_ = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0);
+    if (saved_ >= 0 && ::dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+      ::close(saved_);
+      saved_ = -1;
+    }
+  }
+  ~StdoutToStderr() {
+    std::cout.flush();
+    std::fflush(stdout);
+    if (saved_ >= 0) {
+      ::dup2(saved_, STDOUT_FILENO);
+      ::close(saved_);
+    }
+  }
+  StdoutToStderr(const StdoutToStderr&) = delete;
+  StdoutToStderr& operator=(const StdoutToStderr&) = delete;
+
+ private:
+  int saved_ = -1;
+};
+
+const std::vector<std::string> kParamTypes = {"int", "number", "bool", "string", "numbers", "json"};
+
+std::string check_value(const mfglab_param& d, const nlohmann::json& v);
+std::string bounds_text(const mfglab_param& d);
+
+// Checks one declared parameter (already known to have its strings); "" when it is sound.
+std::string check_declaration(const mfglab_param& d) {
+  const std::string name = printable(d.name);
+  if (std::find(kParamTypes.begin(), kParamTypes.end(), d.type) == kParamTypes.end())
+    return fmt::format("parameter '{}': type '{}' is not one of int, number, bool, string, numbers, json", name,
+                       printable(d.type));
+  if (!std::isnan(d.min) && !std::isnan(d.max) &&
+      (d.min > d.max || (d.min == d.max && (d.min_exclusive || d.max_exclusive))))
+    return fmt::format("parameter '{}': bounds {} admit no value", name, bounds_text(d));
+  nlohmann::json def;
+  try {
+    def = nlohmann::json::parse(d.default_json);
+  } catch (const std::exception& e) {
+    return fmt::format("parameter '{}': default_json '{}' is not valid JSON ({})", name, printable(d.default_json),
+                       one_line(e.what()));
+  }
+  const std::string problem = check_value(d, def);
+  if (!problem.empty())
+    return fmt::format("parameter '{}': default {} does not satisfy its declaration: {}", name,
+                       printable(d.default_json), problem);
+  return "";
+}
+
 }  // namespace
 
 std::vector<std::string> PluginHost::search_path(const std::vector<std::string>& extra) {
@@ -69,7 +193,7 @@ std::vector<std::string> PluginHost::search_path(const std::vector<std::string>&
   return dirs;
 }
 
-PluginHost::PluginHost(const std::vector<std::string>& directories) {
+PluginHost::PluginHost(const std::vector<std::string>& directories) : directories_(directories) {
   for (const auto& dir : directories) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) continue;  // a missing default folder is not an error
@@ -87,41 +211,99 @@ void PluginHost::load_file(const std::string& path) {
   auto refuse = [&](const std::string& reason) {
     problems_.push_back(fmt::format("refused {}: {}", path, reason));
   };
-  auto lib = std::make_shared<boost::dll::shared_library>();
-  boost::system::error_code ec;
-  lib->load(path, boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local, ec);
-  if (ec) return refuse("cannot load library (" + ec.message() + ")");
-  if (!lib->has(MFGLAB_ENTRY_SYMBOL))
-    return refuse(fmt::format("no entry symbol '{}' (not an mfglab plugin)", MFGLAB_ENTRY_SYMBOL));
-  auto entry = lib->get<const mfglab_manifest*()>(MFGLAB_ENTRY_SYMBOL);
-  const mfglab_manifest* m = entry();
+  // Immediate binding: a library that needs a symbol nobody provides is refused here, with
+  // the loader's reason, rather than ended by the lazy binder mid-run (exit 127). The
+  // handle is never closed (see plugin_host.h).
+  void* handle = nullptr;
+  const mfglab_manifest* m = nullptr;
+  {
+    StdoutToStderr quiet;
+    ::dlerror();
+    handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = ::dlerror();
+      std::string reason = why ? why : "unknown reason";
+      if (reason.compare(0, path.size() + 2, path + ": ") == 0) reason.erase(0, path.size() + 2);
+      return refuse("cannot load library: " + one_line(reason));
+    }
+    void* symbol = ::dlsym(handle, MFGLAB_ENTRY_SYMBOL);
+    if (symbol == nullptr)
+      return refuse(fmt::format("no entry symbol '{}' (not an mfglab plugin)", MFGLAB_ENTRY_SYMBOL));
+    m = reinterpret_cast<mfglab_entry_fn>(symbol)();
+  }
   if (m == nullptr) return refuse("entry returned no manifest");
+
+  // Version: the head first, then only the prefix the plugin's SDK had.
   const auto* head = reinterpret_cast<const ManifestHead*>(m);
   if (head->sdk_major != MFGLAB_SDK_MAJOR)
     return refuse(fmt::format("built for SDK major {}, this engine supports major {}",
                               head->sdk_major, MFGLAB_SDK_MAJOR));
-  if (head->struct_size < sizeof(mfglab_manifest))
-    return refuse(fmt::format("manifest struct is {} bytes, SDK {}.{} needs at least {}",
-                              head->struct_size, MFGLAB_SDK_MAJOR, MFGLAB_SDK_MINOR,
-                              sizeof(mfglab_manifest)));
-  const std::string torch_version = m->torch_version ? m->torch_version : "";
-  if (torch_version != TORCH_VERSION)
-    return refuse(fmt::format("built against LibTorch {}, this engine uses LibTorch {}",
-                              torch_version.empty() ? "(none)" : torch_version, TORCH_VERSION));
-  const std::string abi = m->abi_tag ? m->abi_tag : "";
-  if (abi != MFGLAB_ABI_TAG)
-    return refuse(fmt::format("C++ ABI tag '{}' differs from the engine's '{}'", abi, MFGLAB_ABI_TAG));
-  if (m->name == nullptr || *m->name == '\0') return refuse("manifest has no name");
-  if (m->kind < MFGLAB_KIND_DATASET || m->kind > MFGLAB_KIND_METRIC)
-    return refuse(fmt::format("unknown plugin kind {}", m->kind));
-  if (m->create == nullptr) return refuse("manifest has no factory");
-  if (m->param_count > 0 && m->params == nullptr) return refuse("manifest declares parameters but gives none");
-
+  if (head->sdk_minor > MFGLAB_SDK_MINOR)
+    return refuse(fmt::format("built for SDK {}.{}, this mfglab provides SDK {}.{}", head->sdk_major,
+                              head->sdk_minor, MFGLAB_SDK_MAJOR, MFGLAB_SDK_MINOR));
+  if (head->struct_size < MFGLAB_MANIFEST_SIZE_1_0)
+    return refuse(fmt::format("manifest struct is {} bytes, smaller than any SDK {}.x manifest ({} bytes)",
+                              head->struct_size, MFGLAB_SDK_MAJOR, MFGLAB_MANIFEST_SIZE_1_0));
   auto plugin = std::make_unique<LoadedPlugin>();
+  mfglab_manifest& copy = plugin->manifest_copy;
+  copy.param_size = MFGLAB_PARAM_SIZE_1_0;  // the default of every field beyond the prefix
+  std::memcpy(&copy, m, std::min<size_t>(head->struct_size, sizeof(copy)));
+  if (!covers(head->struct_size, offsetof(mfglab_manifest, param_size), sizeof(copy.param_size)))
+    copy.param_size = MFGLAB_PARAM_SIZE_1_0;
+
+  const auto torch_mm = major_minor(copy.torch_version);
+  const auto engine_mm = major_minor(TORCH_VERSION);
+  if (!torch_mm || torch_mm != engine_mm)
+    return refuse(fmt::format("built against LibTorch {}, this engine uses LibTorch {} (major.minor must match)",
+                              copy.torch_version ? printable(copy.torch_version) : "(none)", TORCH_VERSION));
+  const std::string abi = copy.abi_tag ? copy.abi_tag : "";
+  const auto abi_mine = abi_family(MFGLAB_ABI_TAG);
+  const auto abi_theirs = abi_family(abi);
+  if (!abi_theirs || abi_theirs != abi_mine)
+    return refuse(fmt::format("C++ ABI tag '{}' differs from the engine's '{}'", printable(abi.c_str()),
+                              MFGLAB_ABI_TAG));
+
+  // The manifest's own fields: nothing below may be NULL or inconsistent once accepted.
+  auto null_field = [&](const std::string& field) { refuse(fmt::format("manifest field '{}' is NULL", field)); };
+  if (copy.name == nullptr) return null_field("name");
+  if (*copy.name == '\0') return refuse("manifest has no name");
+  for (const char* c = copy.name; *c != '\0'; ++c)
+    if (!(std::islower(static_cast<unsigned char>(*c)) || std::isdigit(static_cast<unsigned char>(*c)) || *c == '_'))
+      return refuse(fmt::format("manifest field 'name' is \"{}\", expected [a-z0-9_]+", printable(copy.name)));
+  if (copy.version == nullptr) return null_field("version");
+  if (copy.description == nullptr) return null_field("description");
+  if (copy.kind < MFGLAB_KIND_DATASET || copy.kind > MFGLAB_KIND_METRIC)
+    return refuse(fmt::format("unknown plugin kind {}", copy.kind));
+  if (copy.create == nullptr) return refuse("manifest has no factory");
+  if (copy.param_count > 0 && copy.params == nullptr) return refuse("manifest declares parameters but gives none");
+  if (copy.param_count > kMaxParams)
+    return refuse(fmt::format("manifest field 'param_count' is {}, more than {}", copy.param_count, kMaxParams));
+  if (copy.param_count > 0 && copy.param_size < MFGLAB_PARAM_SIZE_1_0)
+    return refuse(fmt::format("manifest field 'param_size' is {}, smaller than an SDK {}.0 parameter ({} bytes)",
+                              copy.param_size, MFGLAB_SDK_MAJOR, MFGLAB_PARAM_SIZE_1_0));
+
+  // Parameters: each entry's prefix (param_size bytes), then its declaration.
+  plugin->params.resize(copy.param_count);
+  std::set<std::string> names;
+  for (uint32_t i = 0; i < copy.param_count; ++i) {
+    mfglab_param& d = plugin->params[i];
+    std::memcpy(&d, reinterpret_cast<const char*>(copy.params) + size_t{i} * copy.param_size,
+                std::min<size_t>(copy.param_size, sizeof(d)));
+    const std::string which = d.name ? fmt::format(" (parameter '{}')", printable(d.name)) : "";
+    if (d.name == nullptr) return null_field(fmt::format("params[{}].name", i));
+    if (d.type == nullptr) return refuse(fmt::format("manifest field 'params[{}].type'{} is NULL", i, which));
+    if (d.default_json == nullptr)
+      return refuse(fmt::format("manifest field 'params[{}].default_json'{} is NULL", i, which));
+    if (!names.insert(d.name).second)
+      return refuse(fmt::format("parameter '{}' is declared twice (params[{}] repeats a name)", printable(d.name), i));
+    const std::string problem = check_declaration(d);
+    if (!problem.empty()) return refuse(problem);
+  }
   plugin->file = path;
-  plugin->manifest = m;
-  plugin->fields = split(m->fields ? m->fields : "", ',');
-  plugin->library = std::move(lib);
+  plugin->library = handle;
+  copy.params = plugin->params.empty() ? nullptr : plugin->params.data();
+  plugin->manifest = &copy;
+  plugin->fields = split(copy.fields ? copy.fields : "", ',');
   for (const auto& other : plugins_) {
     if (other->name() == plugin->name()) {
       auto msg = fmt::format("two plugins are named '{}': {} and {}", plugin->name(), other->file, path);
@@ -131,6 +313,16 @@ void PluginHost::load_file(const std::string& path) {
     }
   }
   plugins_.push_back(std::move(plugin));
+}
+
+std::string PluginHost::search_hint() const {
+  std::string searched;
+  for (const auto& dir : directories_) {
+    std::error_code ec;
+    searched += (searched.empty() ? "" : ", ") + dir + (fs::is_directory(dir, ec) ? "" : " (missing)");
+  }
+  return fmt::format("searched {}; add a plugin folder with --plugin-dir DIR or MFGLAB_PLUGIN_PATH=DIR[:DIR...]",
+                     searched.empty() ? "no folder" : searched);
 }
 
 std::vector<const LoadedPlugin*> PluginHost::plugins(std::optional<int32_t> kind) const {
@@ -161,7 +353,8 @@ std::unique_ptr<Plugin> PluginHost::create(const std::string& name, int32_t expe
                                            const nlohmann::json& params,
                                            const RunContext& context) const {
   const LoadedPlugin* p = find(name);
-  if (p == nullptr) throw Error(fmt::format("no {} plugin named '{}'", kind_name(expected_kind), name));
+  if (p == nullptr)
+    throw Error(fmt::format("no {} plugin named '{}'; {}", kind_name(expected_kind), name, search_hint()));
   if (p->kind() != expected_kind)
     throw Error(fmt::format("plugin '{}' is a {}, expected a {}", name, kind_name(p->kind()),
                             kind_name(expected_kind)));

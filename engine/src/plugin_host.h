@@ -1,4 +1,15 @@
 // Finds plugin libraries, checks their manifests, and creates plugin objects.
+//
+// Libraries are opened with immediate binding (an unresolved symbol refuses the library
+// with the loader's message) and with stdout pointed at stderr while they load. A library
+// once opened is never unloaded, like LLVM's permanent libraries: objects returned by
+// create() may outlive the PluginHost and still call into their library. create() returns a
+// plain std::unique_ptr (every run and test stores it so), which has no room for a deleter
+// holding the library; and unloading a library linked to LibTorch is not safe anyway: its
+// static initialisers may have registered operators or atexit handlers with LibTorch, and
+// its thread-local destructors would point into unmapped code. That holds for refused
+// libraries too (their initialisers have run), so they stay mapped as well. Loading the same
+// file again (another PluginHost) reuses the mapping.
 #pragma once
 
 #include <memory>
@@ -11,8 +22,6 @@
 #include "mfglab/manifest.h"
 #include "mfglab/params.h"
 
-namespace boost::dll { class shared_library; }
-
 namespace mfglab {
 struct RunContext;
 class Plugin;
@@ -24,10 +33,20 @@ const char* kind_name(int32_t kind);               // "dataset", "model", ...
 std::optional<int32_t> parse_kind(const std::string& name);
 
 struct LoadedPlugin {
+  LoadedPlugin() = default;
+  LoadedPlugin(const LoadedPlugin&) = delete;  // manifest points into the object
+  LoadedPlugin& operator=(const LoadedPlugin&) = delete;
+
   std::string file;  // the library's path
+  // The engine's copy of the plugin's manifest, complete whatever the plugin's SDK minor:
+  // the plugin's prefix (struct_size bytes), the defaults beyond it, and params pointing
+  // at `params` below (each entry read with the plugin's param_size stride). Strings point
+  // into the library, which stays loaded.
   const mfglab_manifest* manifest = nullptr;
   std::vector<std::string> fields;  // manifest->fields split at commas
-  std::shared_ptr<boost::dll::shared_library> library;
+  mfglab_manifest manifest_copy{};
+  std::vector<mfglab_param> params;
+  void* library = nullptr;  // the dlopen handle; never closed
 
   std::string name() const { return manifest->name; }
   int32_t kind() const { return manifest->kind; }
@@ -49,6 +68,12 @@ class PluginHost {
 
   // One line per refused library or name clash, naming the file(s) and the reason.
   const std::vector<std::string>& problems() const { return problems_; }
+  // The directories given to the constructor, in order, whether they exist or not.
+  const std::vector<std::string>& searched_directories() const { return directories_; }
+  // How to find a plugin that is not there, for "no model plugin named 'x'" messages:
+  // "searched A, B (missing); add a plugin folder with --plugin-dir DIR or
+  // MFGLAB_PLUGIN_PATH=DIR[:DIR...]".
+  std::string search_hint() const;
   // All accepted plugins, sorted by kind then name; optionally of one kind.
   std::vector<const LoadedPlugin*> plugins(std::optional<int32_t> kind = std::nullopt) const;
   // The plugin with this name, or null. Throws mfglab::Error when two libraries claim it.
@@ -58,7 +83,8 @@ class PluginHost {
 
   // Creates a plugin object of the expected kind from user parameters: fills declared
   // defaults, validates (unknown keys, types, bounds, choices) and calls the factory.
-  // Throws mfglab::Error naming the plugin, its file and the reason.
+  // Throws mfglab::Error naming the plugin, its file and the reason. The object may outlive
+  // this host (its library stays loaded).
   std::unique_ptr<Plugin> create(const std::string& name, int32_t expected_kind,
                                  const nlohmann::json& params, const RunContext& context) const;
   template <class T>
@@ -69,6 +95,7 @@ class PluginHost {
 
  private:
   void load_file(const std::string& path);
+  std::vector<std::string> directories_;
   std::vector<std::unique_ptr<LoadedPlugin>> plugins_;
   std::vector<std::string> problems_;
   std::vector<std::pair<std::string, std::string>> clashes_;  // name, message

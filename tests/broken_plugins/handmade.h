@@ -14,11 +14,16 @@ inline int no_factory(const char*, const void*, void**, char* error, size_t size
 
 }  // namespace broken
 
-#define BROKEN_HANDMADE_PLUGIN(NAME, SDK_MAJOR, STRUCT_SIZE, TORCH_VER, ABI_TAG)              \
-  extern "C" __attribute__((visibility("default"))) const mfglab_manifest*                \
-  mfglab_plugin_entry(void) {                                                              \
-    static const mfglab_manifest manifest = {                                              \
-        SDK_MAJOR, MFGLAB_SDK_MINOR, STRUCT_SIZE, TORCH_VER, ABI_TAG, MFGLAB_KIND_METRIC,  \
-        NAME,      "1.0.0",          "broken on purpose", nullptr, 0, "", &broken::no_factory}; \
-    return &manifest;                                                                      \
+#define BROKEN_HANDMADE_PLUGIN(NAME, SDK_MAJOR, STRUCT_SIZE, TORCH_VER, ABI_TAG) \
+  BROKEN_HANDMADE_PLUGIN_MINOR(NAME, SDK_MAJOR, MFGLAB_SDK_MINOR, STRUCT_SIZE, TORCH_VER, ABI_TAG)
+
+// The same with the SDK minor given too.
+#define BROKEN_HANDMADE_PLUGIN_MINOR(NAME, SDK_MAJOR, SDK_MINOR, STRUCT_SIZE, TORCH_VER, ABI_TAG)      \
+  extern "C" __attribute__((visibility("default"))) const mfglab_manifest*                        \
+  mfglab_plugin_entry(void) {                                                                      \
+    static const mfglab_manifest manifest = {                                                      \
+        SDK_MAJOR, SDK_MINOR, STRUCT_SIZE, TORCH_VER, ABI_TAG, MFGLAB_KIND_METRIC,                 \
+        NAME,      "1.0.0",   "broken on purpose", nullptr, 0, "", &broken::no_factory,            \
+        static_cast<uint32_t>(sizeof(mfglab_param))};                                              \
+    return &manifest;                                                                              \
   }

@@ -5,6 +5,10 @@
 //                 mfglab::int_param("width", 64, "hidden units").at_least(1))
 //
 // CLASS must be constructible from (const mfglab::Params&, const mfglab::RunContext&).
+// The engine checks the manifest this builds before anything else (manifest.h says what
+// must match); each declared default must satisfy its own declaration, or the library is
+// refused at load. Print nothing from static initialisers: the engine loads libraries with
+// stdout pointed at stderr, and a plugin's messages belong in ctx.info / ctx.warn.
 #pragma once
 
 #include <cstring>
@@ -21,7 +25,9 @@
 
 #define MFGLAB_STR2(x) #x
 #define MFGLAB_STR(x) MFGLAB_STR2(x)
-// Compiler ABI and libstdc++ dual-ABI setting: objects only cross when both match.
+// C++ ABI and libstdc++ dual-ABI setting. The engine requires the same ABI family
+// (__GXX_ABI_VERSION / 1000: the Itanium ABI of GCC and Clang) and the same
+// _GLIBCXX_USE_CXX11_ABI; see manifest.h, "Compatibility".
 #define MFGLAB_ABI_TAG \
   "gxx-abi-" MFGLAB_STR(__GXX_ABI_VERSION) "-cxx11abi-" MFGLAB_STR(_GLIBCXX_USE_CXX11_ABI)
 
@@ -73,7 +79,8 @@ class ManifestHolder {
                  params_.data(),
                  static_cast<uint32_t>(params_.size()),
                  fields,
-                 factory};
+                 factory,
+                 static_cast<uint32_t>(sizeof(mfglab_param))};
   }
   const mfglab_manifest* get() const { return &manifest_; }
 

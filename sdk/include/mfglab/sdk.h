@@ -1,9 +1,47 @@
 // The C++ interfaces a plugin implements, and the run context it receives.
 // Objects cross the library boundary only after the engine has checked the manifest
-// (same SDK major, LibTorch version and C++ ABI), so they may use LibTorch types freely.
+// (same SDK major, an SDK minor no newer than the engine's, the same LibTorch major.minor
+// and C++ ABI: manifest.h, "Compatibility"), so they may use LibTorch types freely.
 // Methods may throw (mfglab::Error preferably); the engine catches at its edge.
 //
-// Shapes: x is [N, d]; times t are [N, 1]; per-sample scalars are [N].
+// Versioning of these interfaces. They are C++ vtables shared with plugins built against
+// older SDK minors, so within SDK 1.x:
+//   - adding, removing or reordering a virtual function of any class here (Plugin, Dataset,
+//     Model, Hamiltonian, Regularizer, Metric, Logger, or a capability interface) is an SDK
+//     MAJOR bump: an older plugin's vtable would lack the slot;
+//   - later additions come through capability ids instead: a new interface with a new id
+//     "mfglab.<what>/<n>" returned by Plugin::capability (null from plugins that predate
+//     it), and a changed one gets a new id (".../2") beside the old;
+//   - RunContext, LossTerm, Collocation, MetricInput and ScoreDerivativeValues only grow
+//     at their end (a minor bump); a plugin built for a newer minor is refused at load,
+//     so nobody reads past the engine's structs.
+//
+// Shapes and types. x is [N, d]; times t are [N, 1]; per-sample scalars are [N]. Every
+// tensor a plugin returns has the run's dtype and device (ctx.options()) unless stated,
+// and is finite. Inputs arrive in that dtype and device too.
+//
+// Conventions of a model (what an author cannot guess; otflow and sgm follow them):
+//   - Time runs from the data to the reference: rho_0 (t = 0) is the data law and
+//     rho_T (t = horizon() = T) the model's reference law (e.g. N(0, I)). The model's
+//     particles follow, forward in time,
+//         dX = (drift(X, t) + velocity(X, t)) dt + diffusion(t) dW,   X_0 ~ data,
+//     so `velocity` points from the data towards the reference (the control v of the MFG:
+//     for a potential flow v = -grad U / lambda), and rho_t is the law of X_t.
+//   - sample(n) draws from the model's approximation of rho_0 (the data law), typically
+//     by drawing from rho_T and integrating the dynamics backwards to t = 0.
+//   - log_prob(x) is log rho_0(x) (the data law's density under the model); score(x, t)
+//     is grad_x log rho_t(x); value(x, t) is the MFG value function U(x, t) (for a score
+//     model read as log rho_t, so that score = grad value).
+//   - value, velocity, score, drift and diffusion are differentiable in x and t (and in
+//     the parameters) when called under grad mode: regularizers take their derivatives
+//     (grad_x U, d_t U, Laplacians) with autograd. They accept any N, including points
+//     that are not on the model's paths.
+//   - collocation(batch) returns points (x [N, d], t [N, 1]) with t in [0, T] and x ~ rho_t:
+//     each batch point (a draw from rho_0) carried along the model's own dynamics to its
+//     time t. Times are drawn from ctx.generator, uniform on [0, T] unless the model's
+//     forward process restricts them (a score model starts at its t_min). The points may
+//     carry the parameters' graph (kinetic differentiates through the paths); callers that
+//     do not want it run collocation under torch::NoGradGuard.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +70,8 @@ class Logger {
 };
 
 // Everything a plugin gets from the run that creates it. Owned by the engine and valid
-// for the plugin object's whole life. Fields are only ever appended.
+// for the plugin object's whole life. Fields are only ever appended (an SDK minor bump):
+// a plugin of an older minor reads its prefix.
 struct RunContext {
   // The run's generator: the only source of randomness. Copies share its state, so
   // `torch::Generator g = ctx.generator;` then `torch::randn(..., g, ...)` is right.
@@ -93,30 +132,38 @@ struct Collocation {
 };
 
 // A generative model seen as a mean-field game: particles follow
-//   dX = (b(X,t) + v(X,t)) dt + sigma(t) dW   on [0, horizon()].
-// Optional fields are declared in the manifest's `fields` ("value,velocity,score,
-// log_prob"); the engine refuses an experiment that needs a field the model lacks, and
-// the defaults below throw.
+//   dX = (b(X,t) + v(X,t)) dt + sigma(t) dW   on [0, horizon()],
+// from the data at t = 0 to the reference law at t = horizon() (see the conventions at the
+// top of this file). Optional fields are declared in the manifest's `fields`
+// ("value,velocity,score,log_prob"); the engine refuses an experiment that needs a field
+// the model lacks, and the defaults below throw. sdk/example/gaussian_model.cpp is a small
+// complete model.
 class Model : public Plugin {
  public:
+  // The trainable tensors: leaves with requires_grad, the same tensors on every call (the
+  // engine builds its optimizer, checkpoints and gradient sums from them).
   virtual std::vector<torch::Tensor> parameters() = 0;
-  // Named training loss terms on a data batch; the engine adds them up (with the
-  // regularizers' weighted penalties), logs each, and steps the optimizer.
+  // Named training loss terms on a data batch ([B, d], a draw from rho_0); each value is a
+  // scalar (numel 1) in the graph of parameters(). The engine adds them up (with the
+  // regularizers' weighted penalties), logs each, and steps the optimizer. Names are
+  // stable from one call to the next (they are the columns of losses.csv).
   virtual LossTerms loss(const torch::Tensor& batch) = 0;
-  // n generated samples, [n, d], detached.
+  // n generated samples from the model's rho_0, [n, d], detached, finite.
   virtual torch::Tensor sample(int64_t n) = 0;
 
-  virtual torch::Tensor log_prob(const torch::Tensor& x);                      // [N]
+  virtual torch::Tensor log_prob(const torch::Tensor& x);                      // log rho_0(x), [N]
   virtual torch::Tensor value(const torch::Tensor& x, const torch::Tensor& t);     // U, [N]
-  virtual torch::Tensor velocity(const torch::Tensor& x, const torch::Tensor& t);  // v, [N, d]
+  virtual torch::Tensor velocity(const torch::Tensor& x, const torch::Tensor& t);  // v, [N, d], data -> reference
   virtual torch::Tensor score(const torch::Tensor& x, const torch::Tensor& t);     // grad log rho_t, [N, d]
 
+  // T > 0: the time of the reference law.
   virtual double horizon() const { return 1.0; }
   // Uncontrolled drift b(x, t), [N, d]; zero by default.
   virtual torch::Tensor drift(const torch::Tensor& x, const torch::Tensor& /*t*/) { return torch::zeros_like(x); }
-  // Diffusion sigma(t), [N, 1]; zero (a deterministic flow) by default.
+  // Diffusion sigma(t) for t [N, 1], [N, 1]; zero (a deterministic flow) by default.
   virtual torch::Tensor diffusion(const torch::Tensor& t) { return torch::zeros_like(t); }
-  // Points on the particle paths for a data batch.
+  // Points on the particle paths for a data batch: x [N, d] ~ rho_t at t [N, 1] in
+  // [0, horizon()], one per batch point (see the conventions at the top of this file).
   virtual Collocation collocation(const torch::Tensor& batch);
 };
 
