@@ -11,8 +11,8 @@ PACKAGES=(
   catch2                              # tests (v2)
   libopenblas0-pthread                # without it Debian's BLAS is the reference one, 4-8x slower
   libblas-dev                         # link-time libblas.so for <mfglab/blas.h> (runs on OpenBLAS)
-  libdnnl-dev                         # oneDNN's float GEMM for LibTorch (engine/src/gemm_backend.cpp)
-  libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/plot.cpp)
+  libdnnl-dev                         # oneDNN's float GEMM for LibTorch (engine/src/running/gemm_backend.cpp)
+  libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/figures/plot.cpp)
   libopenmpi-dev openmpi-bin          # sweeps across machines (engine/src/running/mpi_sweep.cpp)
 )
 

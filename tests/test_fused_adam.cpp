@@ -1,4 +1,4 @@
-// FusedAdam (engine/src/fused_adam.h) against LibTorch's Adam: the same parameters after
+// FusedAdam (engine/src/running/fused_adam.h) against LibTorch's Adam: the same parameters after
 // many steps, and checkpoints that move between the two.
 #include <sstream>
 #include <vector>

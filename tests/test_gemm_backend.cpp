@@ -1,4 +1,4 @@
-// LibTorch's float matrix products go through oneDNN (engine/src/gemm_backend.cpp), and
+// LibTorch's float matrix products go through oneDNN (engine/src/running/gemm_backend.cpp), and
 // <mfglab/blas.h> computes row-major products on raw pointers: both against plain loops.
 #include <cmath>
 #include <vector>

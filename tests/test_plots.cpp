@@ -1,4 +1,4 @@
-// Figures (engine/src/plot.h): synthetic run directories are drawn, the PNGs decoded with
+// Figures (engine/src/figures/plot.h): synthetic run directories are drawn, the PNGs decoded with
 // Cairo, and their pixels checked: right size, ink inside the panels, and points where the
 // data are.
 #include <catch2/catch.hpp>

@@ -550,3 +550,24 @@ TEST_CASE("the SDK example model trains and follows the model conventions of sdk
   auto st = (1 - ct) * sigma + ct;
   CHECK(torch::allclose((cx - (1 - ct) * mu) / st, (data.slice(0, 0, n) - mu) / sigma, 1e-9, 1e-9));
 }
+
+TEST_CASE("metrics declare which way is better, and a malformed declaration is refused", "[plugin_host]") {
+  PluginHost host({MFGLAB_TEST_PLUGIN_DIR});
+  const auto* mmd = host.find("mmd");
+  REQUIRE(mmd != nullptr);
+  CHECK(mmd->better_for("mmd") == "lower");
+  CHECK(mmd->better_for("anything") == "lower");  // one word covers every value
+  const auto* transport = host.find("transport");
+  REQUIRE(transport != nullptr);
+  CHECK(transport->better_for("straightness") == "higher");
+  CHECK(transport->better_for("transport_cost") == "lower");
+  CHECK(transport->better_for("unknown") == "");
+  const auto* toy = host.find("toy2d");
+  REQUIRE(toy != nullptr);
+  CHECK(toy->better_for("x") == "");  // not a metric: nothing declared
+  CHECK(mfglab::engine::check_better(nullptr).empty());
+  CHECK(mfglab::engine::check_better("higher").empty());
+  CHECK(mfglab::engine::check_better("a=lower,b=higher").empty());
+  for (const char* bad : {"", "smaller", "a=lower,", "=lower", "a=up", "a=lower,,b=higher"})
+    CHECK_THAT(mfglab::engine::check_better(bad), Catch::Contains("manifest field 'better'"));
+}

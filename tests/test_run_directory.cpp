@@ -58,6 +58,7 @@ TEST_CASE("a rerun repairs a damaged run directory and gives the bytes of an uni
   const auto ref_summary = json_of(ref / "summary.json");
   REQUIRE(ref_summary["status"] == "ok");
   REQUIRE(ref_summary["files"].is_array());
+  CHECK(ref_summary["metric_better"]["mmd"] == "lower");  // from the mmd plugin's manifest
   // The summary is the last file: it lists the figures, which exist.
   for (const auto& f : ref_summary["files"]) CHECK(fs::exists(ref / f.get<std::string>()));
   CHECK(std::find(ref_summary["files"].begin(), ref_summary["files"].end(), "samples.png") != ref_summary["files"].end());
@@ -200,4 +201,39 @@ TEST_CASE("a full disk fails the run naming the file, leaves no temporary, and l
   CHECK(read_text((dir / "samples.npy").string()) ==
         read_text((tmp.path / "ref" / "durable" / "seed=4" / "samples.npy").string()));
   CHECK(r.exit_code != 0);  // 12 KiB cannot hold a run: the first attempt must have failed
+}
+
+TEST_CASE("SIGKILL of the whole run at any moment, then the same command: the bytes of an uninterrupted run", "[durable]") {
+  TempDir tmp("durable_kill");
+  const std::string text = R"({"name": "killed", "seeds": [2],
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 2048, "test_size": 256}},
+    "model": {"plugin": "fault_model"},
+    "train": {"iterations": 40000, "batch_size": 64, "log_every": 2000, "checkpoint_every": 5000},
+    "eval": {"samples": 500, "every": 10000, "metrics": [{"plugin": "mmd", "params": {"bandwidth": [1]}}]}})";
+  auto file = tmp.file("exp.json", text);
+  REQUIRE(run(file, tmp.path / "ref").exit_code == 0);
+  const fs::path ref = tmp.path / "ref" / "killed" / "seed=2";
+  const fs::path out = tmp.path / "out", dir = out / "killed" / "seed=2";
+  // Kill the parent and its worker (one process group) after growing delays: training,
+  // evaluation, figures or the summary, wherever it happens to be.
+  int killed = 0;
+  for (double delay : {1.5, 2.5, 3.5, 4.5}) {
+    auto r = mfglab::test::shell("setsid \"" + std::string(MFGLAB_BINARY) + "\" --plugin-dir " + kFaultDir + " run " + file +
+                                 " --out " + out.string() + " & pid=$!; sleep " + std::to_string(delay) +
+                                 "; kill -KILL -- -$pid 2>/dev/null && echo killed; wait $pid 2>/dev/null; true");
+    killed += r.out.find("killed") != std::string::npos;
+    // Whatever the moment, the directory holds a finished run or an unfinished one, never a
+    // summary that claims what is not there.
+    if (fs::exists(dir / "summary.json") && json_of(dir / "summary.json")["status"] == "ok")
+      for (const auto& f : json_of(dir / "summary.json")["files"]) CHECK(fs::exists(dir / f.get<std::string>()));
+  }
+  CHECK(killed >= 1);
+  auto r = run(file, out);
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(json_of(dir / "summary.json")["status"] == "ok");
+  CHECK(read_text((dir / "samples.npy").string()) == read_text((ref / "samples.npy").string()));
+  CHECK(loss_values(dir / "losses.csv") == loss_values(ref / "losses.csv"));
+  CHECK(json_of(dir / "evals.json") == json_of(ref / "evals.json"));
+  CHECK(json_of(dir / "summary.json")["metrics"] == json_of(ref / "summary.json")["metrics"]);
 }

@@ -85,7 +85,8 @@ nlohmann::json manifest_json(const LoadedPlugin& p) {
     params.push_back(j);
   }
   return {{"name", m.name}, {"kind", kind_name(m.kind)}, {"version", m.version}, {"description", m.description},
-          {"fields", p.fields}, {"file", p.file}, {"params", params}};
+          {"fields", p.fields}, {"file", p.file}, {"params", params},
+          {"better", m.better ? nlohmann::json(m.better) : nlohmann::json(nullptr)}};
 }
 
 void print_problems(const PluginHost& host) {
@@ -135,6 +136,7 @@ int cmd_describe(const PluginHost& host, const std::string& name) {
   std::cout << fmt::format("{} ({} plugin, version {})\n  {}\n  file: {}\n", m.name, kind_name(m.kind), m.version, m.description, p->file);
   if (!p->fields.empty())
     std::cout << fmt::format("  {}: {}\n", m.kind == MFGLAB_KIND_MODEL ? "provides" : "needs", fmt::join(p->fields, ", "));
+  if (m.better) std::cout << fmt::format("  better: {}\n", m.better);
   std::cout << (m.param_count ? "parameters:\n" : "parameters: none\n");
   for (uint32_t i = 0; i < m.param_count; ++i) {
     const auto& d = m.params[i];
@@ -356,6 +358,8 @@ int main(int argc, char** argv) {
   worker->add_option("--out", worker_request.out_dir)->required();
   worker->add_option("--threads", worker_request.threads)->check(CLI::Range(1, 256));
   worker->add_flag("--force", worker_request.force);
+  std::vector<std::string> worker_plugin_files;
+  worker->add_option("--plugin-file", worker_plugin_files);
   bool worker_no_plots = false;
   worker->add_flag("--no-plots", worker_no_plots);
 
@@ -415,18 +419,19 @@ int main(int argc, char** argv) {
   std::unique_ptr<MpiWorld> mpi;
   if (*run && MpiWorld::launched()) mpi = std::make_unique<MpiWorld>(&argc, &argv);
   try {
-    PluginHost host(PluginHost::search_path(plugin_dirs));
     if (*worker) {
       set_thread_budget(worker_request.threads);
       worker_request.plots = !worker_no_plots;
-      return worker_main(host, worker_request);
+      auto host = worker_plugin_files.empty() ? std::make_unique<PluginHost>(PluginHost::search_path(plugin_dirs))
+                                              : PluginHost::of_files(worker_plugin_files);
+      return worker_main(*host, worker_request);
     }
+    PluginHost host(PluginHost::search_path(plugin_dirs));
     if (*plugins) return cmd_plugins(host, kind, plugins_json);
     if (*describe) return cmd_describe(host, describe_name);
     if (*validate) return cmd_validate(host, validate_file);
     if (*run) {
       options.plots = !no_plots;
-      options.plugin_dirs = plugin_dirs;
       return cmd_run(host, run_file, options, quiet, mpi.get());
     }
     if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw);

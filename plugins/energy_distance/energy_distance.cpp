@@ -37,6 +37,8 @@ double distance_sum(const Tensor& a, const Tensor& b, bool same_set) {
 
 class EnergyDistance final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
+
   EnergyDistance(const mfglab::Params&, const mfglab::RunContext&) {}
 
   mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {

@@ -16,6 +16,8 @@ using torch::Tensor;
 
 class InverseError final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
+
   InverseError(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : steps_(params.integer("steps")), max_points_(params.integer("max_points")), options_(ctx.options()) {
     if (steps_ < 1) throw mfglab::Error("steps must be at least 1");

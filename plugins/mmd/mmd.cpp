@@ -98,6 +98,8 @@ double median_pairwise_distance(const Tensor& z) {
 
 class Mmd final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
+
   Mmd(const mfglab::Params& params, const mfglab::RunContext&)
       : bandwidths_(params.numbers("bandwidth")), median_heuristic_(params.flag("median_heuristic")) {
     if (bandwidths_.empty()) throw mfglab::Error("bandwidth: give at least one value");

@@ -19,6 +19,8 @@ std::string shape(const Tensor& t) {
 
 class Nll final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
+
   Nll(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : batch_(params.integer("batch")), options_(ctx.options()) {
     if (batch_ < 1) throw mfglab::Error("batch must be at least 1");

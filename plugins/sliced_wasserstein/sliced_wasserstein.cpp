@@ -34,6 +34,8 @@ Tensor wasserstein_pp(const Tensor& xs, const Tensor& ys, double p) {
 
 class SlicedWasserstein final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
+
   SlicedWasserstein(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : generator_(ctx.generator),  // shares the run generator's state
         projections_(params.integer("projections")),

@@ -19,6 +19,8 @@ using torch::Tensor;
 
 class Transport final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "transport_cost=lower,path_length=lower,straightness=higher";  // for comparisons (manifest.h)
+
   Transport(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : steps_(params.integer("steps")), max_points_(params.integer("max_points")), options_(ctx.options()) {
     if (steps_ < 1) throw mfglab::Error("steps must be at least 1");

@@ -317,6 +317,8 @@ class AssignmentSolver {
 
 class Wasserstein final : public mfglab::Metric {
  public:
+  static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
+
   Wasserstein(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : ctx_(&ctx), max_points_(params.integer("max_points")) {
     if (max_points_ < 1) throw mfglab::Error("max_points must be at least 1");

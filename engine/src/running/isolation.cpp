@@ -16,6 +16,7 @@
 #include <iostream>
 #include <iterator>
 #include <mutex>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -24,6 +25,7 @@
 #include "mfglab/params.h"
 #include "progress.h"
 #include "results.h"
+#include "plugin_host.h"
 #include "running/assemble.h"
 #include "running/run_directory.h"
 
@@ -173,6 +175,19 @@ struct WorkerPool::Worker {
 WorkerPool::WorkerPool(const Experiment& experiment, const PluginHost& host, WorkerLaunch launch, ProgressSink& progress)
     : experiment_(experiment), host_(host), launch_(std::move(launch)), progress_(progress) {
   ::signal(SIGPIPE, SIG_IGN);  // a worker that dies before reading its stdin must not end us
+  // The libraries of the plugins the experiment uses: a worker loads only those.
+  std::set<std::string> files;
+  auto add = [&](const std::string& name) {
+    if (const LoadedPlugin* p = host.find(name)) files.insert(p->file);
+  };
+  for (const auto& run : experiment.runs) {
+    add(run.dataset.plugin);
+    add(run.model.plugin);
+    if (run.hamiltonian) add(run.hamiltonian->plugin);
+    for (const auto& r : run.regularizers) add(r.plugin);
+    for (const auto& m : run.eval.metrics) add(m.plugin);
+  }
+  plugin_files_.assign(files.begin(), files.end());
 }
 
 WorkerPool::~WorkerPool() {
@@ -194,9 +209,9 @@ void WorkerPool::start(size_t run_index, int slot) {
   w->memory_limit = launch_.memory_limit >= 0 ? launch_.memory_limit : spec.train.memory_limit;
 
   // Everything the child needs is prepared before fork: after it, only exec.
-  std::vector<std::string> args = {launch_.executable};
-  for (const auto& d : launch_.plugin_dirs) args.insert(args.end(), {"--plugin-dir", d});
-  args.insert(args.end(), {"worker", launch_.experiment_file, "--run-index", std::to_string(run_index), "--slot",
+  std::vector<std::string> args = {launch_.executable, "worker"};
+  for (const auto& f : plugin_files_) args.insert(args.end(), {"--plugin-file", f});
+  args.insert(args.end(), { launch_.experiment_file, "--run-index", std::to_string(run_index), "--slot",
                            std::to_string(slot), "--out", launch_.out_dir, "--threads", std::to_string(launch_.threads)});
   if (launch_.force) args.push_back("--force");
   if (!launch_.plots) args.push_back("--no-plots");

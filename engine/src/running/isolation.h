@@ -43,7 +43,6 @@ int worker_main(const PluginHost& host, const WorkerRequest& request);
 
 struct WorkerLaunch {
   std::string executable;                // this mfglab binary
-  std::vector<std::string> plugin_dirs;  // passed on as --plugin-dir
   std::string experiment_file, experiment_text;
   std::string out_dir;
   int threads = 1;
@@ -79,6 +78,7 @@ class WorkerPool {
   WorkerLaunch launch_;
   ProgressSink& progress_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::string> plugin_files_;  // the libraries a worker loads
   bool stopping_ = false;
 };
 

@@ -348,7 +348,6 @@ int run_experiment_mpi(MpiWorld& world, const PluginHost& host, const std::strin
   // The others: balanced over the ranks, each in a worker process.
   WorkerLaunch launch;
   launch.executable = options.executable;
-  launch.plugin_dirs = options.plugin_dirs;
   launch.experiment_file = file;
   launch.experiment_text = text;
   launch.out_dir = options.out_dir;

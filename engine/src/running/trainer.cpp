@@ -100,7 +100,8 @@ nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::js
 // A metric that throws (an ODE that diverges on a poor model, say) does not discard the
 // others or the trained model: its value is null and its message goes into `errors`.
 nlohmann::json evaluate(const RunSpec& spec, RunObjects& o, const torch::Tensor& samples,
-                        std::map<std::string, std::string>& errors) {
+                        std::map<std::string, std::string>& errors, const PluginHost& host,
+                        nlohmann::json* better = nullptr) {
   nlohmann::json out = nlohmann::json::object();
   MetricInput in;
   in.samples = samples;
@@ -124,6 +125,10 @@ nlohmann::json evaluate(const RunSpec& spec, RunObjects& o, const torch::Tensor&
       std::string key = use.label.empty() ? name : (values.size() == 1 ? use.label : use.label + "." + name);
       if (out.contains(key)) throw Error(fmt::format("two metrics report a value named '{}': give one a \"label\"", key));
       out[key] = number_or_null(value);
+      // Which way is better, as the metric's manifest declares it (compare reads it).
+      const LoadedPlugin* p = host.find(use.plugin);
+      const std::string way = p ? p->better_for(name) : "";
+      if (better && !way.empty()) (*better)[key] = way;
     }
   }
   return out;
@@ -585,7 +590,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
         torch::Tensor s;
         stage(model_name + " sample", [&] { s = o.model->sample(spec.eval.samples); });
         std::map<std::string, std::string> errors;
-        auto m = evaluate(spec, o, s, errors);
+        auto m = evaluate(spec, o, s, errors, host);
         for (const auto& [_, message] : errors) logger.warn(fmt::format("iteration {}: {}", done, message));
         if (!errors.empty()) m["metric_errors"] = errors;
         m["iteration"] = done;
@@ -611,7 +616,8 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     const auto& test = o.test;
     const auto figure_data = test.slice(0, 0, test.size(0), std::max<int64_t>(1, (test.size(0) + 3999) / 4000));
     std::map<std::string, std::string> metric_errors;
-    auto metrics = evaluate(spec, o, samples, metric_errors);
+    nlohmann::json metric_better = nlohmann::json::object();
+    auto metrics = evaluate(spec, o, samples, metric_errors, host, &metric_better);
     for (const auto& [_, message] : metric_errors) logger.warn(message);
 
     if (writer) {
@@ -634,6 +640,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       summary["sample_seconds"] = sample_seconds;
       summary["final_loss"] = last_terms;
       summary["metrics"] = metrics;
+      summary["metric_better"] = metric_better;
       if (!metric_errors.empty()) summary["metric_errors"] = metric_errors;
       summary["threads"] = opt.threads;
       if (group) summary["data_parallel_ranks"] = group->size();

@@ -4,7 +4,7 @@
 //   C[m x n] = alpha op(A) op(B) + beta C,   op(X) = X or X^T,   leading dimensions in elements.
 //
 // They call the same Fortran BLAS symbols as LibTorch (sgemm_, dgemm_), so inside the mfglab
-// engine the float product is oneDNN's (engine/src/gemm_backend.cpp) and in any other host
+// engine the float product is oneDNN's (engine/src/running/gemm_backend.cpp) and in any other host
 // it is the system BLAS. Single-threaded; call it from one thread per block.
 #pragma once
 

@@ -63,7 +63,7 @@
 
 #define MFGLAB_SDK_MAJOR 1
 /* Minor history: 1.0 first release; 1.1 RunContext::dataset; 1.2 mfglab_manifest::param_size
- * (mfglab_param may grow), older manifests accepted by prefix. */
+ * (mfglab_param may grow) and mfglab_manifest::better, older manifests accepted by prefix. */
 #define MFGLAB_SDK_MINOR 2
 #define MFGLAB_ENTRY_SYMBOL "mfglab_plugin_entry"
 
@@ -130,6 +130,13 @@ typedef struct mfglab_manifest {
    * MFGLAB_PARAM_SIZE_1_0 when param_count > 0. Default (manifests of SDK 1.0 and 1.1,
    * whose struct_size stops before this field): MFGLAB_PARAM_SIZE_1_0. */
   uint32_t param_size;
+
+  /* (SDK 1.2) Metrics: which way is better for the values the metric reports, so that
+   * comparisons can say "better" or "worse": "lower" or "higher" for every value, or
+   * "name=lower,other=higher" per value name (names as in the metric's result). Declared in
+   * C++ by a `static constexpr const char* kBetter` member of the plugin class. Default
+   * (older manifests, and NULL): not declared; comparisons then say only "lower"/"higher". */
+  const char* better;
 } mfglab_manifest;
 
 /* Sizes of the SDK 1.0 structs: the least an SDK 1.x plugin provides. */

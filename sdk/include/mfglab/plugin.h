@@ -15,6 +15,7 @@
 #include <exception>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <torch/csrc/api/include/torch/version.h>
@@ -56,11 +57,22 @@ int create(const char* params_json, const void* context, void** out, char* error
   return 0;
 }
 
+// A metric's "better" direction (manifest.h): its class's kBetter member, if it has one.
+template <class T, class = void>
+struct BetterOf {
+  static constexpr const char* value = nullptr;
+};
+template <class T>
+struct BetterOf<T, std::void_t<decltype(T::kBetter)>> {
+  static constexpr const char* value = T::kBetter;
+};
+
 // Owns the strings and the C arrays the manifest points into.
 class ManifestHolder {
  public:
   ManifestHolder(int32_t kind, const char* name, const char* version, const char* description,
-                 const char* fields, mfglab_factory_fn factory, std::vector<ParamSpec> specs)
+                 const char* fields, mfglab_factory_fn factory, std::vector<ParamSpec> specs,
+                 const char* better = nullptr)
       : specs_(std::move(specs)) {
     for (const auto& s : specs_) {
       params_.push_back({s.name.c_str(), s.type.c_str(), s.default_json.c_str(), s.min, s.max,
@@ -80,7 +92,8 @@ class ManifestHolder {
                  static_cast<uint32_t>(params_.size()),
                  fields,
                  factory,
-                 static_cast<uint32_t>(sizeof(mfglab_param))};
+                 static_cast<uint32_t>(sizeof(mfglab_param)),
+                 better};
   }
   const mfglab_manifest* get() const { return &manifest_; }
 
@@ -100,7 +113,8 @@ class ManifestHolder {
     try {                                                                                   \
       static const ::mfglab::detail::ManifestHolder holder(                                 \
           KIND, NAME, VERSION, DESCRIPTION, FIELDS, &::mfglab::detail::create<CLASS>,      \
-          std::vector<::mfglab::ParamSpec>{__VA_ARGS__});                                   \
+          std::vector<::mfglab::ParamSpec>{__VA_ARGS__},                                    \
+          ::mfglab::detail::BetterOf<CLASS>::value);                                         \
       return holder.get();                                                                  \
     } catch (...) {                                                                         \
       return nullptr;                                                                       \

@@ -55,7 +55,6 @@ void run_in_workers(const Experiment& ex, const PluginHost& host, const RunOptio
                     std::vector<RunOutcome>& outcomes) {
   WorkerLaunch launch;
   launch.executable = options.executable;
-  launch.plugin_dirs = options.plugin_dirs;
   launch.experiment_file = ex.file;
   launch.experiment_text = options.experiment_text;
   launch.out_dir = options.out_dir;

@@ -169,7 +169,7 @@ std::vector<PlotFile> plot_run(const std::string& run_dir);
 //       as density.npy) with hjb_residual.json {"x": [lo, hi], "y": [lo, hi], "t": [K
 //       times], "equation": "...", "dimension": d} -> hjb_residual.png (one heat map per
 //       time, log10 |r| on a shared colour scale)
-// (engine/src/model_arrays.h computes them from the Model interface.)
+// (engine/src/results/model_arrays.h computes them from the Model interface.)
 std::vector<PlotFile> plot_model_extras(const std::string& run_dir, const std::string& title);
 
 // The run directories (folders holding summary.json) at or under each path, sorted.

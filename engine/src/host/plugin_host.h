@@ -51,13 +51,23 @@ struct LoadedPlugin {
   std::string name() const { return manifest->name; }
   int32_t kind() const { return manifest->kind; }
   bool has_field(const std::string& f) const;
+  // A metric's declared direction for one of its values: "lower", "higher", or "" when the
+  // manifest does not say (manifest.h, `better`).
+  std::string better_for(const std::string& value_name) const;
 };
+
+// Checks a manifest's `better` text ("lower", "higher" or "name=lower,..."); returns a
+// problem to report, or "" when it is well formed.
+std::string check_better(const char* better);
 
 class PluginHost {
  public:
   // Loads every *.so in the given directories, in order. Libraries that fail a check are
   // refused (see problems()); the others load.
   explicit PluginHost(const std::vector<std::string>& directories);
+  // Loads exactly these library files (a worker process loads only the plugins its
+  // experiment uses: starting a run costs less).
+  static std::unique_ptr<PluginHost> of_files(const std::vector<std::string>& files);
   ~PluginHost();
   PluginHost(const PluginHost&) = delete;
   PluginHost& operator=(const PluginHost&) = delete;

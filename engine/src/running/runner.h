@@ -24,7 +24,6 @@ struct RunOptions {
   int64_t memory_limit = -1; // bytes per run; < 0: the experiment's train.memory_limit
   // For worker processes: how to start them again.
   std::string executable;
-  std::vector<std::string> plugin_dirs;
   std::string experiment_text;
 };
 

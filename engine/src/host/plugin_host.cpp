@@ -205,6 +205,12 @@ PluginHost::PluginHost(const std::vector<std::string>& directories) : directorie
   }
 }
 
+std::unique_ptr<PluginHost> PluginHost::of_files(const std::vector<std::string>& files) {
+  auto host = std::make_unique<PluginHost>(std::vector<std::string>{});
+  for (const auto& f : files) host->load_file(f);
+  return host;
+}
+
 PluginHost::~PluginHost() = default;
 
 void PluginHost::load_file(const std::string& path) {
@@ -247,9 +253,11 @@ void PluginHost::load_file(const std::string& path) {
   auto plugin = std::make_unique<LoadedPlugin>();
   mfglab_manifest& copy = plugin->manifest_copy;
   copy.param_size = MFGLAB_PARAM_SIZE_1_0;  // the default of every field beyond the prefix
+  copy.better = nullptr;
   std::memcpy(&copy, m, std::min<size_t>(head->struct_size, sizeof(copy)));
   if (!covers(head->struct_size, offsetof(mfglab_manifest, param_size), sizeof(copy.param_size)))
     copy.param_size = MFGLAB_PARAM_SIZE_1_0;
+  if (!covers(head->struct_size, offsetof(mfglab_manifest, better), sizeof(copy.better))) copy.better = nullptr;
 
   const auto torch_mm = major_minor(copy.torch_version);
   const auto engine_mm = major_minor(TORCH_VERSION);
@@ -275,6 +283,7 @@ void PluginHost::load_file(const std::string& path) {
   if (copy.kind < MFGLAB_KIND_DATASET || copy.kind > MFGLAB_KIND_METRIC)
     return refuse(fmt::format("unknown plugin kind {}", copy.kind));
   if (copy.create == nullptr) return refuse("manifest has no factory");
+  if (const std::string problem = check_better(copy.better); !problem.empty()) return refuse(problem);
   if (copy.param_count > 0 && copy.params == nullptr) return refuse("manifest declares parameters but gives none");
   if (copy.param_count > kMaxParams)
     return refuse(fmt::format("manifest field 'param_count' is {}, more than {}", copy.param_count, kMaxParams));
@@ -467,6 +476,40 @@ nlohmann::json resolve_params(const mfglab_manifest& manifest, const nlohmann::j
     }
   }
   return resolved;
+}
+
+std::string LoadedPlugin::better_for(const std::string& value_name) const {
+  const std::string text = manifest && manifest->better ? manifest->better : "";
+  if (text == "lower" || text == "higher") return text;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string item = text.substr(start, comma - start);
+    const size_t eq = item.find('=');
+    if (eq != std::string::npos && item.substr(0, eq) == value_name) return item.substr(eq + 1);
+    start = comma + 1;
+  }
+  return "";
+}
+
+std::string check_better(const char* better) {
+  if (better == nullptr) return "";
+  const std::string text = better;
+  if (text == "lower" || text == "higher") return "";
+  bool ok = !text.empty();
+  for (size_t start = 0; ok && start <= text.size();) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string item = text.substr(start, comma - start);
+    const size_t eq = item.find('=');
+    const std::string way = eq == std::string::npos ? "" : item.substr(eq + 1);
+    ok = eq != 0 && eq != std::string::npos && (way == "lower" || way == "higher");
+    start = comma + 1;
+  }
+  if (ok) return "";
+  return fmt::format("manifest field 'better' is \"{}\", expected \"lower\", \"higher\" or \"name=lower,name=higher\"",
+                     printable(better));
 }
 
 }  // namespace mfglab::engine
