@@ -297,7 +297,19 @@ TEST_CASE("cnf: collocation points lie on the particles' paths", "[cnf]") {
   REQUIRE(col.t.sizes() == torch::IntArrayRef({30, 1}));
   CHECK(col.t.min().item<double>() >= 0);
   CHECK(col.t.max().item<double>() <= 1);
-  CHECK_FALSE(col.x.requires_grad());
+  // The points keep their graph to the parameters (RNODE's penalties differentiate through
+  // the paths), and carry none under a NoGradGuard.
+  CHECK(col.x.requires_grad());
+  CHECK_FALSE(col.t.requires_grad());
+  {
+    torch::NoGradGuard no_grad;
+    CHECK_FALSE(s.model->collocation(x0).x.requires_grad());
+  }
+  auto gx = torch::autograd::grad({col.x.sum()}, s.model->parameters(), {}, false, false, true);
+  double moved = 0;
+  for (const auto& g : gx)
+    if (g.defined()) moved += g.abs().sum().item<double>();
+  CHECK(moved > 0);
   for (int i = 0; i < 30; i += 7) {
     const double ti = col.t[i][0].item<double>();
     // The map from 0 to t_i with the same number of RK4 steps.

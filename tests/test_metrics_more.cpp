@@ -445,6 +445,61 @@ TEST_CASE("score_error says what is missing", "[metrics][score_error]") {
                     Catch::Contains("given twice"));
 }
 
+TEST_CASE("score_error probes up to the model's horizon: an OU process run to T = 3", "[metrics][score_error]") {
+  // sgm's OU process dY = -Y/2 dt + dW on [1e-3, 3] keeps N(0, I) fixed: the noised data is
+  // N(0, I) at every t and its exact score is -x. The default times are fractions of the
+  // horizon: 0.01, 0.1, 0.3, 0.5, 0.9 of 3.
+  auto ctx = context(3, 2);
+  auto dataset = host().create_as<mfglab::Dataset>("gmm", MFGLAB_KIND_DATASET, standard_normal_gmm(2, 4000), ctx);
+  ctx.dataset = dataset.get();
+  auto model = host().create_as<mfglab::Model>(
+      "sgm", MFGLAB_KIND_MODEL, json{{"process", "ou"}, {"T", 3.0}, {"width", 16}, {"depth", 1}}, ctx);
+  auto* process = mfglab::capability<mfglab::ForwardProcess>(model.get(), mfglab::kForwardProcess);
+  REQUIRE(process != nullptr);
+  REQUIRE(process->t_max() == 3.0);
+  mfglab::MetricInput in;
+  in.reference = dataset->test();
+  in.model = model.get();
+  in.dataset = dataset.get();
+  // mean |s_model(x, t) + x|^2 over x ~ N(0, I), directly.
+  auto direct = [&](double t) {
+    auto x = normal(95, 50000, 2);
+    auto s = model->score(x, torch::full({50000, 1}, t, kF64)).detach();
+    return (s + x).square().sum(1).mean().item<double>();
+  };
+
+  const auto values = MetricUnderTest("score_error", {{"points", 20000}})(in);
+  for (const char* name : {"score_error@t=0.03", "score_error@t=0.3", "score_error@t=0.9", "score_error@t=1.5",
+                           "score_error@t=2.7", "score_error", "score_rel_error"}) {
+    INFO(name);
+    REQUIRE(values.count(name) == 1);
+    CHECK(std::isfinite(values.at(name)));
+  }
+  CHECK(values.size() == 7);
+  // The values above t = 1 are the errors at those times.
+  for (double t : {1.5, 2.7}) {
+    std::ostringstream name;
+    name << "score_error@t=" << t;
+    const double want = direct(t);
+    INFO(name.str() << " = " << values.at(name.str()) << ", direct estimate " << want);
+    CHECK(values.at(name.str()) == Approx(want).epsilon(0.05));
+  }
+
+  // Absolute times reach the horizon too; beyond it they are refused.
+  const auto absolute = MetricUnderTest("score_error", {{"times", {0.5, 2.0, 3.0}}, {"time_unit", "absolute"},
+                                                        {"points", 500}})(in);
+  for (const char* name : {"score_error@t=0.5", "score_error@t=2", "score_error@t=3"}) {
+    INFO(name);
+    CHECK(absolute.count(name) == 1);
+  }
+  CHECK_THROWS_WITH(MetricUnderTest("score_error", {{"times", 3.5}, {"time_unit", "absolute"}})(in),
+                    Catch::Contains("outside the model's forward process range [0.001, 3]"));
+  auto metric_ctx = context(1);
+  CHECK_THROWS_WITH(host().create_as<mfglab::Metric>("score_error", MFGLAB_KIND_METRIC, json{{"times", {0.5, 1.5}}},
+                                                     metric_ctx),
+                    Catch::Contains("fraction of the horizon"));
+}
+
 // ---- memorization ---------------------------------------------------------------------
 
 namespace {
@@ -570,4 +625,54 @@ TEST_CASE("memorization subsamples large sets from the run's generator, and chec
   CHECK_THROWS(host().create_as<mfglab::Metric>("memorization", MFGLAB_KIND_METRIC, json{{"fraction", 0.0}}, ctx));
   CHECK_THROWS(host().create_as<mfglab::Metric>("memorization", MFGLAB_KIND_METRIC,
                                                 json{{"k", 5}, {"max_points", 5}}, ctx));
+}
+
+TEST_CASE("memorization reports the fresh-sample baselines beside its values", "[metrics][memorization]") {
+  // Baselines: held-out points (as many as the samples) against the training set for
+  // memorized_fraction_fresh; training points (as many) against the reference set for
+  // precision_fresh and recall_fresh.
+  const std::vector<std::string> names = {"memorized_fraction", "precision", "recall",
+                                          "memorized_fraction_fresh", "precision_fresh", "recall_fresh"};
+  auto train = normal(90, 1500, 2), reference = normal(91, 1500, 2);
+  const auto fresh = memorization(normal(92, 1500, 2), train, reference);
+  CHECK(fresh.size() == names.size());
+  for (const auto& name : names) {
+    INFO(name << " = " << (fresh.count(name) ? fresh.at(name) : -1));
+    REQUIRE(fresh.count(name) == 1);
+  }
+  // On a Gaussian: about fraction^d = 1/9 in 2-D; precision and recall of the law itself near 1.
+  CHECK(fresh.at("memorized_fraction_fresh") == Approx(1.0 / 9).margin(0.025));
+  CHECK(fresh.at("precision_fresh") > 0.85);
+  CHECK(fresh.at("recall_fresh") > 0.85);
+  // Fresh samples score about their baselines.
+  for (const char* name : {"memorized_fraction", "precision", "recall"}) {
+    INFO(name << " " << fresh.at(name) << ", baseline " << fresh.at(std::string(name) + "_fresh"));
+    CHECK(std::abs(fresh.at(name) - fresh.at(std::string(name) + "_fresh")) < 0.05);
+  }
+  // With as many samples as each set, the baselines use the whole set: brute force.
+  const BruteMemorization held_out(reference, train, reference), train_as_samples(train, train, reference);
+  CHECK(fresh.at("memorized_fraction_fresh") == Approx(held_out(1.0 / 3, 3).at("memorized_fraction")).margin(1e-12));
+  CHECK(fresh.at("precision_fresh") == Approx(train_as_samples(1.0 / 3, 3).at("precision")).margin(1e-12));
+  CHECK(fresh.at("recall_fresh") == Approx(train_as_samples(1.0 / 3, 3).at("recall")).margin(1e-12));
+
+  // Copies of training points stand out against the baseline; the baselines depend on the
+  // data, not on the samples (at the same sample size).
+  auto g = at::make_generator<at::CPUGeneratorImpl>(93);
+  const auto copies = memorization(train.index_select(0, torch::randperm(1500, g, torch::kLong)), train, reference);
+  CHECK(copies.at("memorized_fraction") == 1);
+  for (const char* name : {"memorized_fraction_fresh", "precision_fresh", "recall_fresh"})
+    CHECK(copies.at(name) == fresh.at(name));
+  // Samples squeezed onto part of the data: recall far below its baseline.
+  const auto narrow = memorization(normal(94, 1500, 2) * 0.3, train, reference);
+  INFO("squeezed samples: recall " << narrow.at("recall") << ", baseline " << narrow.at("recall_fresh"));
+  CHECK(narrow.at("recall") < narrow.at("recall_fresh") - 0.3);
+  // Fewer samples than held-out and training points: baselines from random subsets of the
+  // samples' size, which fresh samples of that size match (recall depends on the size); in
+  // 8-D the fresh memorized share is near 0.
+  const auto few = memorization(normal(95, 400, 8), normal(96, 2000, 8), normal(97, 2000, 8));
+  INFO("8-D, 400 samples: precision " << few.at("precision") << " (fresh " << few.at("precision_fresh")
+                                      << "), recall " << few.at("recall") << " (fresh " << few.at("recall_fresh") << ")");
+  CHECK(few.at("memorized_fraction_fresh") < 0.005);
+  CHECK(std::abs(few.at("precision") - few.at("precision_fresh")) < 0.1);
+  CHECK(std::abs(few.at("recall") - few.at("recall_fresh")) < 0.1);
 }

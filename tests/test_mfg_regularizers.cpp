@@ -1,16 +1,21 @@
 // The MFG regularizers hjb, hjb_terminal, kinetic and jacobian_frobenius, the SDK's residual
-// functions (<mfglab/hjb.h>) and otflow's collocation points, against closed-form value
-// functions (test plugin mfg_test_model), the exact log density of a noised Gaussian
-// mixture (exact_gmm_score_model) and finite differences. All in float64.
+// functions (<mfglab/hjb.h>), the objective-weights capability (<mfglab/capabilities_mfg.h>)
+// and otflow's and cnf's collocation points, against closed-form value functions (test
+// plugin mfg_test_model), the exact log density of a noised Gaussian mixture
+// (exact_gmm_score_model) and finite differences (of fields and of parameter gradients).
+// All in float64.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
 
+#include <mfglab/capabilities_mfg.h>
 #include <mfglab/hjb.h>
 #include <mfglab/sdk.h>
 
@@ -401,6 +406,219 @@ TEST_CASE("hjb_terminal: U(x(T), T) against 1 + log rho_T - log N, up to a const
     n.with_model("mfg_test_model", {{"flow_map", false}});
     auto r = n.regularizer("hjb_terminal", json::object());
     CHECK_THROWS_WITH(r->penalty(*n.model, batch), Catch::Contains("mfglab.flow_map/1"));
+  }
+}
+
+TEST_CASE("hjb_terminal: weighted objectives scale the terminal condition by alpha_C / alpha_L", "[hjb_terminal]") {
+  // A model trained on alpha_L int L + alpha_C KL(rho_T, N) whose velocity is -grad Phi / lambda
+  // has Phi = U / alpha_L, so Phi(y, T) = r (1 + log rho_T(y) - log N(y)) with r = alpha_C / alpha_L.
+  // Inviscid flow x(T) = 2 x0 (c = T = 1), data N(0, s0^2 I): the target is
+  // r (const - |y|^2 (1/(8 s0^2) - 1/2)) and Phi(y, 1) = -|y|^2/4, equal up to a constant iff
+  // 1/(8 s0^2) = 1/2 + 1/(4 r), i.e. s0^2 = 1 / (4 + 2 / r); r = 1 gives the unweighted 1/6.
+  auto gmm = [](double var) {
+    return json{{"components", {{{"mean", {0.0, 0.0}}, {"std", std::sqrt(var)}}}}, {"train_size", 10}, {"test_size", 10}};
+  };
+  const double alpha_L = 2.0, alpha_C = 5.0, r = alpha_C / alpha_L;
+  const json weighted = {{"objective_weights", true}, {"alpha_L", alpha_L}, {"alpha_C", alpha_C}};
+  const double scaled_var = 1.0 / (4.0 + 2.0 / r), unscaled_var = 1.0 / 6.0;
+  auto batch = Setup(2).normal(256, 13);
+  // Mean |m - mean m|^2 for a mismatch m = a |y|^2 + const, y = 2 x0.
+  auto spread = [&](double a) {
+    auto m = a * (2 * batch).square().sum(1);
+    return (m - m.mean()).square().mean().item<double>();
+  };
+
+  SECTION("zero where Phi satisfies the scaled condition, not where it satisfies the unscaled one") {
+    Setup s(2);
+    s.with_dataset("gmm", gmm(scaled_var)).with_model("mfg_test_model", weighted);
+    auto* w = mfglab::capability<mfglab::ObjectiveWeights>(s.model.get(), mfglab::kObjectiveWeights);
+    REQUIRE(w != nullptr);
+    CHECK(w->running_cost_weight() == alpha_L);
+    CHECK(w->terminal_cost_weight() == alpha_C);
+    for (int q : {1, 2}) {
+      const double at_scaled = s.penalty(*s.regularizer("hjb_terminal", {{"q", q}}), batch, 14);
+      INFO("q " << q << ": penalty at the scaled condition " << at_scaled);
+      CHECK(at_scaled < 1e-12);
+    }
+    // Data for which Phi meets the unscaled condition: mismatch -|y|^2/4 + r |y|^2 (3/4 - 1/2) = (r - 1)/4 |y|^2.
+    Setup u(2);
+    u.with_dataset("gmm", gmm(unscaled_var)).with_model("mfg_test_model", weighted);
+    const double at_unscaled = u.penalty(*u.regularizer("hjb_terminal", {{"q", 2}}), batch, 14);
+    INFO("penalty at the unscaled condition " << at_unscaled);
+    CHECK(at_unscaled > 1.0);
+    CHECK(at_unscaled == Approx(spread((r - 1) / 4)).epsilon(1e-10));
+  }
+  SECTION("a model without the capability has weights (1, 1); only the ratio counts") {
+    Setup plain(2);
+    plain.with_dataset("gmm", gmm(unscaled_var)).with_model("mfg_test_model", json::object());
+    CHECK(plain.penalty(*plain.regularizer("hjb_terminal", json::object()), batch, 14) < 1e-12);
+    Setup off(2);  // the weights are there but not offered
+    off.with_dataset("gmm", gmm(scaled_var)).with_model("mfg_test_model", {{"alpha_L", alpha_L}, {"alpha_C", alpha_C}});
+    // Unscaled target for s0^2 = 1/(4 + 2/r): mismatch -|y|^2/4 + |y|^2 ((4 + 2/r)/8 - 1/2) = (1 - r)/(4 r) |y|^2.
+    const double unweighted = off.penalty(*off.regularizer("hjb_terminal", json::object()), batch, 14);
+    CHECK(unweighted == Approx(spread((1 - r) / (4 * r))).epsilon(1e-10));
+    Setup same(2);
+    same.with_dataset("gmm", gmm(scaled_var))
+        .with_model("mfg_test_model", {{"objective_weights", true}, {"alpha_L", 4 * alpha_L}, {"alpha_C", 4 * alpha_C}});
+    CHECK(same.penalty(*same.regularizer("hjb_terminal", json::object()), batch, 14) < 1e-12);
+  }
+  SECTION("alpha_L = 0 leaves no value field to compare") {
+    Setup z(2);
+    z.with_dataset("gmm", gmm(scaled_var))
+        .with_model("mfg_test_model", {{"objective_weights", true}, {"alpha_L", 0.0}, {"alpha_C", alpha_C}});
+    auto reg = z.regularizer("hjb_terminal", json::object());
+    CHECK_THROWS_WITH(reg->penalty(*z.model, batch), Catch::Contains("alpha_L > 0"));
+  }
+}
+
+TEST_CASE("hjb_terminal on otflow: its objective weights scale the target", "[hjb_terminal][otflow]") {
+  // otflow offers (alpha_L, alpha_C); the penalty is the mean squared spread of
+  // Phi(x(1), 1) - (alpha_C / alpha_L)(1 + log rho_0(x0) - log_prob(x0)).
+  const json data = {{"components", {{{"mean", {0.5, -0.3}}, {"std", 0.8}}, {{"mean", {-1.0, 0.7}}, {"std", 0.5}}}},
+                     {"train_size", 10},
+                     {"test_size", 10}};
+  struct Case {
+    json params;
+    double ratio;
+  };
+  for (const auto& c : std::vector<Case>{{{{"alpha_L", 2.0}, {"alpha_C", 30.0}}, 15.0},
+                                         {json::object(), 100.0}}) {  // OT-Flow's defaults (1, 100)
+    json params = c.params;
+    params["width"] = 8;
+    params["steps"] = 4;
+    Setup s(2);
+    s.with_dataset("gmm", data).with_model("otflow", params);
+    auto* w = mfglab::capability<mfglab::ObjectiveWeights>(s.model.get(), mfglab::kObjectiveWeights);
+    REQUIRE(w != nullptr);
+    CHECK(w->terminal_cost_weight() / w->running_cost_weight() == c.ratio);
+    auto batch = s.normal(128, 21);
+    const double got = s.penalty(*s.regularizer("hjb_terminal", json::object()), batch, 22);
+    auto spread = [&](double ratio) {
+      torch::NoGradGuard no_grad;
+      auto* flow = mfglab::capability<mfglab::FlowMap>(s.model.get(), mfglab::kFlowMap);
+      auto* density = mfglab::capability<mfglab::ExactDensity>(s.dataset.get(), mfglab::kExactDensity);
+      auto y = flow->transport(batch, 0.0, 1.0);
+      auto one = torch::ones({1}, torch::kFloat64), zero = torch::zeros({1}, torch::kFloat64);
+      auto target = 1.0 + density->log_density(batch, one, zero) - s.model->log_prob(batch);
+      auto m = s.model->value(y, torch::ones({128, 1}, torch::kFloat64)) - ratio * target;
+      return (m - m.mean()).square().mean().item<double>();
+    };
+    const double want = spread(c.ratio), unscaled = spread(1.0);
+    INFO("alpha_C / alpha_L = " << c.ratio << ": penalty " << got << ", scaled target " << want
+                                << ", unscaled target " << unscaled);
+    CHECK(got == Approx(want).epsilon(1e-10));
+    CHECK(std::abs(got - unscaled) > 0.1 * want);
+  }
+}
+
+TEST_CASE("hjb: equation mfg is refused for score models of a forward process", "[hjb]") {
+  // Their drift() and diffusion() are the forward noising process's: no value function
+  // satisfies the MFG form with them. The log-density form is the one that applies.
+  struct Case {
+    std::string model;
+    json params;
+  };
+  for (const auto& c : std::vector<Case>{{"sgm", {{"parameterization", "potential"}, {"width", 8}, {"depth", 1}}},
+                                         {"exact_gmm_score_model", json::object()}}) {
+    INFO(c.model);
+    Setup s(2);
+    s.with_model(c.model, c.params);
+    auto batch = s.normal(32, 23);
+    for (const json& params : {json::object(), json{{"equation", "mfg"}, {"points", "box"}}}) {
+      auto r = s.regularizer("hjb", params);
+      CHECK_THROWS_WITH(r->penalty(*s.model, batch),
+                        Catch::Contains("forward noising process") && Catch::Contains("mfglab.forward_process/1") &&
+                            Catch::Contains("use \"equation\": \"log_density\""));
+    }
+    auto ok = s.regularizer("hjb", {{"equation", "log_density"}});
+    const double value = s.penalty(*ok, batch, 24);
+    CHECK(std::isfinite(value));
+  }
+}
+
+namespace {
+
+// Central differences of a scalar function of the model's parameters, at a few entries of
+// each parameter tensor, against the autograd gradient `g` of the same function. Returns
+// the largest |autograd - fd| and the largest |fd|.
+std::pair<double, double> gradient_check(mfglab::Model& m, const std::vector<Tensor>& g,
+                                         const std::function<double()>& f, double h) {
+  auto params = m.parameters();
+  double worst = 0, scale = 0;
+  for (size_t k = 0; k < params.size(); ++k) {
+    auto flat = params[k].detach().view({-1});  // shares the parameter's storage
+    auto gk = g[k].defined() ? g[k].reshape({-1}) : Tensor();  // undefined: the function does not use it
+    for (int64_t i : {int64_t{0}, flat.numel() / 2, flat.numel() - 1}) {
+      const double saved = flat[i].item<double>();
+      flat[i].fill_(saved + h);
+      const double up = f();
+      flat[i].fill_(saved - h);
+      const double down = f();
+      flat[i].fill_(saved);
+      const double fd = (up - down) / (2 * h);
+      const double ad = gk.defined() ? gk[i].item<double>() : 0.0;
+      INFO("parameter " << k << " entry " << i << ": autograd " << ad << ", central difference " << fd);
+      worst = std::max(worst, std::abs(ad - fd));
+      scale = std::max(scale, std::abs(fd));
+    }
+  }
+  return {worst, scale};
+}
+
+}  // namespace
+
+TEST_CASE("kinetic and jacobian_frobenius on cnf: the parameter gradient follows the paths (RNODE)",
+          "[kinetic][jacobian_frobenius][cnf]") {
+  // RNODE integrates both penalties along the flow's own solve, so their parameter
+  // gradient includes d x(t) / d theta. The penalty at fixed draws (collocation times,
+  // probes: the generator is reseeded) is a smooth function of the parameters; its
+  // autograd gradient must match central differences in float64.
+  Setup s(2);
+  s.with_model("cnf", {{"width", 6}, {"depth", 1}, {"steps", 4}, {"activation", "tanh"}});
+  {
+    // An untrained flow barely moves points; a stronger output layer bends the paths.
+    torch::NoGradGuard no_grad;
+    auto p = s.model->parameters();
+    p[p.size() - 2].mul_(3.0);
+    p[p.size() - 1].mul_(3.0);
+  }
+  auto batch = s.normal(24, 25);
+  {
+    s.ctx.generator.set_current_seed(26);
+    auto c = s.model->collocation(batch);
+    CHECK(c.x.requires_grad());  // the points keep their graph to the parameters
+    torch::NoGradGuard no_grad;
+    s.ctx.generator.set_current_seed(26);
+    CHECK_FALSE(s.model->collocation(batch).x.requires_grad());
+  }
+  for (std::string name : {"kinetic", "jacobian_frobenius"}) {
+    INFO(name);
+    auto r = s.regularizer(name, json::object());
+    auto params = s.model->parameters();
+    auto p = s.penalty_tensor(*r, batch, 27);
+    REQUIRE(p.requires_grad());
+    auto g = torch::autograd::grad({p}, params, {}, false, false, /*allow_unused=*/true);
+    auto f = [&] { return s.penalty(*r, batch, 27); };
+    const auto [error, scale] = gradient_check(*s.model, g, f, 1e-5);
+    INFO("max |autograd - central difference| " << error << ", max |gradient| " << scale);
+    CHECK(scale > 1e-2);
+    CHECK(error < 1e-7 * std::max(1.0, scale));
+
+    // The semi-gradient through the fields only (points detached) misses the paths' part.
+    if (name == "kinetic") {
+      s.ctx.generator.set_current_seed(27);
+      mfglab::Collocation c;
+      {
+        torch::NoGradGuard no_grad;
+        c = s.model->collocation(batch);
+      }
+      auto semi = 0.5 * s.model->velocity(c.x, c.t).square().sum(1).mean();
+      auto gs = torch::autograd::grad({semi}, params, {}, false, false, true);
+      double gap = 0;
+      for (size_t k = 0; k < g.size(); ++k) gap = std::max(gap, max_abs(g[k] - gs[k]));
+      INFO("max |full - semi-gradient| " << gap);
+      CHECK(gap > 1e3 * error);
+    }
   }
 }
 

@@ -150,15 +150,21 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 
   // A time t_i ~ U(0, 1) per particle and its position x_i(t_i) on its own path from the
   // batch point: RK4 with `steps` steps on the rescaled equation dy/ds = t_i v(y, s t_i),
-  // s in [0, 1]. The points are detached: regularizers differentiate the fields there.
+  // s in [0, 1]. With grad mode on the points keep their graph to the parameters (the
+  // paths depend on them), so that a path integral estimated there (kinetic,
+  // jacobian_frobenius: RNODE's penalties) gets its full parameter gradient, through
+  // x(t_i) as well as through the field; under a NoGradGuard they carry no graph.
   mfglab::Collocation collocation(const Tensor& batch) override {
     check_points(batch, "batch");
-    torch::NoGradGuard no_grad;
     auto x0 = batch.to(options_);
-    auto ti = torch::rand({x0.size(0), 1}, generator_, options_) * kT;
+    Tensor ti;
+    {
+      torch::NoGradGuard no_grad;
+      ti = torch::rand({x0.size(0), 1}, generator_, options_) * kT;
+    }
     auto f = [&](const Tensor& y, double s) { return ti * field(y, ti * s); };
     auto x = mfglab::cnf::rk4(f, x0, 0.0, 1.0, steps_);
-    return {x.detach(), ti};
+    return {x, ti};
   }
 
   // FlowMap: the evaluation solver on dx/dt = v, detached.

@@ -12,6 +12,10 @@
 //                          itself, not only up to a function of t: u_t enters, so a
 //                          potential network also learns the normalisation's t-dependence.
 //
+// equation mfg is refused for a score model of a forward noising process (a model offering
+// mfglab.forward_process/1, such as sgm): its drift() is the noising drift, not the game's,
+// and nothing satisfies that equation; the error names log_density.
+//
 // Points: the model's collocation points (on its particle paths, or its forward-noised
 // training points for a score model), or uniform in a box. Derivatives are autograd with
 // create_graph; the Laplacian is exact up to `exact_up_to` dimensions, Hutchinson beyond.
@@ -61,6 +65,7 @@ class Hjb final : public mfglab::Regularizer {
 
   Tensor penalty(mfglab::Model& model, const Tensor& batch) override {
     if (batch.dim() != 2) throw Error("expected a data batch of shape [N, d]");
+    if (equation_ == "mfg") refuse_forward_process(model);
     auto [x, t] = points(model, batch);
     auto r = equation_ == "mfg" ? mfglab::hjb::residual(model, H_, x, t, true, trace_)
                                 : mfglab::hjb::log_density_residual(model, x, t, true, trace_);
@@ -68,6 +73,22 @@ class Hjb final : public mfglab::Regularizer {
   }
 
  private:
+  // A score model of a forward noising process (mfglab.forward_process/1: sgm, score
+  // models) reports the forward drift f and diffusion g as drift() and diffusion(): the
+  // equation -U_t + H(grad U) - f.grad U - g^2/2 Lap U = 0 with the noising drift is the
+  // HJB of no game (the generative game's drift is the reversed one) and its log-density
+  // value u = log rho_t does not satisfy it. Refused, naming the equation that applies.
+  // (The regularizer meets its model only here: the run context does not hold it.)
+  static void refuse_forward_process(mfglab::Model& model) {
+    if (mfglab::capability<mfglab::ForwardProcess>(&model, mfglab::kForwardProcess) == nullptr) return;
+    throw Error("hjb: equation \"mfg\" does not apply to this model: it is a score model of a forward noising "
+                "process (it offers " + std::string(mfglab::kForwardProcess) + "), so its drift and diffusion are "
+                "the forward process's f and g, not the generative game's, and no value function satisfies "
+                "-U_t + H(grad U) - f.grad U - g^2/2 Lap U = 0; use \"equation\": \"log_density\" (u = log rho_t "
+                "of the forward process: u_t + div f + f.grad u - g^2/2 (Lap u + |grad u|^2) = 0), or the "
+                "score_pde regularizer for a score network");
+  }
+
   std::pair<Tensor, Tensor> points(mfglab::Model& model, const Tensor& batch) {
     if (points_ == "paths") {
       // The residual detaches its points, so the paths need no graph.
@@ -102,8 +123,9 @@ MFGLAB_PLUGIN(Hjb, MFGLAB_KIND_REGULARIZER, "hjb", "1.0.0",
               "f.grad u - g^2/2 (Lap u + |grad u|^2) for u = log rho_t of the forward process",
               "value",
               mfglab::choice_param("equation", "mfg", "mfg|log_density",
-                                   "mfg: the HJB equation of the experiment's Hamiltonian; log_density: the "
-                                   "Fokker-Planck equation of log rho_t of the model's forward noising process"),
+                                   "mfg: the HJB equation of the experiment's Hamiltonian (refused for score models "
+                                   "of a forward process, e.g. sgm); log_density: the Fokker-Planck equation of "
+                                   "log rho_t of the model's forward noising process"),
               mfglab::int_param("q", 1, "exponent of the penalty mean |r|^q (1 or 2)").range(1, 2),
               mfglab::choice_param("points", "paths", "paths|box",
                                    "paths: the model's collocation points; box: uniform in [-box, box]^d x "

@@ -3,6 +3,17 @@
 //
 //   U(y, T) = dG/drho(rho_T)(y) = 1 + log rho_T(y) - log N(y),   rho_T the flow's pushforward of the data.
 //
+// Weighted objectives. A model that trains on alpha_L int L + alpha_C G and normalises its
+// value by the running cost (v = -dH/dp(grad Phi); otflow) says so with the
+// mfglab.objective_weights/1 capability (<mfglab/capabilities_mfg.h>): its value field is
+// Phi = U / alpha_L, whose terminal condition is
+//
+//   Phi(y, T) = (alpha_C / alpha_L) (1 + log rho_T(y) - log N(y)),
+//
+// (100 times the unweighted one at OT-Flow's default weights alpha_L = 1, alpha_C = 100).
+// The target below is scaled by alpha_C / alpha_L; a model without the capability has
+// weights (1, 1). alpha_L = 0 leaves no value field to compare and is refused.
+//
 // How log rho_T is obtained. For a data point x0 pushed to y = Phi(x0) (the model's
 // mfglab.flow_map/1 capability), the change of variables gives
 //   log rho_T(y) = log rho_0(x0) - int_0^T div v dt,
@@ -21,9 +32,11 @@
 // A value function is defined up to an additive constant (only grad U and U_t enter the
 // dynamics and the HJB), so the mismatch m = U(y, T) - target is compared after removing
 // its batch mean: the penalty is mean |m - mean(m)|^q.
+#include <cmath>
 #include <cstring>
 #include <string>
 
+#include <mfglab/capabilities_mfg.h>
 #include <mfglab/plugin.h>
 
 namespace {
@@ -51,6 +64,14 @@ class HjbTerminal final : public mfglab::Regularizer {
     if (flow == nullptr)
       throw Error("hjb_terminal needs a deterministic flow with the mfglab.flow_map/1 capability "
                   "(its terminal points x(T)); this model does not offer it");
+    const auto weights = mfglab::objective_weights(&model);
+    if (!(weights.running > 0) || !std::isfinite(weights.running) || !(weights.terminal >= 0) ||
+        !std::isfinite(weights.terminal))
+      throw Error("hjb_terminal needs objective weights alpha_L > 0 and alpha_C >= 0 (the value field is U / "
+                  "alpha_L), got alpha_L = " + std::to_string(weights.running) +
+                  ", alpha_C = " + std::to_string(weights.terminal) + " from the model's " +
+                  mfglab::kObjectiveWeights + " capability");
+    const double scale = weights.terminal / weights.running;  // alpha_C / alpha_L
     const double T = model.horizon();
     const int64_t n = batch.size(0);
     auto x0 = batch.detach();
@@ -64,6 +85,7 @@ class HjbTerminal final : public mfglab::Regularizer {
       } else {
         target = torch::ones({n}, x0.options());
       }
+      target = scale * target;
     }
     auto y = flow->transport(x0, 0.0, T).detach();
     auto U = model.value(y, torch::full({n, 1}, T, y.options())).reshape({n});
@@ -81,9 +103,11 @@ class HjbTerminal final : public mfglab::Regularizer {
 }  // namespace
 
 MFGLAB_PLUGIN(HjbTerminal, MFGLAB_KIND_REGULARIZER, "hjb_terminal", "1.0.0",
-              "Terminal HJB condition for G = KL(rho_T, N(0,I)): mean |m - mean m|^q, m = U(x(T), T) - (1 + log rho_0(x0) "
-              "- log_prob(x0)) = U - (1 + log rho_T - log N) by change of variables; x(T) from the model's flow map; "
-              "rho_0 the dataset's exact density, or taken as the model's (then target 1)",
+              "Terminal HJB condition for G = KL(rho_T, N(0,I)): mean |m - mean m|^q, m = U(x(T), T) - (alpha_C / alpha_L) "
+              "(1 + log rho_0(x0) - log_prob(x0)) = U - (alpha_C / alpha_L)(1 + log rho_T - log N) by change of "
+              "variables; alpha_L, alpha_C the model's objective weights (mfglab.objective_weights/1, else 1); x(T) "
+              "from the model's flow map; rho_0 the dataset's exact density, or taken as the model's (then target "
+              "constant)",
               "value,log_prob",
               mfglab::int_param("q", 2, "exponent of the penalty mean |m - mean m|^q (1 or 2)").range(1, 2),
               mfglab::choice_param("data_density", "auto", "auto|exact|model",

@@ -5,8 +5,9 @@
 //
 // at the model's collocation points (times uniform on [0, T]) with Gaussian probes eps_k ~
 // N(0, I) from the run's generator: E|eps^T J|^2 = tr(J J^T) = |J|_F^2, one backward pass per
-// probe. When the points carry a graph (paths that depend on the parameters) it is kept, so
-// the gradient flows through the paths as in RNODE's augmented ODE.
+// probe. When the points carry a graph (paths that depend on the parameters: otflow's and
+// cnf's collocation points) it is kept, so the gradient flows through the paths as in
+// RNODE's augmented ODE (the penalty integrated along the flow's own solve).
 #include <string>
 
 #include <mfglab/plugin.h>

@@ -6,7 +6,10 @@
 // uniform on [0, T] (that is what makes T * mean an unbiased estimate; otflow's collocation
 // draws them so). L is the running cost of the experiment's Hamiltonian, or lambda/2 |v|^2
 // when the experiment has none. The points are not detached: the parameter gradient flows
-// through the paths as well as through v, as it does for the integral itself.
+// through the paths as well as through v, as it does for the integral itself (RNODE's
+// kinetic penalty, integrated along the flow's own solve). Models whose collocation points
+// keep their graph to the parameters (otflow, cnf) get that full gradient; a model that
+// detaches its points gets the gradient through v alone.
 #include <string>
 
 #include <mfglab/plugin.h>

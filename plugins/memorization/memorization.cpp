@@ -13,9 +13,22 @@
 //       precision = share of samples x with |x - y| <= r_k(y) for some reference point y,
 //       recall    = share of reference points y with |y - x| <= r_k(x) for some sample x.
 //
+// Fresh-sample baselines: what n i.i.d. draws from the data law would score, n the number
+// of samples (after the cut below), from the held-out data itself:
+//   memorized_fraction_fresh: reference points, n of them, against the training set (the
+//     test split is the data law's, independent of the training split): about fraction^d
+//     for a smooth density, as above;
+//   precision_fresh, recall_fresh: training points, n of them, in place of the samples,
+//     against the same reference set (both splits are the data law's and independent).
+// A model that matches the data law scores about these values; memorized_fraction well
+// above its baseline is copying, precision or recall well below theirs is missing mass.
+// When the reference (for the first) or training set (for the others) has fewer than n
+// points, all of it is used; with no more than k training points the last two are left out.
+//
 // Each set (samples, training, reference) larger than max_points is replaced by a random
 // subset of max_points rows drawn from the run's generator (so the values are
-// deterministic for a seed); distances are computed by row blocks to bound memory.
+// deterministic for a seed); distances are computed by row blocks to bound memory. The
+// baselines' draws come after the others', so they leave the first three values unchanged.
 #include <mfglab/plugin.h>
 
 #include <algorithm>
@@ -118,23 +131,48 @@ class Memorization final : public mfglab::Metric {
     // |x - t|² < fraction² spacing².
     const auto spacing_squared = kth_neighbour_squared(train, 1);
     SquaredDistancesTo to_train(train);
-    int64_t memorized = 0;
-    for (int64_t i = 0; i < x.size(0); i += to_train.rows_per_block()) {
-      auto [nearest, index] = to_train(x.slice(0, i, i + to_train.rows_per_block())).min(1);
-      memorized += (nearest < fraction_ * fraction_ * spacing_squared.index_select(0, index))
-                       .sum()
-                       .item<int64_t>();
-    }
+    auto memorized_share = [&](const Tensor& z) {
+      int64_t memorized = 0;
+      for (int64_t i = 0; i < z.size(0); i += to_train.rows_per_block()) {
+        auto [nearest, index] = to_train(z.slice(0, i, i + to_train.rows_per_block())).min(1);
+        memorized += (nearest < fraction_ * fraction_ * spacing_squared.index_select(0, index))
+                         .sum()
+                         .item<int64_t>();
+      }
+      return static_cast<double>(memorized) / static_cast<double>(z.size(0));
+    };
 
-    // (b) k-NN precision and recall.
-    const double precision = share_covered(x, y, kth_neighbour_squared(y, k_));
-    const double recall = share_covered(y, x, kth_neighbour_squared(x, k_));
-    return {{"memorized_fraction", static_cast<double>(memorized) / static_cast<double>(x.size(0))},
-            {"precision", precision},
-            {"recall", recall}};
+    // (b) k-NN precision and recall against the reference set.
+    const auto reference_radii = kth_neighbour_squared(y, k_);
+    auto precision_of = [&](const Tensor& z) { return share_covered(z, y, reference_radii); };
+    auto recall_of = [&](const Tensor& z) { return share_covered(y, z, kth_neighbour_squared(z, k_)); };
+
+    mfglab::MetricValues out = {{"memorized_fraction", memorized_share(x)},
+                                {"precision", precision_of(x)},
+                                {"recall", recall_of(x)}};
+
+    // (c) the same for n fresh draws of the data law: held-out points against the
+    // training set, training points against the reference set.
+    const int64_t n = x.size(0);
+    const auto fresh_reference = rows(y, n);
+    out.emplace_back("memorized_fraction_fresh", memorized_share(fresh_reference));
+    const auto fresh_train = rows(train, n);
+    if (fresh_train.size(0) > k_) {  // else too few training points for k-NN balls
+      out.emplace_back("precision_fresh", precision_of(fresh_train));
+      out.emplace_back("recall_fresh", recall_of(fresh_train));
+    }
+    return out;
   }
 
  private:
+  // n rows of z drawn without replacement from the run's generator, or all of z when it
+  // has no more than n.
+  Tensor rows(const Tensor& z, int64_t n) {
+    if (z.size(0) <= n) return z;
+    auto keep = torch::randperm(z.size(0), generator_, torch::TensorOptions().dtype(torch::kLong)).narrow(0, 0, n);
+    return z.index_select(0, keep.to(z.device()));
+  }
+
   // The set in float64, cut to a random subset of max_points rows when larger.
   Tensor subset(const Tensor& z, const std::string& what) {
     if (z.dim() != 2 || z.size(0) == 0)
@@ -159,7 +197,9 @@ MFGLAB_PLUGIN(Memorization, MFGLAB_KIND_METRIC, "memorization", "1.0.0",
               "fraction x that point's nearest-neighbour distance in the training set; precision "
               "and recall: shares of samples in the union of reference k-NN balls and of "
               "reference points in the union of sample k-NN balls (Kynkaanniemi et al. 2019); "
-              "each set cut to a random max_points subset",
+              "their fresh-sample baselines memorized_fraction_fresh, precision_fresh, recall_fresh "
+              "(what as many i.i.d. data points score: held-out points against the training set, "
+              "training points against the reference set); each set cut to a random max_points subset",
               "",
               mfglab::number_param("fraction", 1.0 / 3, "a sample is memorized when closer than "
                                    "fraction x its training point's nearest-neighbour distance")

@@ -10,6 +10,9 @@
 //             R = alpha_R mean R(1).
 // grad_s Phi and tr(Hess_xx Phi) come in closed form (see the header). For a quadratic H the
 // training loss and its gradient come from a hand-written kernel (block_loss.h, block_kernel.h).
+// Value field: Phi, the value function of the weighted cost alpha_L L + alpha_C KL divided by
+// alpha_L; the weights are offered as mfglab.objective_weights/1, so that Phi's terminal
+// condition (alpha_C / alpha_L)(1 + log rho_1 - log N) can be checked (hjb_terminal).
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -17,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include <mfglab/capabilities_mfg.h>
 #include <mfglab/plugin.h>
 #include <mfglab/potential.h>
 
@@ -63,7 +67,7 @@ double quadratic_lambda(mfglab::Hamiltonian& H, int64_t d) {
 }
 
 class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, public mfglab::HjbResidual,
-                     public mfglab::FlowMap {
+                     public mfglab::FlowMap, public mfglab::ObjectiveWeights {
  public:
   OtFlow(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -97,8 +101,13 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
     if (std::strcmp(id, mfglab::otflow::kInternals) == 0) return static_cast<mfglab::otflow::Internals*>(this);
     if (std::strcmp(id, mfglab::kHjbResidual) == 0) return static_cast<mfglab::HjbResidual*>(this);
     if (std::strcmp(id, mfglab::kFlowMap) == 0) return static_cast<mfglab::FlowMap*>(this);
+    if (std::strcmp(id, mfglab::kObjectiveWeights) == 0) return static_cast<mfglab::ObjectiveWeights*>(this);
     return nullptr;
   }
+
+  // ObjectiveWeights capability: the weights of L and C (R vanishes at the optimum).
+  double running_cost_weight() const override { return alpha_L_; }
+  double terminal_cost_weight() const override { return alpha_C_; }
 
   std::vector<Tensor> parameters() override { return potential_.parameters(); }
 

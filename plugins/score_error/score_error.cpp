@@ -2,9 +2,12 @@
 //
 // The model's forward process ("mfglab.forward_process/1") gives X_t = alpha(t) X_0 +
 // sigma(t) Z, and the dataset's exact density ("mfglab.exact_density/1") the score of that
-// law in closed form. For each time t in `times` (absolute times, within the model's
-// [t_min, t_max]), with x_t = alpha(t) x_0 + sigma(t) z, x_0 drawn uniformly with
-// replacement from the reference (held-out) set and z ~ N(0, I), `points` draws each:
+// law in closed form. The probe times are `times` read in `time_unit`: fractions of the
+// model's horizon t_max (the forward process's, e.g. 3 for an OU process run to T = 3; the
+// default, so that the default times span the whole process whatever its horizon), or
+// absolute times; either way each must land in the model's [t_min, t_max]. For each time t,
+// with x_t = alpha(t) x_0 + sigma(t) z, x_0 drawn uniformly with replacement from the
+// reference (held-out) set and z ~ N(0, I), `points` draws each (names carry the absolute t):
 //   score_error@t=<t> = mean |s_model(x_t, t) - s_exact(x_t, t)|²
 //   score_error       = (1/(t_K - t_1)) Σ_k (t_{k+1} - t_k)(e_k + e_{k+1})/2
 //                       over the times sorted, the trapezoid rule for the time average of
@@ -13,6 +16,7 @@
 #include <mfglab/plugin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -35,15 +39,22 @@ std::string show(double v) {
 class ScoreError final : public mfglab::Metric {
  public:
   ScoreError(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : times_(params.numbers("times")),
+      : given_(params.numbers("times")),
+        relative_(params.string("time_unit") == "horizon"),
         points_(params.integer("points")),
         generator_(ctx.generator),  // shares the run generator's state
         options_(ctx.options()) {
     if (points_ < 1) throw Error("points must be at least 1");
+    const std::string unit = params.string("time_unit");
+    if (unit != "horizon" && unit != "absolute")
+      throw Error("time_unit must be horizon or absolute, got '" + unit + "'");
     std::set<std::string> names;
-    for (double t : times_) {
-      if (!(t > 0 && t <= 1)) throw Error("times: every time must lie in (0, 1], got " + show(t));
-      if (!names.insert(name_at(t)).second)
+    for (double t : given_) {
+      if (!(t > 0) || !std::isfinite(t)) throw Error("times: every time must be > 0, got " + show(t));
+      if (relative_ && t > 1)
+        throw Error("times: with time_unit = horizon every time is a fraction of the horizon in (0, 1], got " +
+                    show(t) + " (use time_unit = absolute for absolute times)");
+      if (!names.insert(show(t)).second)
         throw Error("times: " + show(t) + " is given twice (each time reports its own value)");
     }
   }
@@ -62,10 +73,19 @@ class ScoreError final : public mfglab::Metric {
                   "model has none (no \"" + std::string(mfglab::kForwardProcess) + "\" capability)");
     if (!in.reference.defined() || in.reference.dim() != 2 || in.reference.size(0) == 0)
       throw Error("score_error needs reference data of shape [m, d], m >= 1");
-    for (double t : times_)
-      if (t < process->t_min() || t > process->t_max())
-        throw Error("score_error: time " + show(t) + " lies outside the model's forward process "
-                    "range [" + show(process->t_min()) + ", " + show(process->t_max()) + "]");
+    // The absolute probe times; a fraction of the horizon is its fraction of t_max.
+    times_.clear();
+    std::set<std::string> names;
+    for (double t : given_) {
+      const double at = relative_ ? t * process->t_max() : t;
+      if (at < process->t_min() || at > process->t_max())
+        throw Error("score_error: time " + show(at) + (relative_ ? " (" + show(t) + " of the horizon)" : "") +
+                    " lies outside the model's forward process range [" + show(process->t_min()) + ", " +
+                    show(process->t_max()) + "]");
+      if (!names.insert(name_at(at)).second)
+        throw Error("score_error: two probe times are both reported as " + name_at(at));
+      times_.push_back(at);
+    }
 
     const auto data = in.reference.detach().to(options_);
     std::vector<double> errors, relative;
@@ -135,7 +155,9 @@ class ScoreError final : public mfglab::Metric {
     return out.str();
   }
 
-  std::vector<double> times_;
+  std::vector<double> given_;  // `times` as given
+  bool relative_;               // given_ are fractions of the model's t_max
+  std::vector<double> times_;   // absolute probe times of the current evaluation
   int64_t points_;
   torch::Generator generator_;
   torch::TensorOptions options_;
@@ -145,13 +167,17 @@ class ScoreError final : public mfglab::Metric {
 
 MFGLAB_PLUGIN(ScoreError, MFGLAB_KIND_METRIC, "score_error", "1.0.0",
               "Mean |s_model(x_t,t) - s_exact(x_t,t)|^2 over x_t = alpha(t) x_0 + sigma(t) z, x_0 "
-              "from the reference set, at each given time (score_error@t=<t>); their trapezoid "
+              "from the reference set, at each given time (fractions of the model's horizon by default; "
+              "score_error@t=<absolute t>); their trapezoid "
               "time average over [min t, max t] (score_error); and the mean over times of the "
               "error relative to mean |s_exact|^2 (score_rel_error). Needs an exact-density "
               "dataset and a model with a forward process",
               "score",
               mfglab::numbers_param("times", {0.01, 0.1, 0.3, 0.5, 0.9},
-                                    "diffusion times, absolute, within the model's [t_min, t_max]")
-                  .above(0)
-                  .at_most(1),
+                                    "diffusion times, in time_unit; each must land within the model's "
+                                    "[t_min, t_max]")
+                  .above(0),
+              mfglab::choice_param("time_unit", "horizon", "horizon|absolute",
+                                   "horizon: times are fractions of the model's horizon t_max (0.9 of an OU "
+                                   "process run to T = 3 is t = 2.7); absolute: times as given"),
               mfglab::int_param("points", 2000, "noised points drawn at each time").at_least(1))

@@ -13,12 +13,15 @@
 // velocity constant: v = w, paths x0 + w t;   velocity linear: v = A x, paths expm(A t) x0.
 // The flow pushes the data to N(0, I) at T by convention, so log_prob(x0) = log N(x(T)) +
 // log det(dx(T)/dx0). Collocation: t ~ U(0, T) from the run's generator, x on the path.
-// The mfglab.flow_map/1 capability (deterministic cases) is offered unless flow_map = false.
+// The mfglab.flow_map/1 capability (deterministic cases) is offered unless flow_map = false;
+// mfglab.objective_weights/1 with (alpha_L, alpha_C) when objective_weights = true (the model
+// then stands for one trained on alpha_L int L + alpha_C G, whose value field is U / alpha_L).
 #include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include <mfglab/capabilities_mfg.h>
 #include <mfglab/plugin.h>
 
 namespace {
@@ -28,7 +31,7 @@ using torch::Tensor;
 
 constexpr double kLog2Pi = 1.8378770664093454836;
 
-class MfgTestModel final : public mfglab::Model, public mfglab::FlowMap {
+class MfgTestModel final : public mfglab::Model, public mfglab::FlowMap, public mfglab::ObjectiveWeights {
  public:
   MfgTestModel(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -40,6 +43,9 @@ class MfgTestModel final : public mfglab::Model, public mfglab::FlowMap {
         sigma_(params.number("sigma")),
         T_(params.number("T")),
         offers_flow_map_(params.flag("flow_map")),
+        offers_weights_(params.flag("objective_weights")),
+        alpha_L_(params.number("alpha_L")),
+        alpha_C_(params.number("alpha_C")),
         generator_(ctx.generator),
         options_(ctx.options()) {
     if (d_ < 1) throw Error("mfg_test_model needs the data dimension");
@@ -56,8 +62,12 @@ class MfgTestModel final : public mfglab::Model, public mfglab::FlowMap {
 
   void* capability(const char* id) override {
     if (offers_flow_map_ && std::strcmp(id, mfglab::kFlowMap) == 0) return static_cast<mfglab::FlowMap*>(this);
+    if (offers_weights_ && std::strcmp(id, mfglab::kObjectiveWeights) == 0)
+      return static_cast<mfglab::ObjectiveWeights*>(this);
     return nullptr;
   }
+  double running_cost_weight() const override { return alpha_L_; }
+  double terminal_cost_weight() const override { return alpha_C_; }
 
   std::vector<Tensor> parameters() override { return {perturb_}; }
   mfglab::LossTerms loss(const Tensor&) override { return {{"zero", perturb_ * 0}}; }
@@ -126,7 +136,8 @@ class MfgTestModel final : public mfglab::Model, public mfglab::FlowMap {
   bool viscous_;
   std::string velocity_;
   double lambda_, c_, k_, sigma_, T_;
-  bool offers_flow_map_;
+  bool offers_flow_map_, offers_weights_;
+  double alpha_L_, alpha_C_;
   torch::Generator generator_;
   torch::TensorOptions options_;
   Tensor perturb_, w_, A_;
@@ -148,4 +159,7 @@ MFGLAB_PLUGIN(MfgTestModel, MFGLAB_KIND_MODEL, "mfg_test_model", "1.0.0",
               mfglab::number_param("perturb", 0.0, "adds perturb * sin(sum x + t) to U"),
               mfglab::numbers_param("w", {1.0}, "constant velocity (1 or d entries)"),
               mfglab::numbers_param("A", {0.0}, "linear velocity matrix, d * d entries row-major"),
-              mfglab::bool_param("flow_map", true, "offer the mfglab.flow_map/1 capability"))
+              mfglab::bool_param("flow_map", true, "offer the mfglab.flow_map/1 capability"),
+              mfglab::bool_param("objective_weights", false, "offer mfglab.objective_weights/1 with alpha_L, alpha_C"),
+              mfglab::number_param("alpha_L", 1.0, "running cost weight reported by objective_weights").at_least(0),
+              mfglab::number_param("alpha_C", 1.0, "terminal cost weight reported by objective_weights").at_least(0))
