@@ -119,7 +119,7 @@ TEST_CASE("top-level keys", "[experiment]") {
   SECTION("unknown key, with a suggestion") {
     CHECK_ERROR(patched(R"({"sedes": [1]})"),
                 "bad.json: /sedes: unknown key (expected one of: name, description, seeds, dtype, dataset, "
-                "model, hamiltonian, regularizers, train, eval, sweep) (did you mean 'seeds'?)");
+                "model, hamiltonian, regularizers, train, eval, sweep, variants) (did you mean 'seeds'?)");
   }
   SECTION("bad dtype and description") {
     CHECK_ERROR(patched(R"({"dtype": "float16"})"),
@@ -522,7 +522,7 @@ TEST_CASE("very long words give errors, without suggestions", "[experiment][name
               "bad.json: /dtype: expected one of float32, float64, got \"" + std::string(36, 's') + "...");
   CHECK_ERROR(patched(R"({")" + longname + R"(": 1})"),
               "bad.json: /" + longname + ": unknown key (expected one of: name, description, seeds, dtype, dataset, "
-              "model, hamiltonian, regularizers, train, eval, sweep)");
+              "model, hamiltonian, regularizers, train, eval, sweep, variants)");
   CHECK(did_you_mean(std::string(65, 'a'), {std::string(65, 'a')}).empty());
   CHECK(did_you_mean("sgn", {"sgm", std::string(100000, 'x')}) == " (did you mean 'sgm'?)");
 }
@@ -681,6 +681,25 @@ TEST_CASE("100000 runs validate in a few seconds", "[experiment][pathological][p
     INFO(s << " s");
     CHECK(s < 30);
   }
+  SECTION("10 seeds x 10000 variants") {
+    auto j = base();
+    j["seeds"] = nlohmann::ordered_json::array();
+    for (int i = 0; i < 10; ++i) j["seeds"].push_back(i);
+    for (int i = 0; i < 10000; ++i)
+      j["variants"][fmt::format("v{}", i)] = {{"model", {{"plugin", "sgm"}, {"params", {{"width", i + 1}}}}}};
+    const double s = seconds_for(j.dump(), 100000);
+    INFO(s << " s");
+    CHECK(s < 30);
+  }
+  SECTION("10000 variants with the same error in the experiment's sections: one line") {
+    auto j = base();
+    j["train"]["batch_size"] = 0;
+    for (int i = 0; i < 10000; ++i) j["variants"][fmt::format("v{}", i)] = {{"train", {{"iterations", i + 1}}}};
+    const auto start = clock::now();
+    CHECK(errors_of(j.dump()) ==
+          std::vector<std::string>{"bad.json: /train/batch_size: expected an integer >= 1 and <= 100000000, got 0"});
+    CHECK(std::chrono::duration<double>(clock::now() - start).count() < 30);
+  }
 }
 
 // ---- the resolved configuration ----------------------------------------------------
@@ -739,6 +758,283 @@ TEST_CASE("config holds every resolved engine setting", "[experiment][config]") 
     CHECK(ex2.runs[1].config.at("train").at("optimizer").at("lr") == 0.2);
     CHECK(ex2.runs[1].config.at("train").at("batch_size") == 16);
     CHECK(ex2.runs[1].config.at("eval").at("samples") == 7);
+  }
+}
+
+// ---- variants ------------------------------------------------------------------------
+
+namespace {
+
+// The base experiment with a merge patch applied and "variants" set (in the order written).
+std::string with_variants(const std::string& variants, const std::string& patch = "{}") {
+  auto j = base();
+  j.merge_patch(nlohmann::ordered_json::parse(patch));
+  j["variants"] = nlohmann::ordered_json::parse(variants);
+  return j.dump(2);
+}
+
+const std::string kVariantSections = "dataset, model, hamiltonian, regularizers, train, eval, dtype";
+
+}  // namespace
+
+TEST_CASE("variants cross with seeds and the sweep", "[experiment][variants]") {
+  const std::string two = R"({"small": {"model": {"plugin": "sgm", "params": {"width": 16}}},
+                              "flow": {"model": {"plugin": "cnf"}, "train": {"optimizer": {"lr": 0.01}}}})";
+  auto ex = parse_experiment(with_variants(two, R"({"seeds": [0, 1]})"), "good.json", host());
+  REQUIRE(ex.runs.size() == 4);
+  std::vector<std::string> ids;
+  for (const auto& r : ex.runs) ids.push_back(r.run_id);
+  CHECK(ids == std::vector<std::string>{"variant=small,seed=0", "variant=small,seed=1", "variant=flow,seed=0",
+                                        "variant=flow,seed=1"});
+  const auto& small = ex.runs[0];
+  const auto& flow = ex.runs[2];
+  CHECK(small.label == "variant=small");
+  CHECK(small.variant == "small");
+  CHECK(flow.variant == "flow");
+  CHECK(small.config.at("variant") == "small");
+  CHECK(flow.config.at("label") == "variant=flow");
+  CHECK(flow.config.at("run_id") == "variant=flow,seed=0");
+  CHECK_FALSE(flow.config.contains("variants"));
+  // model is replaced whole: the base's sgm parameters do not reach cnf.
+  CHECK(small.model.params == json::parse(R"({"width": 16})"));
+  CHECK(flow.model.plugin == "cnf");
+  CHECK(flow.model.params == json::object());
+  // train is merged key by key: lr from the variant, the rest from the experiment.
+  CHECK(flow.train.lr == 0.01);
+  CHECK(flow.train.optimizer == "adam");
+  CHECK(flow.train.iterations == 10);
+  CHECK(flow.train.batch_size == 16);
+  CHECK(small.train.lr == 0.001);
+  CHECK(flow.config.at("train").at("optimizer").at("lr") == 0.01);
+  CHECK(flow.eval.metrics.size() == 1);
+
+  SECTION("with a sweep: variant first, then the swept values; the sweep applies on top of the variant") {
+    auto swept = parse_experiment(with_variants(two, R"({"seeds": [0, 1], "sweep": {"train.optimizer.lr": [0.02, 0.03]}})"),
+                                  "good.json", host());
+    REQUIRE(swept.runs.size() == 8);
+    CHECK(swept.runs[0].run_id == "variant=small,lr=0.02,seed=0");
+    CHECK(swept.runs[0].label == "variant=small,lr=0.02");
+    CHECK(swept.runs[7].run_id == "variant=flow,lr=0.03,seed=1");
+    CHECK(swept.runs[7].train.lr == 0.03);
+    CHECK(swept.runs[7].model.plugin == "cnf");
+  }
+  SECTION("without a variant, nothing changes: run ids, labels, config") {
+    auto plain = parse_experiment(base().dump(), "good.json", host());
+    CHECK(plain.runs[0].variant.empty());
+    CHECK_FALSE(plain.runs[0].config.contains("variant"));
+    CHECK_FALSE(plain.runs[0].config.at("eval").contains("skipped_metrics"));
+  }
+  SECTION("eval merges key by key, null removes a key, a null section removes it") {
+    auto ex2 = parse_experiment(
+        with_variants(R"({"a": {"eval": {"samples": 7}, "train": {"batch_size": null}},
+                          "b": {"hamiltonian": null, "dtype": "float64"}})",
+                      R"({"hamiltonian": {"plugin": "quadratic"}})"),
+        "good.json", host());
+    REQUIRE(ex2.runs.size() == 2);
+    CHECK(ex2.runs[0].eval.samples == 7);
+    CHECK(ex2.runs[0].eval.metrics.size() == 1);  // the experiment's metrics stay
+    CHECK(ex2.runs[0].train.batch_size == 256);   // removed: the default
+    CHECK(ex2.runs[0].hamiltonian.has_value());
+    CHECK_FALSE(ex2.runs[1].hamiltonian.has_value());
+    CHECK_FALSE(ex2.runs[1].config.contains("hamiltonian"));
+    CHECK(ex2.runs[1].dtype == "float64");
+    CHECK(ex2.runs[1].train.batch_size == 16);
+  }
+  SECTION("the experiment's own sections need not be complete: each variant completes them") {
+    auto ex3 = parse_experiment(with_variants(R"({"a": {"model": {"plugin": "sgm"}}, "b": {"model": {"plugin": "cnf"}}})",
+                                              R"({"model": null})"),
+                                "good.json", host());
+    CHECK(ex3.runs.size() == 2);
+  }
+}
+
+TEST_CASE("variant errors point into the variant", "[experiment][variants]") {
+  SECTION("a section the variant replaces") {
+    CHECK_ERROR(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"model": {"plugin": "sgm", "params": {"width": 0}}}})"),
+                "bad.json: /variants/b/model/params/width: expected an integer >= 1, got 0");
+    CHECK_ERROR(with_variants(R"({"a": {"model": {"plugin": "sgn"}}})"),
+                "bad.json: /variants/a/model/plugin: no model plugin named 'sgn' (did you mean 'sgm'?); available: " +
+                    available(MFGLAB_KIND_MODEL));
+  }
+  SECTION("a key the variant sets in train; the experiment's own keys keep their paths") {
+    CHECK_ERROR(with_variants(R"({"a": {"train": {"optimizer": {"lr": -1}}}})"),
+                "bad.json: /variants/a/train/optimizer/lr: expected a number > 0, got -1");
+    // Wrong in the experiment, inherited by both variants: one line, at the experiment's path.
+    CHECK_ERROR(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"train": {"iterations": 6}}})",
+                              R"({"train": {"batch_size": 0}})"),
+                "bad.json: /train/batch_size: expected an integer >= 1 and <= 100000000, got 0");
+  }
+  SECTION("a section neither the experiment nor the variant gives") {
+    CHECK_ERROR(with_variants(R"({"a": {"model": {"plugin": "sgm"}}, "b": {"train": {"iterations": 5}}})",
+                              R"({"model": null})"),
+                "bad.json: /variants/b: missing key 'model' (e.g. {\"plugin\": \"sgm\"})");
+  }
+  SECTION("an error of the experiment's sections that only some variants have names them") {
+    CHECK_ERROR(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"model": {"plugin": "cnf"}}})",
+                              R"({"model": {"plugin": "sgm", "params": null},
+                                  "regularizers": [{"plugin": "needs_value", "weight": 0.1}]})"),
+                "bad.json: /regularizers/0/plugin: regularizer 'needs_value' needs the model's 'value' field, "
+                "which model 'cnf' does not provide (it provides: velocity, log_prob) (variant 'b')");
+    auto lines = errors_of(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"model": {"plugin": "cnf"}}})",
+                                         R"({"sweep": {"model.params.beta_min": [0.2]}})"));
+    REQUIRE(lines.size() == 1);
+    CHECK(lines[0].rfind("bad.json: /sweep/model.params.beta_min/0: unknown parameter of plugin 'cnf'", 0) == 0);
+    CHECK(lines[0].substr(lines[0].size() - 14) == " (variant 'b')");
+  }
+  SECTION("the variants object") {
+    CHECK_ERROR(with_variants("{}"),
+                "bad.json: /variants: expected at least one variant ({\"NAME\": {\"model\": {...}}, ...}), got {}");
+    CHECK_ERROR(with_variants("[1]"),
+                "bad.json: /variants: expected an object mapping variant names to the sections they replace "
+                "({\"NAME\": {\"model\": {...}}, ...}), got [1]");
+    CHECK_ERROR(with_variants(R"({"a": 3})"),
+                "bad.json: /variants/a: expected an object of the sections this variant replaces (" + kVariantSections +
+                    "), got 3");
+  }
+  SECTION("a variant that overrides nothing") {
+    const std::string nothing = "the variant overrides nothing: give it at least one of " + kVariantSections;
+    CHECK_ERROR(with_variants(R"({"a": {}})"), "bad.json: /variants/a: " + nothing);
+    CHECK_ERROR(with_variants(R"({"a": {"description": "the same"}})"), "bad.json: /variants/a: " + nothing);
+  }
+  SECTION("two variants with the same configuration") {
+    CHECK_ERROR(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"train": {"iterations": 5}, "description": "x"}})"),
+                "bad.json: /variants/b: the same configuration as variant 'a'");
+  }
+  SECTION("unknown keys, with a suggestion") {
+    const std::string holds = "unknown key (a variant holds: description, " + kVariantSections + ")";
+    CHECK_ERROR(with_variants(R"({"a": {"modle": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/a/modle: " + holds + " (did you mean 'model'?)");
+    CHECK_ERROR(with_variants(R"({"a": {"seeds": [3], "model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/a/seeds: " + holds);
+    CHECK_ERROR(with_variants(R"({"a": {"description": 3, "model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/a/description: expected a string, got 3");
+  }
+  SECTION("variant names must be usable in folder names") {
+    const std::string expected = "variant name: expected a name of letters, digits, '_', '-', '.' (not starting "
+                                 "with '.'), got ";
+    CHECK_ERROR(with_variants(R"({"my arm": {"model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/my arm: " + expected + "\"my arm\"");
+    CHECK_ERROR(with_variants(R"({".hidden": {"model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/.hidden: " + expected + "\".hidden\"");
+    CHECK_ERROR(with_variants(R"({"a/b": {"model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/a~1b: " + expected + "\"a/b\"");
+    CHECK_ERROR(with_variants(R"({"": {"model": {"plugin": "cnf"}}})"), "bad.json: /variants/: " + expected + "\"\"");
+    CHECK_ERROR(with_variants(R"({"a,b=c": {"model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/a,b=c: " + expected + "\"a,b=c\"");
+  }
+  SECTION("variants cannot be swept") {
+    CHECK_ERROR(with_variants(R"({"a": {"model": {"plugin": "cnf"}}})", R"({"sweep": {"variants.a.dtype": ["float64"]}})"),
+                "bad.json: /sweep/variants.a.dtype: cannot sweep 'variants.a.dtype': a sweep path starts with one of "
+                "dataset, model, hamiltonian, regularizers, train, eval, dtype");
+  }
+  SECTION("variants count towards the run limit") {
+    std::string many = "{";
+    for (int i = 0; i < 20; ++i) many += fmt::format("{}\"v{}\": {{\"train\": {{\"iterations\": {}}}}}", i ? "," : "", i, i + 1);
+    many += "}";
+    CHECK_ERROR(with_variants(many, R"({"sweep": {"train.batch_size": [)" + [] {
+                  std::string v;
+                  for (int i = 1; i <= 5001; ++i) v += (i > 1 ? "," : "") + std::to_string(i);
+                  return v;
+                }() + "]}}"),
+                "bad.json: /sweep: expected at most 100000 runs (the sizes of the sweep lists multiplied together, "
+                "times the number of seeds and of variants), got 100020");
+  }
+}
+
+TEST_CASE("a metric that a variant's model cannot compute is skipped for that variant", "[experiment][variants]") {
+  const std::string metrics = R"({"eval": {"metrics": [{"plugin": "mmd"}, {"plugin": "transport"}]}})";
+  const std::string reason = "metric 'transport' needs the model's 'velocity' field, which model 'sgm' does not "
+                             "provide (it provides: score, log_prob, value)";
+  SECTION("skipped where the model lacks the field, kept where it has it") {
+    auto ex = parse_experiment(with_variants(R"({"score": {"model": {"plugin": "sgm"}}, "flow": {"model": {"plugin": "cnf"}}})",
+                                             metrics),
+                               "good.json", host());
+    REQUIRE(ex.runs.size() == 2);
+    const auto& score = ex.runs[0];
+    const auto& flow = ex.runs[1];
+    REQUIRE(score.eval.metrics.size() == 1);
+    CHECK(score.eval.metrics[0].plugin == "mmd");
+    REQUIRE(score.eval.skipped_metrics.size() == 1);
+    CHECK(score.eval.skipped_metrics[0].plugin == "transport");
+    CHECK(score.eval.skipped_metrics[0].reason == reason);
+    CHECK(score.config.at("eval").at("metrics") == json::parse(R"([{"plugin": "mmd"}])"));
+    CHECK(score.config.at("eval").at("skipped_metrics") ==
+          json::parse(R"([{"plugin": "transport", "reason": ")" + reason + "\"}]"));
+    CHECK(flow.eval.metrics.size() == 2);
+    CHECK(flow.eval.skipped_metrics.empty());
+    CHECK_FALSE(flow.config.at("eval").contains("skipped_metrics"));
+  }
+  SECTION("without variants it is an error, as before") {
+    CHECK_ERROR(patched(metrics), "bad.json: /eval/metrics/1/plugin: " + reason);
+  }
+  SECTION("a metric no variant can compute is an error") {
+    CHECK_ERROR(with_variants(R"({"a": {"model": {"plugin": "sgm", "params": {"width": 8}}}, "b": {"model": {"plugin": "sgm"}}})",
+                              metrics),
+                "bad.json: /eval/metrics/1/plugin: " + reason + "; no variant can compute it");
+  }
+  SECTION("a metric a variant lists itself is not skipped") {
+    CHECK_ERROR(with_variants(R"({"a": {"eval": {"metrics": [{"plugin": "transport"}]}}, "b": {"model": {"plugin": "cnf"}}})"),
+                "bad.json: /variants/a/eval/metrics/0/plugin: " + reason);
+  }
+}
+
+TEST_CASE("every experiment file in experiments/ is valid", "[experiment][files]") {
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(MFGLAB_SOURCE_DIR) / "experiments")) {
+    if (e.path().extension() != ".json") continue;
+    INFO(e.path().string());
+    CHECK_NOTHROW(load_experiment(e.path().string(), host()));
+    ++files;
+  }
+  CHECK(files >= 10);
+}
+
+TEST_CASE("the cnf_vs_otflow study resolves to the settings of its two former files", "[experiment][files]") {
+  auto ex = load_experiment(std::string(MFGLAB_SOURCE_DIR) + "/experiments/cnf_vs_otflow.json", host());
+  CHECK(ex.name == "cnf_vs_otflow");
+  REQUIRE(ex.runs.size() == 10);
+  CHECK(ex.runs[0].run_id == "variant=cnf,seed=0");
+  CHECK(ex.runs[9].run_id == "variant=otflow,seed=4");
+  // experiments/cnf_vs_otflow_cnf.json and cnf_vs_otflow_otflow.json as they were (without
+  // their descriptions).
+  const std::string common = R"(
+    "seeds": [0, 1, 2, 3, 4],
+    "dtype": "float32",
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 100000, "test_size": 5000}},
+    "eval": {"samples": 5000, "metrics": [
+      {"plugin": "nll", "params": {"batch": 5000}},
+      {"plugin": "transport", "params": {"steps": 32, "max_points": 2000}},
+      {"plugin": "inverse_error", "params": {"max_points": 2000}},
+      {"plugin": "mmd", "params": {"bandwidth": [0.7071067811865476]}}]},)";
+  const std::string cnf = R"({"name": "cnf_vs_otflow_cnf",)" + common + R"(
+    "model": {"plugin": "cnf", "params": {"width": 64, "depth": 3, "activation": "tanh", "solver": "rk4",
+                                         "steps": 8, "eval_steps": 8, "divergence": "exact"}},
+    "train": {"iterations": 300, "batch_size": 512, "optimizer": {"type": "adam", "lr": 0.005},
+              "schedule": {"type": "cosine", "min_lr": 0.0001}, "grad_clip": 5.0, "log_every": 50,
+              "checkpoint_every": 300}})";
+  const std::string otflow = R"({"name": "cnf_vs_otflow_otflow",)" + common + R"(
+    "model": {"plugin": "otflow", "params": {"width": 32, "layers": 2, "steps": 8, "eval_steps": 8,
+                                            "alpha_L": 1.0, "alpha_C": 100.0, "alpha_R": 5.0}},
+    "hamiltonian": {"plugin": "quadratic", "params": {"lambda": 1.0}},
+    "train": {"iterations": 300, "batch_size": 512, "optimizer": {"type": "adam", "lr": 0.1},
+              "schedule": {"type": "step", "step_size": 100, "gamma": 0.5}, "log_every": 50,
+              "checkpoint_every": 300}})";
+  auto former_cnf = parse_experiment(cnf, "cnf.json", host());
+  auto former_otflow = parse_experiment(otflow, "otflow.json", host());
+  REQUIRE(former_cnf.runs.size() == 5);
+  // The same configuration apart from names, labels, run ids and the description.
+  auto strip = [](json c) {
+    for (const char* k : {"name", "description", "label", "run_id", "variant"}) c.erase(k);
+    return c;
+  };
+  for (size_t s = 0; s < 5; ++s) {
+    INFO("seed " << s);
+    CHECK(ex.runs[s].variant == "cnf");
+    CHECK(strip(ex.runs[s].config) == strip(former_cnf.runs[s].config));
+    CHECK(ex.runs[5 + s].variant == "otflow");
+    CHECK(strip(ex.runs[5 + s].config) == strip(former_otflow.runs[s].config));
+    CHECK(ex.runs[s].eval.skipped_metrics.empty());
+    CHECK(ex.runs[5 + s].eval.skipped_metrics.empty());
   }
 }
 

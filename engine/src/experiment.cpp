@@ -245,10 +245,16 @@ std::optional<int64_t> memory_size(const nlohmann::json& v) {
 }
 
 const std::vector<std::string> kTopKeys = {"name", "description", "seeds", "dtype", "dataset", "model",
-                                           "hamiltonian", "regularizers", "train", "eval", "sweep"};
+                                           "hamiltonian", "regularizers", "train", "eval", "sweep", "variants"};
+// What a variant may hold: the sections it overrides, and a description of its own.
+const std::vector<std::string> kVariantKeys = {"description", "dataset", "model", "hamiltonian", "regularizers",
+                                               "train", "eval", "dtype"};
 
-// Validates one configuration (sweep already applied) and fills `run`.
-void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, RunSpec& run) {
+// Validates one configuration (variant and sweep already applied) and fills `run`. With
+// `skip_unmet_metrics`, a metric whose needs this configuration cannot meet is left out
+// and listed in run.eval.skipped_metrics instead of being an error.
+void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, RunSpec& run,
+                 bool skip_unmet_metrics = false) {
   c.only_keys(cfg, "", kTopKeys);
   c.choice(cfg, "", "dtype", run.dtype, {"float32", "float64"});
 
@@ -263,19 +269,24 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
   }
 
   // What a regularizer or metric needs ("hamiltonian", or a model field) must exist.
-  auto check_needs = [&](const LoadedPlugin* p, const std::string& path) {
+  auto unmet_needs = [&](const LoadedPlugin* p) {
+    std::vector<std::string> unmet;
     for (const auto& need : p->fields) {
       if (need == "hamiltonian") {
         if (!run.hamiltonian)
-          c.error(path, fmt::format("{} '{}' needs a Hamiltonian: add \"hamiltonian\": {{\"plugin\": ...}} ({})",
-                                    kind_name(p->kind()), p->name(), join(host.names(MFGLAB_KIND_HAMILTONIAN))));
+          unmet.push_back(fmt::format("{} '{}' needs a Hamiltonian: add \"hamiltonian\": {{\"plugin\": ...}} ({})",
+                                      kind_name(p->kind()), p->name(), join(host.names(MFGLAB_KIND_HAMILTONIAN))));
       } else if (model != nullptr && !model->has_field(need)) {
-        c.error(path, fmt::format("{} '{}' needs the model's '{}' field, which model '{}' does not provide "
-                                  "(it provides: {})",
-                                  kind_name(p->kind()), p->name(), need, model->name(),
-                                  model->fields.empty() ? "none" : join(model->fields)));
+        unmet.push_back(fmt::format("{} '{}' needs the model's '{}' field, which model '{}' does not provide "
+                                    "(it provides: {})",
+                                    kind_name(p->kind()), p->name(), need, model->name(),
+                                    model->fields.empty() ? "none" : join(model->fields)));
       }
     }
+    return unmet;
+  };
+  auto check_needs = [&](const LoadedPlugin* p, const std::string& path) {
+    for (const auto& message : unmet_needs(p)) c.error(path, message);
   };
 
   if (cfg.contains("regularizers")) {
@@ -363,6 +374,12 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
             const auto& l = ms[i].at("label");
             if (!l.is_string() || l.get<std::string>().empty()) c.error(path + "/label", "expected a non-empty string, got " + show(l));
             else m.label = l.get<std::string>();
+          }
+          if (p && skip_unmet_metrics && model != nullptr) {
+            if (auto unmet = unmet_needs(p); !unmet.empty()) {
+              run.eval.skipped_metrics.push_back({m.plugin, m.label, unmet.front(), i});
+              continue;
+            }
           }
           if (p) {
             check_needs(p, path + "/plugin");
@@ -596,6 +613,63 @@ nlohmann::json train_json(const TrainConfig& t) {
   return out;
 }
 
+// The experiment with one variant's sections in place of its own (see experiment.h):
+// train and eval merged key by key (RFC 7386), the others replaced; null removes a section.
+nlohmann::json apply_variant(nlohmann::json cfg, const nlohmann::json& patch) {
+  for (const auto& [key, value] : patch.items()) {
+    if (key == "description") continue;
+    if ((key == "train" || key == "eval") && value.is_object()) {
+      if (!cfg.contains(key) || !cfg[key].is_object()) cfg[key] = nlohmann::json::object();
+      cfg[key].merge_patch(value);
+    } else if (value.is_null()) {
+      cfg.erase(key);
+    } else {
+      cfg[key] = value;
+    }
+  }
+  return cfg;
+}
+
+// True when `path` (a JSON pointer as the checker writes it, keys unescaped) leads to a
+// value in `j`.
+bool has_path(const nlohmann::json& j, const std::string& path) {
+  const nlohmann::json* cur = &j;
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t slash = path.find('/', start);
+    if (slash == std::string::npos) slash = path.size();
+    const std::string token = path.substr(start, slash - start);
+    if (cur->is_object()) {
+      auto it = cur->find(token);
+      if (it == cur->end()) return false;
+      cur = &*it;
+    } else if (cur->is_array()) {
+      if (token.empty() || token.size() > 18 ||
+          !std::all_of(token.begin(), token.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+        return false;
+      const size_t index = std::stoull(token);
+      if (index >= cur->size()) return false;
+      cur = &(*cur)[index];
+    } else {
+      return false;
+    }
+    start = slash + 1;
+  }
+  return true;
+}
+
+// Whether an error at `path` of a variant's configuration is about something the variant
+// wrote: a section it replaces, a key it sets in train or eval, or (at the root) a section
+// that neither it nor the experiment gives.
+bool variant_owns(const std::string& path, const nlohmann::json& patch) {
+  if (path.empty() || path == "/") return true;
+  const size_t slash = path.find('/', 1);
+  const std::string top = path.substr(1, slash == std::string::npos ? std::string::npos : slash - 1);
+  if (!patch.contains(top)) return false;
+  if ((top == "train" || top == "eval") && patch.at(top).is_object()) return has_path(patch, path);
+  return true;
+}
+
 }  // namespace
 
 Experiment parse_experiment(const std::string& text, const std::string& file, const PluginHost& host) {
@@ -620,23 +694,28 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
     if (seen_lines.insert(line).second) lines.push_back(std::move(line));
   };
 
-  // name and seeds are read once; the rest per expanded configuration.
-  if (!root.contains("name")) {
-    add("", "missing key 'name' (a short identifier, used as the results folder)");
-  } else {
-    const auto& n = root.at("name");
+  // A name that is a usable part of a folder name: the experiment's, and each variant's.
+  auto name_problem = [](const nlohmann::json& n) -> std::string {
     auto name_char = [](char ch) {
       return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' ||
              ch == '-' || ch == '.';
     };
     if (n.is_string() && n.get_ref<const std::string&>().size() > kMaxNameBytes)
-      add("/name", fmt::format("expected a name of at most {} bytes, got {} bytes", kMaxNameBytes,
-                               n.get_ref<const std::string&>().size()));
-    else if (!n.is_string() || n.get_ref<const std::string&>().empty() || n.get_ref<const std::string&>().front() == '.' ||
-             !std::all_of(n.get_ref<const std::string&>().begin(), n.get_ref<const std::string&>().end(), name_char))
-      add("/name", "expected a name of letters, digits, '_', '-', '.' (not starting with '.'), got " + show(n));
-    else
-      ex.name = n.get<std::string>();
+      return fmt::format("expected a name of at most {} bytes, got {} bytes", kMaxNameBytes,
+                         n.get_ref<const std::string&>().size());
+    if (!n.is_string() || n.get_ref<const std::string&>().empty() || n.get_ref<const std::string&>().front() == '.' ||
+        !std::all_of(n.get_ref<const std::string&>().begin(), n.get_ref<const std::string&>().end(), name_char))
+      return "expected a name of letters, digits, '_', '-', '.' (not starting with '.'), got " + show(n);
+    return "";
+  };
+
+  // name and seeds are read once; the rest per expanded configuration.
+  if (!root.contains("name")) {
+    add("", "missing key 'name' (a short identifier, used as the results folder)");
+  } else {
+    const auto& n = root.at("name");
+    if (auto problem = name_problem(n); !problem.empty()) add("/name", problem);
+    else ex.name = n.get<std::string>();
   }
   if (root.contains("description") && !root.at("description").is_string())
     add("/description", "expected a string, got " + show(root.at("description")));
@@ -653,6 +732,62 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
         else if (!seen.insert(s[i].get<uint64_t>()).second) add(fmt::format("/seeds/{}", i), fmt::format("seed {} appears twice", s[i].get<uint64_t>()));
         else seeds.push_back(s[i].get<uint64_t>());
       }
+  }
+
+  // Variants: {"NAME": {section: ...}}, in file order; each one an arm of the study.
+  struct Variant {
+    std::string name;
+    std::string path;     // "/variants/NAME"
+    nlohmann::json patch;  // the sections it overrides
+  };
+  std::vector<Variant> variants;
+  const bool has_variants = root.contains("variants");
+  if (has_variants) {
+    const auto& vs = root.at("variants");
+    if (!vs.is_object()) {
+      add("/variants", "expected an object mapping variant names to the sections they replace "
+                       "({\"NAME\": {\"model\": {...}}, ...}), got " + show(vs));
+    } else if (vs.empty()) {
+      add("/variants", "expected at least one variant ({\"NAME\": {\"model\": {...}}, ...}), got {}");
+    } else {
+      const auto ordered = nlohmann::ordered_json::parse(text).at("variants");
+      for (const auto& item : ordered.items()) {
+        const std::string& name = item.key();
+        const auto& v = vs.at(name);
+        const std::string path = "/variants/" + pointer_token(name);
+        bool ok = true;
+        if (auto problem = name_problem(nlohmann::json(name)); !problem.empty()) {
+          add(path, "variant name: " + problem);
+          ok = false;
+        }
+        if (!v.is_object()) {
+          add(path, fmt::format("expected an object of the sections this variant replaces ({}), got {}",
+                                join({kVariantKeys.begin() + 1, kVariantKeys.end()}), show(v)));
+          continue;
+        }
+        size_t overrides = 0;
+        for (const auto& [key, value] : v.items()) {
+          if (std::find(kVariantKeys.begin(), kVariantKeys.end(), key) == kVariantKeys.end()) {
+            add(path + "/" + pointer_token(key),
+                fmt::format("unknown key (a variant holds: {}){}", join(kVariantKeys), did_you_mean(key, kVariantKeys)));
+            ok = false;
+          } else if (key == "description") {
+            if (!value.is_string()) {
+              add(path + "/description", "expected a string, got " + show(value));
+              ok = false;
+            }
+          } else {
+            ++overrides;
+          }
+        }
+        if (overrides == 0 && ok) {
+          add(path, fmt::format("the variant overrides nothing: give it at least one of {}",
+                                join({kVariantKeys.begin() + 1, kVariantKeys.end()})));
+          ok = false;
+        }
+        if (ok) variants.push_back({name, path, v});
+      }
+    }
   }
 
   // Sweep: {"dotted.path": [values...]}, expanded as a Cartesian product in file order.
@@ -675,7 +810,7 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
         const auto& values = sw.at(key);
         const std::string top = key.substr(0, key.find('.'));
         auto parts = dotted_parts(key);
-        if (top == "name" || top == "seeds" || top == "sweep" ||
+        if (top == "name" || top == "seeds" || top == "sweep" || top == "variants" ||
             std::find(kTopKeys.begin(), kTopKeys.end(), top) == kTopKeys.end()) {
           add("/sweep/" + key, fmt::format("cannot sweep '{}': a sweep path starts with one of dataset, model, "
                                            "hamiltonian, regularizers, train, eval, dtype", clip(key)));
@@ -705,13 +840,16 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
   {
     uint64_t total = seeds.size();
     bool overflow = false;
+    if (has_variants && !variants.empty())
+      overflow = __builtin_mul_overflow(total, static_cast<uint64_t>(variants.size()), &total);
     for (const auto& k : sweep)
       if (__builtin_mul_overflow(total, static_cast<uint64_t>(k.values.size()), &total)) overflow = true;
     if (overflow || total > kMaxRuns)
       add(sweep.empty() ? "/seeds" : "/sweep",
           fmt::format("expected at most {} runs (the sizes of the sweep lists multiplied together, times the "
-                      "number of seeds), got {}",
-                      kMaxRuns, overflow ? "more than 18446744073709551615" : std::to_string(total)));
+                      "number of seeds{}), got {}",
+                      kMaxRuns, has_variants ? " and of variants" : "",
+                      overflow ? "more than 18446744073709551615" : std::to_string(total)));
   }
   if (!lines.empty()) throw ExperimentError(lines);
 
@@ -784,58 +922,169 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
   nlohmann::json base = root;
   base.erase("sweep");
   base.erase("seeds");
-  std::unordered_map<std::string, size_t> run_ids;  // run id -> combination
-  ex.runs.reserve(combos * seeds.size());
-  for (size_t combo = 0; combo < combos; ++combo) {
-    nlohmann::json cfg = base;
-    std::map<std::string, std::string> swept_paths;  // pointer -> /sweep/key/index
-    const auto index = indices_of(combo);
-    for (size_t k = sweep.size(); k-- > 0;) {
-      const auto& sk = sweep[k];
-      if (!set_path(cfg, sk.parts, sk.values[index[k]])) {
-        add(fmt::format("/sweep/{}", sk.key), fmt::format("path '{}' does not lead into the experiment", clip(sk.key)));
+  base.erase("variants");
+
+  // Errors of the expanded configurations, in order of first appearance. An error at a path
+  // outside the variants (the experiment's own sections, the sweep) that only some variants
+  // have names them.
+  std::vector<std::pair<std::string, std::vector<std::string>>> config_errors;  // line, variants
+  std::unordered_map<std::string, size_t> config_error_index;
+  auto add_config_error = [&](const std::string& path, const std::string& msg, const std::string& variant) {
+    std::string line = fmt::format("{}: {}: {}", file, path.empty() ? "/" : path, msg);
+    auto [it, inserted] = config_error_index.emplace(line, config_errors.size());
+    if (inserted) config_errors.push_back({std::move(line), {}});
+    auto& names = config_errors[it->second].second;
+    // Variants are expanded one after the other: a repeat of this variant's is the last name.
+    if (!variant.empty() && (names.empty() || names.back() != variant)) names.push_back(variant);
+  };
+
+  // A file without variants has one unnamed arm.
+  std::vector<const Variant*> arms;
+  if (has_variants)
+    for (const auto& v : variants) arms.push_back(&v);
+  else
+    arms.push_back(nullptr);
+
+  // The experiment's own metrics, which variants that do not set eval.metrics inherit: each
+  // must be computable by at least one of them.
+  size_t base_metrics = 0;
+  if (base.contains("eval") && base["eval"].is_object() && base["eval"].contains("metrics") &&
+      base["eval"]["metrics"].is_array())
+    base_metrics = base["eval"]["metrics"].size();
+  std::vector<bool> metric_computed(base_metrics, false);
+  std::vector<std::string> metric_skip_reason(base_metrics);
+  bool metrics_inherited = false;
+
+  std::unordered_map<std::string, std::string> variant_configs;  // canonical text -> variant name
+  std::unordered_map<std::string, std::pair<size_t, size_t>> run_ids;  // run id -> (arm, combination)
+  bool failed = false;
+  ex.runs.reserve(arms.size() * combos * seeds.size());
+  for (size_t a = 0; a < arms.size(); ++a) {
+    const Variant* variant = arms[a];
+    nlohmann::json arm_cfg = variant ? apply_variant(base, variant->patch) : base;
+    bool inherits_metrics = false;
+    if (variant) {
+      // Two variants with the same configuration would be the same runs twice.
+      nlohmann::json comparable = arm_cfg;
+      comparable.erase("description");
+      auto [same, first] = variant_configs.emplace(canonical(comparable), variant->name);
+      if (!first) {
+        add_config_error(variant->path, fmt::format("the same configuration as variant '{}'", clip(same->second)), "");
+        failed = true;
         continue;
       }
-      swept_paths[sk.pointer] = fmt::format("/sweep/{}/{}", sk.key, index[k]);
+      const auto& patch = variant->patch;
+      inherits_metrics = !(patch.contains("eval") && patch.at("eval").is_object() && patch.at("eval").contains("metrics"));
+      if (patch.contains("eval") && !patch.at("eval").is_object()) inherits_metrics = false;
+      for (const auto& k : sweep)  // a swept metric list is not the experiment's own
+        if (k.key == "eval" || k.key.rfind("eval.metrics", 0) == 0) inherits_metrics = false;
     }
-    Checker checker(host);
-    RunSpec spec;
-    read_config(cfg, checker, host, spec);
-    for (const auto& [path, msg] : checker.errors) {
-      // An error in a swept value points at the sweep entry that produced it.
-      std::string where = path;
-      for (const auto& [ptr, sweep_path] : swept_paths)
-        if (path == ptr || path.rfind(ptr + "/", 0) == 0) where = sweep_path + path.substr(ptr.size());
-      add(where, msg);
-    }
-    if (!checker.errors.empty() || !lines.empty()) continue;
-    spec.experiment = ex.name;
-    spec.label = labels[combo];
-
-    // The resolved configuration: what the file says, plus every engine setting.
-    cfg["dtype"] = spec.dtype;
-    cfg["train"] = train_json(spec.train);
-    nlohmann::json metrics = nlohmann::json::array();
-    if (cfg.contains("eval") && cfg["eval"].contains("metrics")) metrics = cfg["eval"]["metrics"];
-    cfg["eval"] = {{"samples", spec.eval.samples}, {"every", spec.eval.every}, {"metrics", metrics}};
-    if (cfg.contains("regularizers"))
-      for (size_t i = 0; i < cfg["regularizers"].size(); ++i) cfg["regularizers"][i]["weight"] = spec.regularizers[i].weight;
-
-    for (uint64_t seed : seeds) {
-      RunSpec run = spec;
-      run.seed = seed;
-      run.run_id = make_run_id(spec.label, !sweep.empty(), seed);
-      if (auto [it, inserted] = run_ids.emplace(run.run_id, combo); !inserted) {
-        add("/sweep", fmt::format("two configurations would share the run id '{}': {} and {}", run.run_id,
-                                  describe(it->second), describe(combo)));
-        break;
+    const std::string variant_name = variant ? variant->name : "";
+    for (size_t combo = 0; combo < combos; ++combo) {
+      nlohmann::json cfg = arm_cfg;
+      std::map<std::string, std::string> swept_paths;  // pointer -> /sweep/key/index
+      const auto index = indices_of(combo);
+      for (size_t k = sweep.size(); k-- > 0;) {
+        const auto& sk = sweep[k];
+        if (!set_path(cfg, sk.parts, sk.values[index[k]])) {
+          add_config_error(fmt::format("/sweep/{}", sk.key),
+                           fmt::format("path '{}' does not lead into the experiment", clip(sk.key)), variant_name);
+          failed = true;
+          continue;
+        }
+        swept_paths[sk.pointer] = fmt::format("/sweep/{}/{}", sk.key, index[k]);
       }
-      run.config = cfg;
-      run.config["seed"] = seed;
-      run.config["run_id"] = run.run_id;
-      run.config["label"] = run.label;
-      ex.runs.push_back(std::move(run));
+      Checker checker(host);
+      RunSpec spec;
+      read_config(cfg, checker, host, spec, inherits_metrics);
+      for (const auto& [path, msg] : checker.errors) {
+        // An error in a swept value points at the sweep entry that produced it; one in a
+        // section the variant gave points into the variant.
+        std::string where = path;
+        bool swept = false;
+        for (const auto& [ptr, sweep_path] : swept_paths)
+          if (path == ptr || path.rfind(ptr + "/", 0) == 0) where = sweep_path + path.substr(ptr.size()), swept = true;
+        if (!swept && variant && variant_owns(path, variant->patch))
+          add_config_error(variant->path + path, msg, "");
+        else
+          add_config_error(where, msg, variant_name);
+      }
+      if (!checker.errors.empty()) failed = true;
+      if (failed || !lines.empty()) continue;
+      if (inherits_metrics) {
+        metrics_inherited = true;
+        std::vector<bool> skipped(base_metrics, false);
+        for (const auto& sm : spec.eval.skipped_metrics)
+          if (sm.index < base_metrics) {
+            skipped[sm.index] = true;
+            if (metric_skip_reason[sm.index].empty()) metric_skip_reason[sm.index] = sm.reason;
+          }
+        for (size_t i = 0; i < base_metrics; ++i)
+          if (!skipped[i]) metric_computed[i] = true;
+      }
+      spec.experiment = ex.name;
+      spec.variant = variant_name;
+      spec.label = variant ? "variant=" + variant_name + (sweep.empty() ? "" : "," + labels[combo]) : labels[combo];
+
+      // The resolved configuration: what the file says, plus every engine setting.
+      cfg["dtype"] = spec.dtype;
+      cfg["train"] = train_json(spec.train);
+      nlohmann::json metrics = nlohmann::json::array();
+      if (cfg.contains("eval") && cfg["eval"].contains("metrics")) {
+        const auto& listed = cfg["eval"]["metrics"];
+        for (size_t i = 0; i < listed.size(); ++i) {
+          bool skipped = false;
+          for (const auto& sm : spec.eval.skipped_metrics) skipped = skipped || sm.index == i;
+          if (!skipped) metrics.push_back(listed[i]);
+        }
+      }
+      cfg["eval"] = {{"samples", spec.eval.samples}, {"every", spec.eval.every}, {"metrics", metrics}};
+      if (!spec.eval.skipped_metrics.empty()) {
+        nlohmann::json skipped = nlohmann::json::array();
+        for (const auto& sm : spec.eval.skipped_metrics) {
+          nlohmann::json entry = {{"plugin", sm.plugin}, {"reason", sm.reason}};
+          if (!sm.label.empty()) entry["label"] = sm.label;
+          skipped.push_back(entry);
+        }
+        cfg["eval"]["skipped_metrics"] = skipped;
+      }
+      if (cfg.contains("regularizers"))
+        for (size_t i = 0; i < cfg["regularizers"].size(); ++i) cfg["regularizers"][i]["weight"] = spec.regularizers[i].weight;
+      if (variant) cfg["variant"] = variant_name;
+
+      for (uint64_t seed : seeds) {
+        RunSpec run = spec;
+        run.seed = seed;
+        run.run_id = make_run_id(spec.label, !sweep.empty() || has_variants, seed);
+        if (auto [it, inserted] = run_ids.emplace(run.run_id, std::make_pair(a, combo)); !inserted) {
+          add_config_error("/sweep", fmt::format("two configurations would share the run id '{}': {} and {}", run.run_id,
+                                                 describe(it->second.second), describe(combo)), "");
+          failed = true;
+          break;
+        }
+        run.config = cfg;
+        run.config["seed"] = seed;
+        run.config["run_id"] = run.run_id;
+        run.config["label"] = run.label;
+        ex.runs.push_back(std::move(run));
+      }
     }
+  }
+  // A metric of the experiment that no variant can compute is a mistake, not a skip.
+  if (!failed && lines.empty() && metrics_inherited)
+    for (size_t i = 0; i < base_metrics; ++i)
+      if (!metric_computed[i])
+        add_config_error(fmt::format("/eval/metrics/{}/plugin", i),
+                         metric_skip_reason[i] + "; no variant can compute it", "");
+  for (const auto& [line, names] : config_errors) {
+    std::string text = line;
+    if (!names.empty() && names.size() < arms.size()) {
+      std::vector<std::string> quoted;
+      for (size_t i = 0; i < names.size() && i < 5; ++i) quoted.push_back("'" + clip(names[i]) + "'");
+      if (names.size() > 5) quoted.push_back(fmt::format("and {} more", names.size() - 5));
+      text += fmt::format(" (variant{} {})", names.size() > 1 ? "s" : "", join(quoted));
+    }
+    if (seen_lines.insert(text).second) lines.push_back(std::move(text));
   }
   if (!lines.empty()) throw ExperimentError(lines);
   return ex;

@@ -48,10 +48,20 @@ struct TrainConfig {
   bool data_parallel = false;
 };
 
+// A metric of the experiment's eval section that one variant's run does not compute,
+// because that variant's model lacks a field the metric needs (or there is no Hamiltonian).
+struct SkippedMetric {
+  std::string plugin;
+  std::string label;
+  std::string reason;
+  size_t index = 0;  // position in the eval.metrics list the variant inherits
+};
+
 struct EvalConfig {
   int64_t samples = 2000;
   int64_t every = 0;  // periodic evaluation every N iterations; 0 = only at the end
   std::vector<PluginUse> metrics;
+  std::vector<SkippedMetric> skipped_metrics;  // files with variants only
 };
 
 struct RunSpec {
@@ -61,7 +71,11 @@ struct RunSpec {
   std::string run_id;
   // The configuration without the seed: "width=64" or "default". A swept value that prints
   // like another value of the same key gets "~" and a hash of its JSON: "path=a_b~1a2b3c4d".
+  // In a file with variants the label starts with the variant: "variant=otflow",
+  // "variant=otflow,lr=0.01".
   std::string label;
+  // The name of the variant this run belongs to; "" in a file without variants.
+  std::string variant;
   uint64_t seed = 0;
   std::string dtype = "float32";
   PluginUse dataset, model;
@@ -70,7 +84,8 @@ struct RunSpec {
   TrainConfig train;
   EvalConfig eval;
   // The resolved configuration of this run (written to config.json): the experiment with
-  // the sweep applied, dtype and every train and eval setting with its default filled in.
+  // its variant and the sweep applied, dtype and every train and eval setting with its
+  // default filled in; "variant": NAME and eval.skipped_metrics in files with variants.
   nlohmann::json config;
 };
 
@@ -91,6 +106,17 @@ struct Experiment {
 };
 
 // Reads, validates and expands an experiment file. Throws ExperimentError.
+//
+// Variants: an experiment may hold "variants": {"NAME": {SECTION: ..., ...}, ...}. Each
+// variant is one arm of a study and runs every seed and sweep combination. A section
+// given in a variant takes the place of the experiment's: dataset, model, hamiltonian
+// (null removes it), regularizers and dtype are replaced whole; train and eval are merged
+// into the experiment's key by key (RFC 7386 merge patch: nested objects such as
+// train.optimizer merge too, lists such as eval.metrics are replaced, null removes a key).
+// The sweep applies on top of the variant. Every variant is validated as a whole experiment
+// and its errors point into it (/variants/NAME/...). A metric of the experiment's own
+// eval.metrics that a variant's model cannot compute is left out of that variant's runs
+// (eval.skipped_metrics says why) instead of rejecting the file.
 Experiment load_experiment(const std::string& file, const PluginHost& host);
 // Same from JSON text (file is used in messages only).
 Experiment parse_experiment(const std::string& text, const std::string& file, const PluginHost& host);

@@ -220,12 +220,17 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
 }
 
 int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png,
-                const std::string& draw) {
+                const std::string& draw, const CompareOptions& options) {
+  if (csv && options.per_seed && !options.baseline.empty()) {
+    std::fprintf(stderr, "error: --csv prints one table: give --per-seed or --baseline, not both\n");
+    return kExitBadInput;
+  }
   try {
     auto rows = collect_runs(dirs);
-    if (as_json) std::cout << format_json(rows).dump(2) << "\n";
-    else if (csv) std::cout << format_csv(rows);
-    else std::cout << format_table(rows);
+    // Each output is made whole before anything is printed: a bad baseline prints only the error.
+    if (as_json) std::cout << format_json(rows, options).dump(2) << "\n";
+    else if (csv) std::cout << format_csv(rows, options);
+    else std::cout << format_table(rows, options);
     if (!png.empty()) {
       plot_compare(dirs, png, draw == "trajectories" ? CompareView::trajectories : CompareView::samples);
       std::fprintf(stderr, "wrote %s\n", png.c_str());
@@ -366,9 +371,14 @@ int main(int argc, char** argv) {
   auto* compare = app.add_subcommand("compare", "table of runs: one row per configuration, mean ± std over seeds");
   std::vector<std::string> compare_dirs;
   bool compare_csv = false, compare_json = false;
+  CompareOptions compare_options;
   compare->add_option("dirs", compare_dirs, "run, experiment or results folders")->required();
   auto* csv_flag = compare->add_flag("--csv", compare_csv, "print CSV");
   compare->add_flag("--json", compare_json, "print JSON")->excludes(csv_flag);
+  compare->add_option("--baseline", compare_options.baseline,
+                      "paired statistics of every configuration against this one, seed by seed: a variant name or "
+                      "a configuration label");
+  compare->add_flag("--per-seed", compare_options.per_seed, "also show every run's values");
   std::string compare_png;
   auto* png_option = compare->add_option("--png", compare_png, "also draw a grid of samples, one panel per configuration, into this PNG");
   std::string compare_draw = "samples";
@@ -434,7 +444,7 @@ int main(int argc, char** argv) {
       options.plots = !no_plots;
       return cmd_run(host, run_file, options, quiet, mpi.get());
     }
-    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw);
+    if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw, compare_options);
     if (*plot) return cmd_plot(plot_dirs);
     if (*metric) return cmd_metric(host, metric_name, samples_file, data_file, params_text, metric_seed, metric_json);
   } catch (const std::exception& e) {
