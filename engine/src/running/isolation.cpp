@@ -210,11 +210,12 @@ void WorkerPool::start(size_t run_index, int slot) {
 
   // Everything the child needs is prepared before fork: after it, only exec.
   std::vector<std::string> args = {launch_.executable, "worker"};
-  for (const auto& f : plugin_files_) args.insert(args.end(), {"--plugin-file", f});
-  args.insert(args.end(), { launch_.experiment_file, "--run-index", std::to_string(run_index), "--slot",
+  args.insert(args.end(), {launch_.experiment_file, "--run-index", std::to_string(run_index), "--slot",
                            std::to_string(slot), "--out", launch_.out_dir, "--threads", std::to_string(launch_.threads)});
   if (launch_.force) args.push_back("--force");
   if (!launch_.plots) args.push_back("--no-plots");
+  // Last, one token each: a list option takes every value that follows it.
+  for (const auto& f : plugin_files_) args.push_back("--plugin-file=" + f);
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
