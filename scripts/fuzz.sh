@@ -30,7 +30,7 @@ for target in experiment array_io params; do
   seeds=("tests/fuzz/corpus/$target")
   [ "$target" = experiment ] && seeds+=(experiments)
   echo "fuzz_$target: ${seconds} s" >&2
-  if ! build-fuzz/tests/fuzz/fuzz_$target -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
+  if ! build-fuzz/bin/fuzz_$target -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
          -max_len=65536 -print_final_stats=1 -artifact_prefix="tests/fuzz/corpus/$target/crash-" \
          "$work" "${seeds[@]}" > "$work.log" 2>&1; then
     tail -40 "$work.log" >&2
