@@ -74,7 +74,7 @@ void run_in_workers(const Experiment& ex, const PluginHost& host, const RunOptio
       pool.start(todo[next], static_cast<int>(next));
       ++next;
     }
-    for (auto& [i, outcome] : pool.poll(200)) outcomes[i] = outcome;
+    for (auto& [i, outcome] : pool.poll(50)) outcomes[i] = outcome;
     progress.refresh();
   }
 }
