@@ -333,12 +333,7 @@ int run_experiment_mpi(MpiWorld& world, const PluginHost& host, const std::strin
       queue.push_back(k);
       continue;
     }
-    TrainOptions t;
-    t.results_root = options.out_dir;
-    t.threads = options.threads;
-    t.resume = !options.force;
-    t.plots = options.plots;
-    t.index = static_cast<int>(k);
+    TrainOptions t = train_options(options, static_cast<int>(k));
     t.collective = &collective;
     Progress silent(static_cast<int>(todo.size()), false, true);
     RunOutcome o = run_one(ex.runs[i], host, outcomes[i].dir, t, root ? static_cast<ProgressSink&>(progress) : silent);
@@ -346,17 +341,7 @@ int run_experiment_mpi(MpiWorld& world, const PluginHost& host, const std::strin
   }
 
   // The others: balanced over the ranks, each in a worker process.
-  WorkerLaunch launch;
-  launch.executable = options.executable;
-  launch.experiment_file = file;
-  launch.experiment_text = text;
-  launch.out_dir = options.out_dir;
-  launch.threads = options.threads;
-  launch.force = options.force;
-  launch.plots = options.plots;
-  launch.time_limit = options.time_limit;
-  launch.memory_limit = options.memory_limit;
-  WorkerPool pool(ex, host, launch, progress);
+  WorkerPool pool(ex, host, worker_launch(ex, options), progress);
   if (root) coordinate(world, ex, todo, queue, pool, options.jobs, progress, outcomes);
   else serve(todo, pool, options.jobs);
   progress.finish();

@@ -39,13 +39,7 @@ void run_in_process(const Experiment& ex, const PluginHost& host, const RunOptio
           outcomes[i].error = "not started";
           continue;
         }
-        TrainOptions t;
-        t.results_root = options.out_dir;
-        t.threads = options.threads;
-        t.resume = !options.force;
-        t.plots = options.plots;
-        t.index = static_cast<int>(k);
-        outcomes[i] = run_one(ex.runs[i], host, outcomes[i].dir, t, progress);
+        outcomes[i] = run_one(ex.runs[i], host, outcomes[i].dir, train_options(options, static_cast<int>(k)), progress);
       }
     }, tbb::simple_partitioner());
   });
@@ -53,17 +47,7 @@ void run_in_process(const Experiment& ex, const PluginHost& host, const RunOptio
 
 void run_in_workers(const Experiment& ex, const PluginHost& host, const RunOptions& options, Progress& progress, const std::vector<size_t>& todo,
                     std::vector<RunOutcome>& outcomes) {
-  WorkerLaunch launch;
-  launch.executable = options.executable;
-  launch.experiment_file = ex.file;
-  launch.experiment_text = options.experiment_text;
-  launch.out_dir = options.out_dir;
-  launch.threads = options.threads;
-  launch.force = options.force;
-  launch.plots = options.plots;
-  launch.time_limit = options.time_limit;
-  launch.memory_limit = options.memory_limit;
-  WorkerPool pool(ex, host, launch, progress);
+  WorkerPool pool(ex, host, worker_launch(ex, options), progress);
   size_t next = 0;
   while (next < todo.size() || pool.active() > 0) {
     if (stop_requested()) {
@@ -80,6 +64,30 @@ void run_in_workers(const Experiment& ex, const PluginHost& host, const RunOptio
 }
 
 }  // namespace
+
+TrainOptions train_options(const RunOptions& options, int progress_slot) {
+  TrainOptions t;
+  t.results_root = options.out_dir;
+  t.threads = options.threads;
+  t.resume = !options.force;
+  t.plots = options.plots;
+  t.index = progress_slot;
+  return t;
+}
+
+WorkerLaunch worker_launch(const Experiment& ex, const RunOptions& options) {
+  WorkerLaunch launch;
+  launch.executable = options.executable;
+  launch.experiment_file = ex.file;
+  launch.experiment_text = options.experiment_text;
+  launch.out_dir = options.out_dir;
+  launch.threads = options.threads;
+  launch.force = options.force;
+  launch.plots = options.plots;
+  launch.time_limit = options.time_limit;
+  launch.memory_limit = options.memory_limit;
+  return launch;
+}
 
 std::vector<size_t> runs_to_do(const Experiment& ex, const PluginHost& host, const RunOptions& options) {
   std::vector<size_t> todo;

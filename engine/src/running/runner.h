@@ -34,6 +34,11 @@ struct RunOptions {
 std::vector<RunOutcome> run_experiment(const Experiment& experiment, const PluginHost& host,
                                        const RunOptions& options, Progress& progress);
 
+// How a run trains in this process, and how worker processes are started, under `options`.
+TrainOptions train_options(const RunOptions& options, int progress_slot);
+struct WorkerLaunch;
+WorkerLaunch worker_launch(const Experiment& experiment, const RunOptions& options);
+
 // Indices of the runs that still have to run (not finished, or options.force).
 std::vector<size_t> runs_to_do(const Experiment& experiment, const PluginHost& host, const RunOptions& options);
 
