@@ -4,10 +4,12 @@
 # time, starting from the experiments/ files and tests/fuzz/corpus/<target>/. A crash fails
 # the script and its input is written to tests/fuzz/corpus/<target>/ to be kept as a
 # regression case.
-# usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
+# usage: scripts/fuzz.sh [SECONDS_PER_TARGET [SEED]]   (default 60 s; a SEED repeats the same mutations)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
+seed_option=()
+[ $# -ge 2 ] && seed_option=(-seed="$2")
 scripts/setup.sh
 missing=()
 for p in clang libclang-rt-14-dev; do
@@ -30,7 +32,7 @@ for target in experiment array_io params; do
   seeds=("tests/fuzz/corpus/$target")
   [ "$target" = experiment ] && seeds+=(experiments)
   echo "fuzz_$target: ${seconds} s" >&2
-  if ! build-fuzz/bin/fuzz_$target -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
+  if ! build-fuzz/bin/fuzz_$target "${seed_option[@]}" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
          -max_len=65536 -print_final_stats=1 -artifact_prefix="tests/fuzz/corpus/$target/crash-" \
          "$work" "${seeds[@]}" > "$work.log" 2>&1; then
     tail -40 "$work.log" >&2
