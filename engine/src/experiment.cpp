@@ -207,42 +207,6 @@ class Checker {
   const PluginHost& host_;
 };
 
-// A memory size: an integer number of bytes >= 1, or a string "<number><K|M|G|T>" in
-// binary multiples ("512M", "1.5G"); nullopt when it is neither or does not fit.
-std::optional<int64_t> memory_size(const nlohmann::json& v) {
-  if (v.is_number_unsigned()) {
-    const uint64_t n = v.get<uint64_t>();
-    if (n < 1 || n > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
-    return static_cast<int64_t>(n);
-  }
-  if (v.is_number_integer()) return std::nullopt;  // negative
-  if (!v.is_string()) return std::nullopt;
-  const std::string s = v.get<std::string>();
-  size_t i = 0, digits = 0;
-  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i, ++digits;
-  if (digits == 0 || digits > 15) return std::nullopt;
-  if (i < s.size() && s[i] == '.') {
-    size_t frac = 0;
-    ++i;
-    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i, ++frac;
-    if (frac == 0 || frac > 15) return std::nullopt;
-  }
-  if (i + 1 != s.size()) return std::nullopt;
-  const std::string units = "KMGT";
-  const size_t unit = units.find(static_cast<char>(std::toupper(static_cast<unsigned char>(s[i]))));
-  if (unit == std::string::npos) return std::nullopt;
-  // The decimal number, read without the locale.
-  double number = 0, scale = 1;
-  bool fraction = false;
-  for (size_t j = 0; j < i; ++j) {
-    if (s[j] == '.') fraction = true;
-    else if (!fraction) number = number * 10 + (s[j] - '0');
-    else scale /= 10, number += (s[j] - '0') * scale;
-  }
-  const double bytes = number * std::ldexp(1.0, 10 * static_cast<int>(unit + 1));
-  if (!(bytes >= 1) || !(bytes < 9.2e18)) return std::nullopt;
-  return static_cast<int64_t>(std::llround(bytes));
-}
 
 const std::vector<std::string> kTopKeys = {"name", "description", "seeds", "dtype", "dataset", "model",
                                            "hamiltonian", "regularizers", "train", "eval", "sweep", "variants"};
@@ -1096,6 +1060,43 @@ Experiment load_experiment(const std::string& file, const PluginHost& host) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return parse_experiment(buffer.str(), file, host);
+}
+
+// A memory size: an integer number of bytes >= 1, or a string "<number><K|M|G|T>" in
+// binary multiples ("512M", "1.5G"); nullopt when it is neither or does not fit.
+std::optional<int64_t> memory_size(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t n = v.get<uint64_t>();
+    if (n < 1 || n > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+    return static_cast<int64_t>(n);
+  }
+  if (v.is_number_integer()) return std::nullopt;  // negative
+  if (!v.is_string()) return std::nullopt;
+  const std::string s = v.get<std::string>();
+  size_t i = 0, digits = 0;
+  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i, ++digits;
+  if (digits == 0 || digits > 15) return std::nullopt;
+  if (i < s.size() && s[i] == '.') {
+    size_t frac = 0;
+    ++i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i, ++frac;
+    if (frac == 0 || frac > 15) return std::nullopt;
+  }
+  if (i + 1 != s.size()) return std::nullopt;
+  const std::string units = "KMGT";
+  const size_t unit = units.find(static_cast<char>(std::toupper(static_cast<unsigned char>(s[i]))));
+  if (unit == std::string::npos) return std::nullopt;
+  // The decimal number, read without the locale.
+  double number = 0, scale = 1;
+  bool fraction = false;
+  for (size_t j = 0; j < i; ++j) {
+    if (s[j] == '.') fraction = true;
+    else if (!fraction) number = number * 10 + (s[j] - '0');
+    else scale /= 10, number += (s[j] - '0') * scale;
+  }
+  const double bytes = number * std::ldexp(1.0, 10 * static_cast<int>(unit + 1));
+  if (!(bytes >= 1) || !(bytes < 9.2e18)) return std::nullopt;
+  return static_cast<int64_t>(std::llround(bytes));
 }
 
 }  // namespace mfglab::engine

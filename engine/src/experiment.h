@@ -121,6 +121,11 @@ Experiment load_experiment(const std::string& file, const PluginHost& host);
 // Same from JSON text (file is used in messages only).
 Experiment parse_experiment(const std::string& text, const std::string& file, const PluginHost& host);
 
+// A memory size: an integer number of bytes >= 1, or a string "<number><K|M|G|T>" in binary
+// multiples ("512M", "1.5G"); nullopt when it is neither or does not fit. train.memory_limit
+// and `run --run-memory` both read sizes with it.
+std::optional<int64_t> memory_size(const nlohmann::json& v);
+
 // Edit distance, for did-you-mean suggestions. did_you_mean gives no suggestion for a word
 // (or candidate) longer than kMaxSuggestWord bytes.
 size_t edit_distance(const std::string& a, const std::string& b);

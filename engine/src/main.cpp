@@ -413,12 +413,16 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
     if (!run_memory.empty()) {
-      try {
-        options.memory_limit = parse_byte_size(run_memory);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "error: --run-memory: %s\n", e.what());
+      // The same sizes as train.memory_limit: bytes, or "512M", "1.5G", ...
+      const bool digits = run_memory.find_first_not_of("0123456789") == std::string::npos;
+      const auto bytes = digits && run_memory.size() < 19 ? memory_size(nlohmann::json(std::stoull(run_memory)))
+                                                         : memory_size(nlohmann::json(run_memory));
+      if (!bytes) {
+        std::fprintf(stderr, "error: --run-memory: '%s' is not a size (bytes, or a number with K, M, G or T)\n",
+                     run_memory.c_str());
         return kExitBadInput;
       }
+      options.memory_limit = *bytes;
     }
   }
   if (*worker) {

@@ -106,23 +106,6 @@ std::string describe_wait_status(int status) {
   return "an unknown status";
 }
 
-int64_t parse_byte_size(const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(text.c_str(), &end);
-  std::string unit(end ? end : "");
-  while (!unit.empty() && unit.back() == 'B') unit.pop_back();  // "4GB", "4G"
-  double scale = 1;
-  if (unit == "K" || unit == "k") scale = 1024.0;
-  else if (unit == "M") scale = 1024.0 * 1024;
-  else if (unit == "G") scale = 1024.0 * 1024 * 1024;
-  else if (unit == "T") scale = 1024.0 * 1024 * 1024 * 1024;
-  else if (!unit.empty()) throw Error(fmt::format("'{}' is not a size (expected bytes or a number with K, M, G or T)", text));
-  if (end == text.c_str() || errno || !std::isfinite(v) || v * scale < 1 || v * scale > 9.0e18)
-    throw Error(fmt::format("'{}' is not a size (expected bytes or a number with K, M, G or T, at least 1 byte)", text));
-  return static_cast<int64_t>(v * scale);
-}
-
 // ---- worker side -----------------------------------------------------------------------
 
 int worker_main(const PluginHost& host, const WorkerRequest& request) {

@@ -85,7 +85,4 @@ class WorkerPool {
 // "SIGSEGV (Segmentation fault)" or "exit code 3" for a waitpid status.
 std::string describe_wait_status(int status);
 
-// Parses "4G", "512M", "1.5G", "800K" or a number of bytes; throws mfglab::Error.
-int64_t parse_byte_size(const std::string& text);
-
 }  // namespace mfglab::engine
