@@ -29,6 +29,7 @@ export UBSAN_OPTIONS="print_stacktrace=1"
 status=0
 for target in experiment array_io params; do
   work="$(mktemp -d)"
+  mkdir -p "tests/fuzz/corpus/$target"   # where a crashing input is kept
   seeds=("tests/fuzz/corpus/$target")
   [ "$target" = experiment ] && seeds+=(experiments)
   echo "fuzz_$target: ${seconds} s" >&2
