@@ -2,7 +2,8 @@
 // against closed forms, finite differences and quadrature: solvers on linear ODEs with known
 // solutions, log_prob against a finite-difference log-determinant of the flow map, Hutchinson's
 // estimator against the exact divergence, total mass on a grid, invertibility, metrics on
-// rotations and translations, bad input, and a short training run on 8gaussians.
+// rotations and translations, bad input, a short training run on 8gaussians, and the
+// hand-written training kernel against its autograd twin.
 #include <cmath>
 #include <memory>
 #include <string>
@@ -39,8 +40,9 @@ struct Setup {
   std::unique_ptr<mfglab::Model> model;
 
   explicit Setup(const json& params, uint64_t seed = 0, torch::Dtype dtype = torch::kFloat64,
-                 const std::string& plugin = "cnf") {
-    at::set_num_threads(1);
+                 const std::string& plugin = "cnf", int threads = 1) {
+    at::set_num_threads(threads);
+    ctx.threads = threads;
     ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
     ctx.dtype = dtype;
     ctx.data_dim = 2;
@@ -433,4 +435,95 @@ TEST_CASE("cnf: 150 iterations on 8gaussians lower the test NLL", "[cnf][train]"
        << first_loss << " -> " << last_loss << ")");
   CHECK(first_loss == Approx(before).margin(0.5));  // the loss is the batch NLL
   CHECK(after < before - 1.0);
+}
+
+namespace {
+
+// Loss and parameter gradients of one training step.
+struct Step {
+  double loss = 0;
+  std::vector<Tensor> grads;
+};
+
+Step train_step(mfglab::Model& m, const Tensor& x) {
+  for (auto& p : m.parameters()) p.mutable_grad() = Tensor();
+  auto terms = m.loss(x);
+  terms[0].value.backward();
+  Step s{terms[0].value.item<double>(), {}};
+  for (auto& p : m.parameters()) s.grads.push_back(p.grad().clone());
+  return s;
+}
+
+// max |a - b| / max |b| over every entry.
+double rel(const Tensor& a, const Tensor& b) { return max_abs(a - b) / std::max(max_abs(b), 1e-300); }
+
+}  // namespace
+
+TEST_CASE("cnf: the training kernel matches its autograd twin in float64", "[cnf][kernel]") {
+  // Same seed: same weights and, for Hutchinson, the same probes. 300 points: two whole
+  // blocks of the kernel and a partial one.
+  auto x = randn({300, 2}, 11, 1.5);
+  struct Case {
+    const char* activation;
+    const char* divergence;
+    int probes;
+    const char* probe;
+  };
+  const Case cases[] = {{"tanh", "exact", 1, "rademacher"},     {"tanh", "hutchinson", 1, "rademacher"},
+                        {"tanh", "hutchinson", 3, "gaussian"},   {"silu", "exact", 1, "rademacher"},
+                        {"silu", "hutchinson", 1, "rademacher"}, {"softplus", "exact", 1, "rademacher"},
+                        {"softplus", "hutchinson", 2, "gaussian"}, {"gelu", "exact", 1, "rademacher"},
+                        {"gelu", "hutchinson", 1, "rademacher"}, {"logcosh", "exact", 1, "rademacher"},
+                        {"logcosh", "hutchinson", 1, "rademacher"}, {"relu", "exact", 1, "rademacher"},
+                        {"relu", "hutchinson", 1, "rademacher"}};
+  for (const auto& c : cases) {
+    for (int depth : {1, 3}) {
+      json p{{"width", 24}, {"depth", depth}, {"steps", 3}, {"activation", c.activation},
+             {"divergence", c.divergence}, {"probes", c.probes}, {"probe", c.probe}};
+      json twin = p;
+      twin["fused"] = false;
+      Setup fast(p, 7), slow(twin, 7);
+      stronger(*fast.model, 3.0);
+      stronger(*slow.model, 3.0);
+      auto a = train_step(*fast.model, x);
+      auto b = train_step(*slow.model, x);
+      INFO(c.activation << ", " << c.divergence << " (" << c.probes << " " << c.probe << " probes), depth " << depth
+                        << ": loss " << a.loss << " vs " << b.loss);
+      CHECK(std::abs(a.loss - b.loss) <= 1e-10 * std::abs(b.loss));
+      REQUIRE(a.grads.size() == b.grads.size());
+      for (size_t k = 0; k < a.grads.size(); ++k) {
+        INFO("parameter " << k << ": relative gradient difference " << rel(a.grads[k], b.grads[k]));
+        CHECK(max_abs(b.grads[k]) > 0);
+        CHECK(rel(a.grads[k], b.grads[k]) <= 1e-10);
+      }
+      // log_prob too (exact divergence for d = 2 <= exact_max_dim on both).
+      CHECK(rel(fast.model->log_prob(x), slow.model->log_prob(x)) <= 1e-10);
+    }
+  }
+  // exact_autograd (d reverse passes) is a twin of the exact kernel as well.
+  Setup fast(json{{"width", 16}, {"depth", 2}, {"steps", 2}, {"divergence", "exact"}}, 4);
+  Setup rev(json{{"width", 16}, {"depth", 2}, {"steps", 2}, {"divergence", "exact_autograd"}}, 4);
+  auto a = train_step(*fast.model, x), b = train_step(*rev.model, x);
+  CHECK(std::abs(a.loss - b.loss) <= 1e-10 * std::abs(b.loss));
+  for (size_t k = 0; k < a.grads.size(); ++k) CHECK(rel(a.grads[k], b.grads[k]) <= 1e-10);
+}
+
+TEST_CASE("cnf: the training kernel's result does not depend on the thread count", "[cnf][kernel]") {
+  auto x = randn({700, 2}, 12, 1.5);
+  for (const char* div : {"exact", "hutchinson"}) {
+    json p{{"width", 16}, {"depth", 2}, {"steps", 2}, {"divergence", div}};
+    Setup one(p, 9, torch::kFloat32, "cnf", 1);
+    auto a = train_step(*one.model, x.to(torch::kFloat32));
+    Setup two(p, 9, torch::kFloat32, "cnf", 2);
+    auto b = train_step(*two.model, x.to(torch::kFloat32));
+    at::set_num_threads(1);
+    CHECK(a.loss == b.loss);
+    for (size_t k = 0; k < a.grads.size(); ++k) CHECK(torch::equal(a.grads[k], b.grads[k]));
+    // and float32 agrees with the autograd twin up to float rounding
+    p["fused"] = false;
+    Setup slow(p, 9, torch::kFloat32);
+    auto c = train_step(*slow.model, x.to(torch::kFloat32));
+    CHECK(std::abs(a.loss - c.loss) <= 1e-5 * std::abs(c.loss));
+    for (size_t k = 0; k < a.grads.size(); ++k) CHECK(rel(a.grads[k], c.grads[k]) <= 1e-4);
+  }
 }

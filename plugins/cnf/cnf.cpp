@@ -13,6 +13,10 @@
 // Loss        NLL = mean over the batch of -log p(x), in nats, back-propagated through the
 //             solver (discretise-then-optimise).
 // Solvers     rk4 (fixed steps) or dopri5 (adaptive, rtol/atol); see ode.h.
+// Fast path   with rk4 and the exact (forward sweep) or Hutchinson divergence, the training
+//             loss and its gradient, and log_prob, come from a hand-written kernel
+//             (cnf_kernel.h) instead of autograd's graph: the same quantities up to rounding
+//             (checked against this file's tensor code in float64 by tests/test_cnf.cpp).
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -22,6 +26,7 @@
 #include <mfglab/nn.h>
 #include <mfglab/plugin.h>
 
+#include "cnf_loss.h"
 #include "ode.h"
 
 namespace {
@@ -51,6 +56,8 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
         eval_steps_(params.integer("eval_steps") > 0 ? params.integer("eval_steps") : params.integer("steps")),
         probes_(params.integer("probes")),
         log_every_(params.integer("log_every")),
+        threads_(std::max(1, ctx.threads)),
+        fused_(params.flag("fused")),
         generator_(ctx.generator),
         options_(ctx.options()),
         logger_(ctx.logger) {
@@ -105,7 +112,15 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
   mfglab::LossTerms loss(const Tensor& batch) override {
     check_points(batch, "batch");
     mfglab::cnf::SolveStats stats;
-    auto lp = log_density(batch.to(options_), hutchinson_, adaptive_, steps_, &stats);
+    Tensor nll;
+    if (use_kernel() && !batch.requires_grad()) {
+      auto x = batch.to(options_);
+      Tensor eps = hutchinson_ ? draw_probes(x.size(0)) : Tensor();
+      nll = mfglab::cnf::fast_nll(x, eps, net_.parameters(), kernel_settings(steps_));
+      stats.nfe = 4 * steps_;
+    } else {
+      nll = -log_density(batch.to(options_), hutchinson_, adaptive_, steps_, &stats).mean();
+    }
     train_nfe_ += stats.nfe;
     ++train_calls_;
     if (log_every_ > 0 && train_calls_ % log_every_ == 0) {
@@ -115,7 +130,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
                hutchinson_ ? "Hutchinson" : "exact", " divergence)"));
       train_nfe_ = 0;
     }
-    return {{"nll", -lp.mean()}};
+    return {{"nll", nll}};
   }
 
   Tensor log_prob(const Tensor& x) override {
@@ -123,7 +138,15 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     // No parameter graph: autograd is switched on inside the right-hand side only.
     torch::NoGradGuard no_grad;
     mfglab::cnf::SolveStats stats;
-    auto lp = log_density(x.to(options_), eval_hutchinson_, adaptive_, eval_steps_, &stats).detach();
+    Tensor lp;
+    if (use_kernel()) {
+      auto xs = x.to(options_);
+      Tensor eps = eval_hutchinson_ ? draw_probes(xs.size(0)) : Tensor();
+      lp = mfglab::cnf::fast_log_prob(xs, eps, net_.parameters(), kernel_settings(eval_steps_));
+      stats.nfe = 4 * eval_steps_;
+    } else {
+      lp = log_density(x.to(options_), eval_hutchinson_, adaptive_, eval_steps_, &stats).detach();
+    }
     ++eval_calls_;
     // Rate-limited: calls 1, 2, 4, 8, ... (a metric may call once per batch).
     if ((eval_calls_ & (eval_calls_ - 1)) == 0)
@@ -175,6 +198,16 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 
  private:
   static constexpr double kT = 1.0;
+
+  // The kernel covers fixed-step RK4 with the forward-sweep exact or the Hutchinson divergence
+  // (exact_autograd is the autograd reference and keeps its graph).
+  bool use_kernel() const {
+    return fused_ && !adaptive_ && !autograd_trace_ && mfglab::cnf::fast_supported(net_.parameters(), options_.dtype().toScalarType());
+  }
+
+  mfglab::cnf::FastSettings kernel_settings(int64_t steps) const {
+    return {steps, static_cast<int>(activation_), threads_};
+  }
 
   void info(const std::string& m) const {
     if (logger_) logger_->info(m);
@@ -304,6 +337,8 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 
   int64_t d_;
   int64_t steps_, eval_steps_, probes_, log_every_;
+  int threads_;
+  bool fused_;  // the hand-written kernel where it applies (use_kernel)
   bool adaptive_ = false, hutchinson_ = false, eval_hutchinson_ = false, rademacher_ = true;
   mfglab::cnf::Dopri5Options dopri_;
   torch::Generator generator_;  // shares the run generator's state
@@ -339,4 +374,6 @@ MFGLAB_PLUGIN(Cnf, MFGLAB_KIND_MODEL, "cnf", "1.0.0",
               mfglab::int_param("exact_max_dim", 10, "largest dimension with an exact divergence under auto").at_least(0),
               mfglab::choice_param("probe", "rademacher", "gaussian|rademacher", "Hutchinson probe law"),
               mfglab::int_param("probes", 1, "Hutchinson probes per solve (averaged), drawn once per solve").at_least(1),
+              mfglab::bool_param("fused", true, "rk4 with exact or Hutchinson divergence: the training loss, its gradient "
+                                 "and log_prob by a hand-written kernel instead of autograd's graph (same values up to rounding)"),
               mfglab::int_param("log_every", 100, "log the mean NFE per training solve every this many iterations; 0 = never").at_least(0))
