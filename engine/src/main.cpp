@@ -1,6 +1,8 @@
 // The mfglab command line: plugins, describe, validate, run, compare, plot, metric.
+// It lives in the engine library; the `mfglab` executable (launcher/launcher.cpp) loads it.
 #include <malloc.h>
 #include <dlfcn.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -19,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include "compare.h"
+#include "launcher/entry.h"
 #include "experiment.h"
 #include "mfglab/sdk.h"
 #include "plot.h"
@@ -172,6 +175,21 @@ void on_worker_stop_signal(int) {
   ::alarm(30);
 }
 
+// A standby worker's run comes on stdin: the count of arguments, then each as its length
+// and its bytes (worker_spawn.h). False at end of input: the worker was not needed.
+bool read_assignment(std::vector<std::string>& args) {
+  std::string line;
+  if (!std::getline(std::cin, line) || line.empty()) return false;
+  const size_t count = std::stoul(line);
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::getline(std::cin, line)) return false;
+    std::string arg(std::stoul(line), '\0');
+    if (!std::cin.read(arg.data(), static_cast<std::streamsize>(arg.size()))) return false;
+    args.push_back(std::move(arg));
+  }
+  return true;
+}
+
 std::string read_whole_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return "";
@@ -207,7 +225,10 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
                ex.runs.size(), options.jobs, options.in_process ? " in this process" : "", options.threads,
                (fs::path(options.out_dir) / ex.name).c_str());
   options.experiment_text = read_whole_file(file);
-  Progress live(static_cast<int>(runs_to_do(ex, host, options).size()), terminal, quiet);
+  const size_t todo = runs_to_do(ex, host, options).size();
+  // Workers the launcher started ahead: as many as will have a run, the others end now.
+  keep_standby_workers(options.in_process ? 0 : std::min<size_t>(todo, static_cast<size_t>(options.jobs)));
+  Progress live(static_cast<int>(todo), terminal, quiet);
   std::vector<RunOutcome> outcomes;
   try {
     outcomes = run_experiment(ex, host, options, live);
@@ -312,8 +333,25 @@ int cmd_metric(const PluginHost& host, const std::string& name, const std::strin
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t standby_count) {
   tune_process();
+  adopt_standby_workers(std::vector<WorkerProcess>(standby, standby + standby_count));
+  // A worker started ahead of its run reads its arguments from stdin.
+  std::vector<std::string> assigned_args;
+  std::vector<char*> assigned_argv;
+  if (argc == 3 && std::string(argv[1]) == "worker" && std::string(argv[2]) == "--standby") {
+    assigned_args.emplace_back(argv[0]);
+    try {
+      if (!read_assignment(assigned_args)) return 0;
+    } catch (const std::exception&) {
+      std::fprintf(stderr, "error: a worker's assignment on stdin is unreadable\n");
+      return kExitBadInput;
+    }
+    for (auto& a : assigned_args) assigned_argv.push_back(a.data());
+    argc = static_cast<int>(assigned_argv.size());
+    assigned_argv.push_back(nullptr);
+    argv = assigned_argv.data();
+  }
 
   CLI::App app{"mfglab: a mean-field-game laboratory for generative modeling"};
   app.require_subcommand(1);
@@ -367,6 +405,8 @@ int main(int argc, char** argv) {
   worker->add_option("--plugin-file", worker_plugin_files);
   bool worker_no_plots = false;
   worker->add_flag("--no-plots", worker_no_plots);
+  int64_t worker_memory_limit = 0;
+  worker->add_option("--memory-limit", worker_memory_limit);
 
   auto* compare = app.add_subcommand("compare", "table of runs: one row per configuration, mean ± std over seeds");
   std::vector<std::string> compare_dirs;
@@ -428,6 +468,10 @@ int main(int argc, char** argv) {
   if (*worker) {
     std::signal(SIGINT, on_worker_stop_signal);
     std::signal(SIGTERM, on_worker_stop_signal);
+    if (worker_memory_limit > 0) {  // before the run allocates anything
+      const rlimit rl{static_cast<rlim_t>(worker_memory_limit), static_cast<rlim_t>(worker_memory_limit)};
+      ::setrlimit(RLIMIT_AS, &rl);
+    }
   }
   // Under mpirun or srun, `run` spreads its runs over the ranks (mpi_sweep.h).
   std::unique_ptr<MpiWorld> mpi;

@@ -28,6 +28,7 @@
 #include "plugin_host.h"
 #include "running/assemble.h"
 #include "running/run_directory.h"
+#include "running/worker_spawn.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -36,20 +37,9 @@ namespace mfglab::engine {
 
 namespace {
 
-constexpr int kStatusFd = 3;
 constexpr double kStopGraceSeconds = 20;   // a stopped worker has this long to checkpoint
 constexpr double kLimitGraceSeconds = 10;  // a worker past its time limit, the same
 constexpr size_t kTailLines = 12;          // output lines kept for a crash report
-
-void write_all(int fd, const std::string& s) {
-  size_t done = 0;
-  while (done < s.size()) {
-    const ssize_t n = ::write(fd, s.data() + done, s.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // the parent is gone: nothing to report to
-    done += static_cast<size_t>(n);
-  }
-}
 
 // A worker's progress, sent to its parent as one JSON object per line.
 class PipeProgress final : public ProgressSink {
@@ -106,10 +96,32 @@ std::string describe_wait_status(int status) {
   return "an unknown status";
 }
 
+// ---- standby workers -------------------------------------------------------------------
+
+namespace {
+// Workers started before their runs were known (by the launcher), waiting for one.
+std::vector<WorkerProcess>& standby_workers() {
+  static std::vector<WorkerProcess> workers;
+  return workers;
+}
+}  // namespace
+
+void adopt_standby_workers(std::vector<WorkerProcess> workers) {
+  for (auto& w : workers) standby_workers().push_back(w);
+}
+
+void keep_standby_workers(size_t count) {
+  auto& workers = standby_workers();
+  while (workers.size() > count) {
+    discard_worker(workers.back());
+    workers.pop_back();
+  }
+}
+
 // ---- worker side -----------------------------------------------------------------------
 
 int worker_main(const PluginHost& host, const WorkerRequest& request) {
-  PipeProgress progress(kStatusFd);
+  PipeProgress progress(kWorkerStatusFd);
   std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
   Experiment ex;
   try {
@@ -191,52 +203,32 @@ void WorkerPool::start(size_t run_index, int slot) {
   w->time_limit = launch_.time_limit >= 0 ? launch_.time_limit : spec.train.time_limit;
   w->memory_limit = launch_.memory_limit >= 0 ? launch_.memory_limit : spec.train.memory_limit;
 
-  // Everything the child needs is prepared before fork: after it, only exec.
-  std::vector<std::string> args = {launch_.executable, "worker"};
-  args.insert(args.end(), {launch_.experiment_file, "--run-index", std::to_string(run_index), "--slot",
-                           std::to_string(slot), "--out", launch_.out_dir, "--threads", std::to_string(launch_.threads)});
+  std::vector<std::string> args = {"worker", launch_.experiment_file, "--run-index", std::to_string(run_index),
+                                   "--slot", std::to_string(slot), "--out", launch_.out_dir,
+                                   "--threads", std::to_string(launch_.threads)};
   if (launch_.force) args.push_back("--force");
   if (!launch_.plots) args.push_back("--no-plots");
+  if (w->memory_limit > 0) args.insert(args.end(), {"--memory-limit", std::to_string(w->memory_limit)});
   // Last, one token each: a list option takes every value that follows it.
   for (const auto& f : plugin_files_) args.push_back("--plugin-file=" + f);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
 
-  int in_pipe[2], out_pipe[2], status_pipe[2];
-  if (::pipe2(in_pipe, O_CLOEXEC) != 0) throw Error(fmt::format("cannot create a pipe: {}", std::strerror(errno)));
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(status_pipe, O_CLOEXEC) != 0)
-    throw Error(fmt::format("cannot create a pipe: {}", std::strerror(errno)));
-  const pid_t parent = ::getpid();
-  const rlim_t memory = w->memory_limit > 0 ? static_cast<rlim_t>(w->memory_limit) : RLIM_INFINITY;
-  const pid_t pid = ::fork();
-  if (pid < 0) throw Error(fmt::format("cannot start a worker process: {}", std::strerror(errno)));
-  if (pid == 0) {
-    // The child: async-signal-safe calls only, then exec.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a worker never outlives its parent
-    if (::getppid() != parent) ::_exit(127);
-    if (memory != RLIM_INFINITY) {
-      struct rlimit rl{memory, memory};
-      ::setrlimit(RLIMIT_AS, &rl);
+  // A worker started ahead of time has loaded the engine already; else one starts now.
+  WorkerProcess process;
+  auto& standby = standby_workers();
+  if (!standby.empty()) {
+    process = standby.front();
+    standby.erase(standby.begin());
+  } else {
+    try {
+      process = spawn_standby_worker(launch_.executable);
+    } catch (const std::runtime_error& e) {
+      throw Error(e.what());
     }
-    struct sigaction dfl{};
-    dfl.sa_handler = SIG_DFL;
-    ::sigaction(SIGPIPE, &dfl, nullptr);
-    ::dup2(in_pipe[0], 0);
-    ::dup2(out_pipe[1], 1);
-    ::dup2(out_pipe[1], 2);
-    ::dup2(status_pipe[1], kStatusFd);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
   }
-  ::close(in_pipe[0]);
-  ::close(out_pipe[1]);
-  ::close(status_pipe[1]);
-  write_all(in_pipe[1], launch_.experiment_text);
-  ::close(in_pipe[1]);
-  w->pid = pid;
-  w->status_fd = status_pipe[0];
-  w->output_fd = out_pipe[0];
+  assign_worker(process, args, launch_.experiment_text);
+  w->pid = process.pid;
+  w->status_fd = process.status_fd;
+  w->output_fd = process.output_fd;
   ::fcntl(w->status_fd, F_SETFL, O_NONBLOCK);
   ::fcntl(w->output_fd, F_SETFL, O_NONBLOCK);
   w->started = Clock::now();

@@ -2,11 +2,13 @@
 // fork+exec of the mfglab binary in its hidden `worker` mode), so that a plugin that
 // crashes, exits, hangs or eats memory takes down its own run only.
 //
-// The parent sends the experiment's text on the worker's stdin; the worker sends its
+// A worker is started without its run (worker_spawn.h), possibly ahead of time; the parent
+// then sends it its arguments and the experiment's text on stdin. The worker sends its
 // progress back as one JSON object per line on file descriptor 3 and its stdout/stderr
-// through another pipe. The parent enforces the time limit (SIGTERM, then SIGKILL), sets
-// the memory limit (RLIMIT_AS) before exec, and writes the summary of a run whose process
-// died without one ("crashed", "timeout", "out_of_memory").
+// through another pipe. The parent enforces the time limit (SIGTERM, then SIGKILL), the
+// worker sets its own memory limit (RLIMIT_AS) before it builds anything, and the parent
+// writes the summary of a run whose process died without one ("crashed", "timeout",
+// "out_of_memory").
 #pragma once
 
 #include <chrono>
@@ -18,6 +20,7 @@
 
 #include "experiment.h"
 #include "running/trainer.h"
+#include "running/worker_spawn.h"
 
 namespace mfglab::engine {
 
@@ -40,6 +43,12 @@ struct WorkerRequest {
 int worker_main(const PluginHost& host, const WorkerRequest& request);
 
 // ---- parent side ---------------------------------------------------------------------
+
+// Workers the launcher started before the engine was loaded: WorkerPool gives them runs
+// before it starts new ones.
+void adopt_standby_workers(std::vector<WorkerProcess> workers);
+// Ends the standby workers beyond the first `count` (those no run will need).
+void keep_standby_workers(size_t count);
 
 struct WorkerLaunch {
   std::string executable;                // this mfglab binary

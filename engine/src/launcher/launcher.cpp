@@ -1,0 +1,124 @@
+// The `mfglab` executable: a launcher that loads the engine library and calls it.
+//
+// Why a launcher: loading LibTorch takes most of a second, and `mfglab run` trains each run
+// in a worker process that loads it again (running/isolation.h). Started from here, before
+// the engine is loaded, the first workers load in parallel with the parent instead of
+// after it, so isolation costs almost no wall time. The launcher does not link LibTorch.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/entry.h"
+#include "running/worker_spawn.h"
+
+namespace fs = std::filesystem;
+using mfglab::engine::WorkerProcess;
+
+namespace {
+
+// At most this many runs in an experiment, counted as seeds x variants x sweep values; an
+// upper bound (finished runs are not known here): the engine ends the workers it does not
+// need.
+size_t count_runs(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return 0;
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto root = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!root.is_object()) return 0;
+  auto size_of = [&](const char* key, bool want_array) -> size_t {
+    if (!root.contains(key)) return 1;
+    const auto& v = root.at(key);
+    if (want_array ? !v.is_array() : !v.is_object()) return 0;  // the engine will say what is wrong
+    return v.size();
+  };
+  size_t runs = size_of("seeds", true) * size_of("variants", false);
+  if (root.contains("sweep") && root.at("sweep").is_object())
+    for (const auto& [key, values] : root.at("sweep").items()) runs *= values.is_array() ? values.size() : 0;
+  return runs;
+}
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+// How many workers `mfglab run` will start at once, read from its command line: 0 for any
+// other command, for --in-process and under an MPI launcher (each rank starts its own).
+size_t workers_to_start_ahead(int argc, char** argv) {
+  if (launched_by_mpi()) return 0;
+  int i = 1;
+  // Options before the command.
+  while (i < argc && std::strncmp(argv[i], "--plugin-dir", 12) == 0) i += std::strchr(argv[i], '=') ? 1 : 2;
+  if (i >= argc || std::strcmp(argv[i], "run") != 0) return 0;
+  std::string file;
+  long jobs = 0, threads = 1;
+  for (++i; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--in-process" || arg == "--help" || arg == "-h") return 0;
+    const std::string name = arg.substr(0, arg.find('='));
+    const bool inline_value = arg.find('=') != std::string::npos;
+    const bool takes_value = name == "--jobs" || name == "--threads" || name == "--out" || name == "--time-limit" ||
+                             name == "--run-memory" || name == "--plugin-dir";
+    std::string value;
+    if (takes_value) {
+      if (inline_value) value = arg.substr(arg.find('=') + 1);
+      else if (i + 1 < argc) value = argv[++i];
+    }
+    if (name == "--jobs") jobs = std::strtol(value.c_str(), nullptr, 10);
+    else if (name == "--threads") threads = std::max(1L, std::strtol(value.c_str(), nullptr, 10));
+    else if (!takes_value && arg.rfind("-", 0) != 0 && file.empty()) file = arg;
+  }
+  if (file.empty()) return 0;
+  const long cores = std::max(1L, static_cast<long>(std::thread::hardware_concurrency()));
+  if (jobs <= 0) jobs = std::max(1L, cores / threads);
+  return std::min(count_runs(file), static_cast<size_t>(std::min(jobs, 64L)));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) {
+    std::fprintf(stderr, "error: cannot find the mfglab executable (/proc/self/exe): %s\n", ec.message().c_str());
+    return 1;
+  }
+  std::vector<WorkerProcess> standby;
+  const size_t ahead = workers_to_start_ahead(argc, argv);
+  for (size_t k = 0; k < ahead; ++k) {
+    try {
+      standby.push_back(mfglab::engine::spawn_standby_worker(exe.string()));
+    } catch (const std::exception&) {
+      break;  // the engine starts its workers itself, and reports what fails
+    }
+  }
+  // The same layout as the plugins: <prefix>/bin/mfglab and <prefix>/lib/mfglab/.
+  const fs::path engine = exe.parent_path().parent_path() / "lib" / "mfglab" / "libmfglab_engine.so";
+  // Global: OpenMPI's components and the plugins resolve symbols against the engine's libraries.
+  void* library = ::dlopen(engine.c_str(), RTLD_NOW | RTLD_GLOBAL);
+  if (!library) {
+    std::fprintf(stderr, "error: cannot load the mfglab engine: %s\n", ::dlerror());
+    return 1;
+  }
+  using Entry = int (*)(int, char**, const WorkerProcess*, size_t);
+  const auto entry = reinterpret_cast<Entry>(::dlsym(library, "mfglab_main"));
+  if (!entry) {
+    std::fprintf(stderr, "error: %s has no entry point mfglab_main\n", engine.c_str());
+    return 1;
+  }
+  return entry(argc, argv, standby.data(), standby.size());
+}
