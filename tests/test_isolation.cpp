@@ -152,3 +152,27 @@ TEST_CASE("the results folder never follows a symbolic link", "[isolation]") {
   CHECK(r.out.find("symbolic link") != std::string::npos);
   CHECK(fs::is_empty(tmp.path / "elsewhere"));
 }
+
+TEST_CASE("a worker started ahead of its run waits for it on stdin", "[isolation]") {
+  const std::string worker = std::string("\"") + MFGLAB_BINARY + "\" worker --standby";
+  // No run came (the parent needed fewer workers): it ends quietly.
+  auto none = shell(worker + " < /dev/null");
+  CHECK(none.exit_code == 0);
+  CHECK(none.out.empty());
+  CHECK(none.err.empty());
+  // An assignment that is not a count and lengths is refused, not guessed at.
+  auto garbage = shell("printf 'x\\n' | " + worker);
+  CHECK(garbage.exit_code == 2);
+  CHECK(garbage.err.find("assignment") != std::string::npos);
+  // A whole assignment is the worker's command line, then the experiment's text (here none):
+  // the worker reports on fd 3 that it cannot read the experiment.
+  TempDir tmp("iso_standby");
+  const std::string out = tmp.str() + "/out", events = tmp.str() + "/events";
+  auto r = shell("printf '6\\n6\\nworker4\\nnone11\\n--run-index1\\n05\\n--out" + std::to_string(out.size()) + "\\n" + out +
+                 "' | " + worker + " 3> " + events);
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 2);
+  const auto reported = read_text(events);
+  CHECK(reported.find("\"finished\"") != std::string::npos);
+  CHECK(reported.find("could not read the experiment") != std::string::npos);
+}

@@ -50,16 +50,20 @@ size_t count_runs(const std::string& file) {
   return runs;
 }
 
-bool launched_by_mpi() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"})
-    if (std::getenv(v)) return true;
-  return false;
+// Under an MPI launcher (as MpiWorld::launched() decides), the ranks on this machine, which
+// share its cores; 1 otherwise.
+long ranks_on_this_machine() {
+  bool mpi = false;
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"}) mpi = mpi || std::getenv(v);
+  if (!mpi) return 1;
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+    if (const char* n = std::getenv(v)) return std::max(1L, std::strtol(n, nullptr, 10));
+  return 1;
 }
 
-// How many workers `mfglab run` will start at once, read from its command line: 0 for any
-// other command, for --in-process and under an MPI launcher (each rank starts its own).
+// How many workers `mfglab run` will start at once, read from its command line (under MPI,
+// each rank's own); 0 for any other command and for --in-process.
 size_t workers_to_start_ahead(int argc, char** argv) {
-  if (launched_by_mpi()) return 0;
   int i = 1;
   // Options before the command.
   while (i < argc && std::strncmp(argv[i], "--plugin-dir", 12) == 0) i += std::strchr(argv[i], '=') ? 1 : 2;
@@ -84,7 +88,7 @@ size_t workers_to_start_ahead(int argc, char** argv) {
   }
   if (file.empty()) return 0;
   const long cores = std::max(1L, static_cast<long>(std::thread::hardware_concurrency()));
-  if (jobs <= 0) jobs = std::max(1L, cores / threads);
+  if (jobs <= 0) jobs = std::max(1L, cores / ranks_on_this_machine() / threads);
   return std::min(count_runs(file), static_cast<size_t>(std::min(jobs, 64L)));
 }
 
