@@ -2,6 +2,7 @@
 // expansion of seeds x sweep into runs.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -87,6 +88,18 @@ struct RunSpec {
   // its variant and the sweep applied, dtype and every train and eval setting with its
   // default filled in; "variant": NAME and eval.skipped_metrics in files with variants.
   nlohmann::json config;
+
+  // Every plugin the run uses, each once: dataset, model, Hamiltonian, regularizers, metrics.
+  std::vector<std::string> plugins() const {
+    std::vector<std::string> names = {dataset.plugin, model.plugin};
+    if (hamiltonian) names.push_back(hamiltonian->plugin);
+    for (const auto& r : regularizers) names.push_back(r.plugin);
+    for (const auto& m : eval.metrics) names.push_back(m.plugin);
+    std::vector<std::string> once;
+    for (auto& n : names)
+      if (std::find(once.begin(), once.end(), n) == once.end()) once.push_back(std::move(n));
+    return once;
+  }
 };
 
 // Limits of validation.

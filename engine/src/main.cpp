@@ -29,6 +29,7 @@
 #include "progress.h"
 #include "results.h"
 #include "runner.h"
+#include "version.h"
 #include "running/isolation.h"
 #include "running/mpi_sweep.h"
 
@@ -355,6 +356,7 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
 
   CLI::App app{"mfglab: a mean-field-game laboratory for generative modeling"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", version_line());
   std::vector<std::string> plugin_dirs;
   app.add_option("--plugin-dir", plugin_dirs, "extra folder to search for plugins (repeatable)")->check(CLI::ExistingDirectory);
 

@@ -29,6 +29,7 @@
 #include "running/assemble.h"
 #include "running/run_directory.h"
 #include "running/worker_spawn.h"
+#include "version.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -172,16 +173,9 @@ WorkerPool::WorkerPool(const Experiment& experiment, const PluginHost& host, Wor
   ::signal(SIGPIPE, SIG_IGN);  // a worker that dies before reading its stdin must not end us
   // The libraries of the plugins the experiment uses: a worker loads only those.
   std::set<std::string> files;
-  auto add = [&](const std::string& name) {
-    if (const LoadedPlugin* p = host.find(name)) files.insert(p->file);
-  };
-  for (const auto& run : experiment.runs) {
-    add(run.dataset.plugin);
-    add(run.model.plugin);
-    if (run.hamiltonian) add(run.hamiltonian->plugin);
-    for (const auto& r : run.regularizers) add(r.plugin);
-    for (const auto& m : run.eval.metrics) add(m.plugin);
-  }
+  for (const auto& run : experiment.runs)
+    for (const auto& name : run.plugins())
+      if (const LoadedPlugin* p = host.find(name)) files.insert(p->file);
   plugin_files_.assign(files.begin(), files.end());
 }
 
@@ -301,6 +295,7 @@ RunOutcome WorkerPool::finish(Worker& w, int wait_status) {
                                   {"seed", spec.seed}, {"status", o.status}, {"iterations", w.iteration},
                                   {"iterations_planned", spec.train.iterations}, {"metrics", nlohmann::json::object()},
                                   {"error", o.error}};
+        summary.update(provenance(spec, host_));
         std::ofstream(dir + "/" + run_files::log, std::ios::app) << o.status << ": " << o.error << "\n";
         write_json_atomic(dir + "/" + run_files::summary, summary);
       }

@@ -1,4 +1,5 @@
 #include "running/trainer.h"
+#include "version.h"
 
 #include <algorithm>
 #include <atomic>
@@ -297,6 +298,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
                             {"seed", spec.seed}, {"status", "failed"}, {"iterations", 0},
                             {"iterations_planned", spec.train.iterations}, {"metrics", nlohmann::json::object()},
                             {"error", nullptr}};
+  summary.update(provenance(spec, host));  // what made it: mfglab, LibTorch, each plugin's library
   int64_t iteration = 0;
   std::string losses_csv;
   int64_t losses_rows = 0, losses_rows_on_disk = 0;  // a file is never replaced by a shorter one
