@@ -527,3 +527,29 @@ TEST_CASE("cnf: the training kernel's result does not depend on the thread count
     for (size_t k = 0; k < a.grads.size(); ++k) CHECK(rel(a.grads[k], c.grads[k]) <= 1e-4);
   }
 }
+
+TEST_CASE("cnf: RNODE penalties train alongside the kernel's NLL, as with the autograd twin", "[cnf][kernel]") {
+  // The engine back-propagates NLL + weight * penalty in one call: the kernel's node and the
+  // penalty's graph through the collocation paths meet in the same parameters.
+  auto x = randn({160, 2}, 13, 1.5);
+  for (const char* name : {"kinetic", "jacobian_frobenius"}) {
+    for (const char* div : {"exact", "hutchinson"}) {
+      std::vector<double> losses;
+      std::vector<std::vector<Tensor>> grads;
+      for (bool fused : {true, false}) {
+        Setup s(json{{"width", 12}, {"depth", 2}, {"steps", 3}, {"divergence", div}, {"fused", fused}}, 8);
+        stronger(*s.model, 3.0);
+        auto r = s.host.create_as<mfglab::Regularizer>(name, MFGLAB_KIND_REGULARIZER, json::object(), s.ctx);
+        auto nll = s.model->loss(x)[0].value;
+        auto total = nll + 0.3 * r->penalty(*s.model, x);
+        total.backward();
+        losses.push_back(total.item<double>());
+        grads.emplace_back();
+        for (auto& p : s.model->parameters()) grads.back().push_back(p.grad().clone());
+      }
+      INFO(name << ", " << div << ": " << losses[0] << " vs " << losses[1]);
+      CHECK(std::abs(losses[0] - losses[1]) <= 1e-10 * std::abs(losses[1]));
+      for (size_t k = 0; k < grads[0].size(); ++k) CHECK(rel(grads[0][k], grads[1][k]) <= 1e-10);
+    }
+  }
+}

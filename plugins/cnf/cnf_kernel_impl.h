@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #include <mfglab/blas.h>
@@ -140,7 +141,6 @@ class Buffer {
     const size_t bytes = std::max<size_t>(64, (n * sizeof(T) + 63) / 64 * 64);
     p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (!p_) throw std::bad_alloc();
-    std::memset(p_, 0, bytes);
   }
   Buffer(Buffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
   Buffer& operator=(Buffer&& o) noexcept {
@@ -179,34 +179,40 @@ void multiply(size_t len, const T* __restrict a, const T* __restrict b, T* __res
 }
 
 // Reverse through tanh: abar = hbar (1 - h^2) - 2 h sum_k dhbar^k dh^k, dabar^k = dhbar^k (1 - h^2),
-// in place over G = [hbar; dhbar^k].
+// in place over G = [hbar; dhbar^k]; acc: scratch of len. One simple loop per row block, so
+// that each vectorises.
 template <class T>
-void tanh_reverse(size_t len, int K, const T* __restrict H, T* __restrict G) {
+void tanh_reverse(size_t len, int K, const T* __restrict H, T* __restrict G, T* __restrict acc) {
+  for (size_t e = 0; e < len; ++e) acc[e] = G[len + e] * H[len + e];
+  for (int k = 2; k <= K; ++k) {
+    const T* __restrict g = G + k * len;
+    const T* __restrict h = H + k * len;
+    for (size_t e = 0; e < len; ++e) acc[e] += g[e] * h[e];
+  }
+  for (int k = 1; k <= K; ++k) {
+    T* __restrict g = G + k * len;
+    for (size_t e = 0; e < len; ++e) g[e] *= T(1) - H[e] * H[e];
+  }
   for (size_t e = 0; e < len; ++e) {
-    const T h = H[e], s = T(1) - h * h;
-    T acc = 0;
-    for (int k = 1; k <= K; ++k) {
-      const size_t o = static_cast<size_t>(k) * len + e;
-      acc += G[o] * H[o];
-      G[o] *= s;
-    }
-    G[e] = G[e] * s - T(2) * h * acc;
+    const T h = H[e];
+    G[e] = G[e] * (T(1) - h * h) - T(2) * h * acc[e];
   }
 }
 
 // The same for an activation whose pre-activations P = [a; da^k] were kept.
 template <class T, Act A>
-void general_reverse(size_t len, int K, const T* __restrict P, T* __restrict G) {
+void general_reverse(size_t len, int K, const T* __restrict P, T* __restrict G, T* __restrict acc) {
+  for (size_t e = 0; e < len; ++e) acc[e] = G[len + e] * P[len + e];
+  for (int k = 2; k <= K; ++k) {
+    const T* __restrict g = G + k * len;
+    const T* __restrict p = P + k * len;
+    for (size_t e = 0; e < len; ++e) acc[e] += g[e] * p[e];
+  }
   for (size_t e = 0; e < len; ++e) {
     T s, s2;
     Activation<T, A>::d12(P[e], s, s2);
-    T acc = 0;
-    for (int k = 1; k <= K; ++k) {
-      const size_t o = static_cast<size_t>(k) * len + e;
-      acc += G[o] * P[o];
-      G[o] *= s;
-    }
-    G[e] = G[e] * s + s2 * acc;
+    for (int k = 1; k <= K; ++k) G[k * len + e] *= s;
+    G[e] = G[e] * s + s2 * acc[e];
   }
 }
 
@@ -216,11 +222,24 @@ void add_rows(size_t rows, int w, const T* __restrict X, T* __restrict acc) {
     for (int j = 0; j < w; ++j) acc[j] += X[r * w + j];
 }
 
+// sum_j a_j b_j with 16 partial sums in a fixed order: vectorises (a running sum does not,
+// float addition not being associative) and gives the same result on every call.
 template <class T>
-inline T dot(const T* __restrict a, const T* __restrict b, int m) {
-  T acc = 0;
-  for (int j = 0; j < m; ++j) acc += a[j] * b[j];
-  return acc;
+inline T dot(const T* a, const T* b, int m) {
+  typedef T V __attribute__((vector_size(16 * sizeof(T))));
+  V acc = {};
+  int j = 0;
+  for (; j + 16 <= m; j += 16) {
+    V va, vb;
+    std::memcpy(&va, a + j, sizeof va);
+    std::memcpy(&vb, b + j, sizeof vb);
+    acc += va * vb;
+  }
+  T tail = 0;
+  for (; j < m; ++j) tail += a[j] * b[j];
+  T sum = 0;
+  for (int l = 0; l < 16; ++l) sum += acc[l];
+  return sum + tail;
 }
 
 template <class T, Act A>
@@ -229,7 +248,7 @@ class Block {
 
  public:
   Block(const Net<T>& net, const Config<T>& cfg, int B)
-      : net_(net), cfg_(cfg), B_(B), K_(cfg.exact ? net.d : cfg.probes) {
+      : net_(&net), cfg_(&cfg), B_(B), K_(cfg.exact ? net.d : cfg.probes) {
     const int d = net.d, w = net.w, D = net.depth, K = K_;
     const size_t stack = static_cast<size_t>(K + 1) * B * w;
     for (int i = 0; i < 4 * cfg.steps; ++i) {
@@ -253,15 +272,22 @@ class Block {
     U_ = Buffer<T>(static_cast<size_t>(std::max(1, K)) * B * d);
   }
 
+  // Whether this block's buffers suit another call, and pointing it there.
+  bool fits(const Net<T>& net, const Config<T>& cfg, int B) const {
+    return B == B_ && net.d == net_->d && net.w == net_->w && net.depth == net_->depth &&
+           cfg.steps == cfg_->steps && (cfg.exact ? net.d : cfg.probes) == K_;
+  }
+  void bind(const Net<T>& net, const Config<T>& cfg) { net_ = &net, cfg_ = &cfg; }
+
   // Rows [lo, lo + nb) of the batch x (row-major [n, d]) into slot.
   void run(const T* x, int64_t lo, int nb, Slot<T>& slot) {
     nb_ = nb;
-    const int d = net_.d, zc = d + 1, steps = cfg_.steps, K = K_;
+    const int d = net_->d, zc = d + 1, steps = cfg_->steps, K = K_;
     const T dt = T(1) / static_cast<T>(steps);
     // This block's probes, [K, nb, d].
-    if (!cfg_.exact)
+    if (!cfg_->exact)
       for (int k = 0; k < K; ++k)
-        std::memcpy(U_.data() + static_cast<size_t>(k) * nb * d, cfg_.eps + (static_cast<size_t>(k) * cfg_.n + lo) * d,
+        std::memcpy(U_.data() + static_cast<size_t>(k) * nb * d, cfg_->eps + (static_cast<size_t>(k) * cfg_->n + lo) * d,
                     sizeof(T) * nb * d);
     T* Z0 = states_.data();
     for (int r = 0; r < nb; ++r) {
@@ -285,14 +311,14 @@ class Block {
       double x2 = 0;
       for (int k = 0; k < d; ++k) x2 += static_cast<double>(Z[r * zc + k]) * Z[r * zc + k];
       const double lp = -0.5 * x2 - c + Z[r * zc + d];
-      if (cfg_.log_prob) cfg_.log_prob[lo + r] = static_cast<T>(lp);
+      if (cfg_->log_prob) cfg_->log_prob[lo + r] = static_cast<T>(lp);
       sum -= lp;
     }
     slot.nll_sum = sum;
-    if (!cfg_.want_grad) return;
+    if (!cfg_->want_grad) return;
 
     // Terminal adjoints of seed * mean NLL: xbar = seed x(1) / n, lbar = -seed / n (constant in time).
-    const T scale = cfg_.seed / static_cast<T>(cfg_.n);
+    const T scale = cfg_->seed / static_cast<T>(cfg_->n);
     const T lbar = -scale;
     T* xb = xbar_.data();
     for (int r = 0; r < nb; ++r)
@@ -329,10 +355,10 @@ class Block {
     std::vector<Buffer<T>> P;    // per hidden layer [a; da^1..K] (activations other than tanh)
   };
 
-  T* state(int s) const { return states_.data() + static_cast<size_t>(s) * B_ * (net_.d + 1); }
+  T* state(int s) const { return states_.data() + static_cast<size_t>(s) * B_ * (net_->d + 1); }
 
   void forward_step(int s, T dt) {
-    const int d = net_.d, zc = d + 1, nb = nb_;
+    const int d = net_->d, zc = d + 1, nb = nb_;
     const T t = static_cast<T>(s) * dt;
     const T* Z = state(s);
     T* Zn = state(s + 1);
@@ -355,10 +381,10 @@ class Block {
 
   // f = [v, div v] at the stage's (y, t), into out [nb, d + 1].
   void stage_forward(Stage& st, T* out) {
-    const int d = net_.d, w = net_.w, D = net_.depth, K = K_, nb = nb_;
+    const int d = net_->d, w = net_->w, D = net_->depth, K = K_, nb = nb_;
     const size_t off = static_cast<size_t>(nb) * w, rows = static_cast<size_t>(K + 1) * nb;
     const T* y = st.y.data();
-    const T* W0 = net_.W[0];
+    const T* W0 = net_->W[0];
     // Layer 0 by hand (d + 1 inputs): a_0 without its bias (added with the activation), da_0^k.
     T* P = Act_::keep_pre ? st.P[0].data() : pre_.data();
     for (int r = 0; r < nb; ++r) {
@@ -371,7 +397,7 @@ class Block {
     }
     for (int k = 0; k < K; ++k) {
       T* da = P + (k + 1) * off;
-      if (cfg_.exact) {
+      if (cfg_->exact) {
         for (int r = 0; r < nb; ++r) std::memcpy(da + static_cast<size_t>(r) * w, W0 + k * w, sizeof(T) * w);
       } else {
         const T* u = U_.data() + static_cast<size_t>(k) * nb * d;
@@ -386,10 +412,10 @@ class Block {
     for (int i = 0; i < D; ++i) {
       if (i > 0) {
         P = Act_::keep_pre ? st.P[i].data() : pre_.data();
-        blas::gemm(false, false, static_cast<int>(rows), w, w, T(1), st.H[i - 1].data(), w, net_.W[i], w, T(0), P, w);
+        blas::gemm(false, false, static_cast<int>(rows), w, w, T(1), st.H[i - 1].data(), w, net_->W[i], w, T(0), P, w);
       }
       T* H = st.H[i].data();
-      activate_values<T, A>(nb, w, net_.b[i], P, H, slope_.data());
+      activate_values<T, A>(nb, w, net_->b[i], P, H, slope_.data());
       for (int k = 1; k <= K; ++k) {
         const T* sl = slope_.data();
         for (int r = 0; r < nb; ++r)
@@ -399,15 +425,15 @@ class Block {
     }
     // Output layer: v = h W_D + b_D, div from the tangent rows.
     const T* H = st.H[D - 1].data();
-    const T* WT = net_.WoutT.data();
-    const T* bD = net_.b[D];
+    const T* WT = net_->WoutT.data();
+    const T* bD = net_->b[D];
     const T invK = T(1) / static_cast<T>(K);
     for (int r = 0; r < nb; ++r) {
       const T* h = H + static_cast<size_t>(r) * w;
       T* o = out + r * (d + 1);
       for (int j = 0; j < d; ++j) o[j] = bD[j] + dot(h, WT + j * w, w);
       T div = 0;
-      if (cfg_.exact) {
+      if (cfg_->exact) {
         for (int k = 0; k < d; ++k) div += dot(H + (k + 1) * off + static_cast<size_t>(r) * w, WT + k * w, w);
       } else {
         for (int k = 0; k < K; ++k) {
@@ -426,13 +452,13 @@ class Block {
   // Vector-Jacobian product of one stage: vbar = Gx [nb, d], divbar = Gl (a scalar) ->
   // ybar [nb, d]; parameter adjoints accumulated into grad_.
   void stage_backward(Stage& st, const T* Gx, T Gl, T* ybar) {
-    const int d = net_.d, w = net_.w, D = net_.depth, K = K_, nb = nb_;
+    const int d = net_->d, w = net_->w, D = net_->depth, K = K_, nb = nb_;
     const size_t off = static_cast<size_t>(nb) * w, rows = static_cast<size_t>(K + 1) * nb;
     T* grad = grad_;
     // V = [vbar; dvbar^k], [(K + 1) nb, d].
     T* V = V_.data();
     std::memcpy(V, Gx, sizeof(T) * nb * d);
-    if (!cfg_.exact)  // (exact: dvbar^k = Gl e_k, used in closed form below)
+    if (!cfg_->exact)  // (exact: dvbar^k = Gl e_k, used in closed form below)
       for (int k = 0; k < K; ++k) {
         T* dv = V + (static_cast<size_t>(k) + 1) * nb * d;
         const T g = Gl / static_cast<T>(K);
@@ -441,14 +467,14 @@ class Block {
       }
     // Output layer: W_D bar += H^T V, b_D bar += colsum vbar, G = V W_D^T.
     const T* Hl = st.H[D - 1].data();
-    T* WDbar = grad + net_.offW[D];
-    T* bDbar = grad + net_.offb[D];
+    T* WDbar = grad + net_->offW[D];
+    T* bDbar = grad + net_->offb[D];
     for (int r = 0; r < nb; ++r)
       for (int j = 0; j < d; ++j) bDbar[j] += Gx[r * d + j];
     T* G = G_.data();
     T* G2 = G2_.data();
-    const T* WT = net_.WoutT.data();
-    if (cfg_.exact) {
+    const T* WT = net_->WoutT.data();
+    if (cfg_->exact) {
       // dvbar^k = Gl e_k for every sample: W_D bar[:, k] += Gl colsum(dh^k), dhbar^k = Gl W_D[:, k]^T.
       T* acc = acc_.data();
       for (int k = 0; k < K; ++k) {
@@ -478,20 +504,20 @@ class Block {
     }
     // Hidden layers, top down; G holds [hbar; dhbar^k] of layer i, becomes [abar; dabar^k].
     for (int i = D - 1; i >= 0; --i) {
-      if (Act_::keep_pre) general_reverse<T, A>(off, K, st.P[i].data(), G);
-      else tanh_reverse<T>(off, K, st.H[i].data(), G);
-      add_rows<T>(nb, w, G, grad + net_.offb[i]);
+      if (Act_::keep_pre) general_reverse<T, A>(off, K, st.P[i].data(), G, slope_.data());
+      else tanh_reverse<T>(off, K, st.H[i].data(), G, slope_.data());
+      add_rows<T>(nb, w, G, grad + net_->offb[i]);
       if (i > 0) {
         blas::gemm(true, false, w, w, static_cast<int>(rows), T(1), st.H[i - 1].data(), w, G, w, T(1),
-                   grad + net_.offW[i], w);
-        blas::gemm(false, true, static_cast<int>(rows), w, w, T(1), G, w, net_.W[i], w, T(0), G2, w);
+                   grad + net_->offW[i], w);
+        blas::gemm(false, true, static_cast<int>(rows), w, w, T(1), G, w, net_->W[i], w, T(0), G2, w);
         std::swap(G, G2);
       }
     }
     // Layer 0: W_0x bar += y^T abar + sum_k u_k^T dabar^k, W_0t bar += t colsum abar, ybar = abar W_0x^T.
     const T* y = st.y.data();
-    const T* W0 = net_.W[0];
-    T* W0bar = grad + net_.offW[0];
+    const T* W0 = net_->W[0];
+    T* W0bar = grad + net_->offW[0];
     T* acc = acc_.data();  // rows 0..d-1: x part, row d: colsum abar
     std::fill(acc, acc + static_cast<size_t>(d + 1) * w, T(0));
     for (int r = 0; r < nb; ++r) {
@@ -506,7 +532,7 @@ class Block {
     }
     for (int k = 0; k < K; ++k) {
       const T* dab = G + (k + 1) * off;
-      if (cfg_.exact) {
+      if (cfg_->exact) {
         add_rows<T>(nb, w, dab, acc + k * w);
       } else {
         const T* u = U_.data() + static_cast<size_t>(k) * nb * d;
@@ -524,8 +550,8 @@ class Block {
     for (int j = 0; j < w; ++j) W0bar[d * w + j] += st.t * acc[d * w + j];
   }
 
-  const Net<T>& net_;
-  const Config<T>& cfg_;
+  const Net<T>* net_;
+  const Config<T>* cfg_;
   const int B_, K_;
   int nb_ = 0;
   T* grad_ = nullptr;
@@ -536,10 +562,17 @@ class Block {
 template <class T, Act A>
 void run_act(const Net<T>& net, const Config<T>& cfg, const T* x, int64_t n, int B, int64_t first, int64_t stride,
              Slot<T>* slots) {
-  Block<T, A> block(net, cfg, B);
+  // One block's buffers per thread, kept from call to call while the shapes stay the same:
+  // allocating them anew (tens of MB at width 64) cost page faults on every training step.
+  thread_local std::unique_ptr<Block<T, A>> cached;
+  if (!cached || !cached->fits(net, cfg, B)) {
+    cached.reset();
+    cached = std::make_unique<Block<T, A>>(net, cfg, B);
+  }
+  cached->bind(net, cfg);
   for (int64_t b = first; b * B < n; b += stride) {
     const int64_t lo = b * B;
-    block.run(x, lo, static_cast<int>(std::min<int64_t>(B, n - lo)), slots[b]);
+    cached->run(x, lo, static_cast<int>(std::min<int64_t>(B, n - lo)), slots[b]);
   }
 }
 

@@ -15,7 +15,9 @@ namespace {
 using torch::Tensor;
 using torch::autograd::variable_list;
 
-// Samples per block: every stage's layer buffers of a block are kept for the reverse sweep.
+// Samples per block: every stage's layer buffers of a block are kept for the reverse sweep
+// (9 MB at width 64, depth 3, 8 steps, exact divergence in 2D). At batch 512, 64 and 128
+// measured alike and 256 ~5% slower.
 constexpr int kBlock = 128;
 
 struct Result {
