@@ -14,6 +14,7 @@ PACKAGES=(
   libdnnl-dev                         # oneDNN's float GEMM for LibTorch (engine/src/running/gemm_backend.cpp)
   libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/figures/plot.cpp)
   libopenmpi-dev openmpi-bin          # sweeps across machines (engine/src/running/mpi_sweep.cpp)
+  python3 python3-jsonschema          # tests: `mfglab schema` checked by an independent validator
 )
 
 missing=()

@@ -29,6 +29,7 @@
 #include "progress.h"
 #include "results.h"
 #include "runner.h"
+#include "schema.h"
 #include "version.h"
 #include "running/isolation.h"
 #include "running/mpi_sweep.h"
@@ -374,6 +375,8 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
   std::string validate_file;
   validate->add_option("file", validate_file, "experiment JSON")->required();
 
+  auto* schema = app.add_subcommand("schema", "print a JSON Schema of experiment files, built from the installed plugins");
+
   auto* run = app.add_subcommand("run", "run an experiment: seeds x sweep, in parallel");
   std::string run_file;
   RunOptions options;
@@ -490,6 +493,11 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
     if (*plugins) return cmd_plugins(host, kind, plugins_json);
     if (*describe) return cmd_describe(host, describe_name);
     if (*validate) return cmd_validate(host, validate_file);
+    if (*schema) {
+      print_problems(host);
+      std::cout << experiment_schema(host).dump(2) << "\n";
+      return 0;
+    }
     if (*run) {
       options.plots = !no_plots;
       return cmd_run(host, run_file, options, quiet, mpi.get());
