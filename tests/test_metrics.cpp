@@ -161,18 +161,22 @@ TEST_CASE("mmd with a list of bandwidths is the sum of the single ones", "[metri
   CHECK(both == Approx(brute_mmd(x, y, {0.5, 2.0})).epsilon(1e-9));
 }
 
-TEST_CASE("mmd median heuristic uses the median pairwise distance of the pooled points",
+TEST_CASE("mmd median heuristic takes the median pairwise distance of the reference points",
           "[metrics][mmd]") {
   auto g = at::make_generator<at::CPUGeneratorImpl>(7);
-  // 700 + 901 points: several row blocks, and an even number of pairs (two middle ranks).
+  // 901 reference points: several row blocks, and an even number of pairs (two middle ranks).
   auto x = torch::randn({700, 3}, g, kF64), y = torch::rand({901, 3}, g, kF64) * 2;
-  const double h = brute_median_distance(torch::cat({x, y}));
+  const double h = brute_median_distance(y);
   const double with_median =
       MetricUnderTest("mmd", {{"median_heuristic", true}, {"bandwidth", 123.0}})(x, y);
   CHECK(with_median == Approx(brute_mmd(x, y, {h})).epsilon(1e-9));
-  // An odd number of pairs: 4 + 2 points give 15, one middle rank.
-  auto a = torch::randn({4, 2}, g, kF64), b = torch::randn({2, 2}, g, kF64);
-  const double h_odd = brute_median_distance(torch::cat({a, b}));
+  // Another model's samples against the same held-out data: the same kernel, so the arms of
+  // a study are measured alike.
+  auto x2 = torch::randn({500, 3}, g, kF64) * 3;
+  CHECK(MetricUnderTest("mmd", {{"median_heuristic", true}})(x2, y) == Approx(brute_mmd(x2, y, {h})).epsilon(1e-9));
+  // An odd number of pairs: 6 reference points give 15, one middle rank.
+  auto a = torch::randn({4, 2}, g, kF64), b = torch::randn({6, 2}, g, kF64);
+  const double h_odd = brute_median_distance(b);
   CHECK(MetricUnderTest("mmd", {{"median_heuristic", true}})(a, b) ==
         Approx(brute_mmd(a, b, {h_odd})).epsilon(1e-9));
 }

@@ -119,7 +119,9 @@ class Mmd final : public mfglab::Metric {
 
     std::vector<double> hs = bandwidths_;
     if (median_heuristic_) {
-      const double h = median_pairwise_distance(torch::cat({x, y}));
+      // From the held-out data alone: every model evaluated on the same data (the arms of a
+      // study, seed by seed) gets the same kernel, so their values compare.
+      const double h = median_pairwise_distance(y);
       if (!(h > 0)) throw mfglab::Error("mmd: the median pairwise distance is 0; give a bandwidth");
       hs = {h};
     }
@@ -139,7 +141,7 @@ class Mmd final : public mfglab::Metric {
 
 }  // namespace
 
-MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.0.0",
+MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.1.0",
               "Unbiased estimate of MMD^2 between samples and reference with the Gaussian kernel "
               "k(x,y) = sum_h exp(-|x-y|^2/(2h^2))",
               "",
@@ -147,5 +149,5 @@ MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.0.0",
                                     "kernel bandwidth h, or a list whose kernels are summed")
                   .above(0),
               mfglab::bool_param("median_heuristic", false,
-                                 "use h = median pairwise distance of the pooled points "
+                                 "use h = median pairwise distance of the reference (held-out) points, the same for every model "
                                  "(bandwidth is then ignored)"))
