@@ -176,3 +176,24 @@ TEST_CASE("a worker started ahead of its run waits for it on stdin", "[isolation
   CHECK(reported.find("\"finished\"") != std::string::npos);
   CHECK(reported.find("could not read the experiment") != std::string::npos);
 }
+
+TEST_CASE("a run whose loss turns non-finite keeps its last good checkpoint and its loss figure", "[isolation]") {
+  TempDir tmp("iso_nan");
+  auto file = tmp.file("exp.json", fault_experiment("nan", R"(["nan"])"));
+  const fs::path run = tmp.path / "out" / "nan" / "fault=nan,seed=0";
+  auto r = mfglab_cli("--plugin-dir " + kFaultDir + " run " + file + " --out " + tmp.str() + "/out");
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  auto s = summary_of(run);
+  CHECK(s["status"] == "failed");
+  // The 5th loss of this process is NaN: iteration 5 (1-based); 4 good steps are kept.
+  CHECK_THAT(s["error"].get<std::string>(), Catch::Contains("non-finite loss term 'fit'") &&
+                                                Catch::Contains("the checkpoint holds the parameters after iteration 4"));
+  CHECK(fs::exists(run / "checkpoint.pt"));
+  CHECK(fs::exists(run / "losses.png"));
+  // A rerun resumes from it (its own 5th loss is then iteration 9) and keeps the next one.
+  auto again = mfglab_cli("--plugin-dir " + kFaultDir + " run " + file + " --out " + tmp.str() + "/out --no-plots");
+  CHECK(again.exit_code == 1);
+  CHECK_THAT(summary_of(run)["error"].get<std::string>(), Catch::Contains("at iteration 9") &&
+                                                              Catch::Contains("after iteration 8"));
+}

@@ -1,9 +1,10 @@
 // A small model that misbehaves on purpose, for the isolation tests: at training iteration
-// `at` it segfaults, aborts, calls exit(3), throws an int, allocates without end, or loops
-// forever. With fault "none" it is a healthy model: x ~ w + N(0, I), trained by
+// `at` it segfaults, aborts, calls exit(3), throws an int, allocates without end, loops
+// forever, or returns a NaN loss. With fault "none" it is a healthy model: x ~ w + N(0, I), trained by
 // mean |x - w|² (so its samples depend on the seed, the batch order and every step).
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <mfglab/plugin.h>
@@ -25,8 +26,12 @@ class FaultModel final : public mfglab::Model {
   std::vector<Tensor> parameters() override { return {w_}; }
 
   mfglab::LossTerms loss(const Tensor& batch) override {
-    if (++calls_ == at_) misbehave();
-    return {{"fit", (batch - w_).square().sum(1).mean()}};
+    auto fit = (batch - w_).square().sum(1).mean();
+    if (++calls_ == at_) {
+      if (fault_ == "nan") return {{"fit", fit * std::numeric_limits<double>::quiet_NaN()}};
+      misbehave();
+    }
+    return {{"fit", fit}};
   }
 
   Tensor sample(int64_t n) override {
@@ -70,6 +75,6 @@ class FaultModel final : public mfglab::Model {
 
 MFGLAB_PLUGIN(FaultModel, MFGLAB_KIND_MODEL, "fault_model", "1.0.0",
               "x ~ w + N(0, I) that misbehaves at one training iteration (test plugin)", "",
-              mfglab::choice_param("fault", "none", "none|segfault|abort|exit|throw_int|hog|hang",
+              mfglab::choice_param("fault", "none", "none|segfault|abort|exit|throw_int|hog|hang|nan",
                                    "what happens at iteration `at`"),
               mfglab::int_param("at", 5, "the training iteration (1-based, counted in this process) that misbehaves").at_least(1))

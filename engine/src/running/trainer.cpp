@@ -502,6 +502,10 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       const auto t0 = Clock::now();
       const double lr = learning_rate(tc, iteration);
       for (auto& group_options : optimizer->param_groups()) group_options.options().set_lr(lr);
+      // Where this iteration starts, to checkpoint it if its loss is not finite.
+      const auto rng_before = gen.get_state();
+      const auto cursor_before = state.cursor;
+      const auto order_before = state.order;
       auto batch = next_batch();
       double share = 1.0;  // this rank's part of the global batch
       torch::Tensor batch_state;
@@ -538,8 +542,23 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
         for (size_t i = 0; i < values.size(); ++i) values[i] = v[static_cast<int64_t>(i)].item<double>();
       }
       for (size_t i = 0; i < values.size(); ++i)
-        if (!std::isfinite(values[i]))
-          throw Error(fmt::format("non-finite loss term '{}' ({}) at iteration {}", terms[i].name, values[i], iteration + 1));
+        if (!std::isfinite(values[i])) {
+          // No step was taken with this loss: the parameters are those of the last good
+          // iteration. Keep them, so that the failure can be inspected and evaluated.
+          const bool finite = std::all_of(params.begin(), params.end(), [](const torch::Tensor& p) {
+            return torch::isfinite(p).all().item<bool>();
+          });
+          std::string kept;
+          if (finite && iteration > start) {
+            gen.set_state(rng_before);  // a resumed run draws this iteration's batch again
+            state.cursor = cursor_before;
+            state.order = order_before;
+            checkpoint_at(iteration);
+            kept = fmt::format("; the checkpoint holds the parameters after iteration {}", iteration);
+          }
+          throw Error(fmt::format("non-finite loss term '{}' ({}) at iteration {}{}", terms[i].name, values[i],
+                                  iteration + 1, kept));
+        }
       if (term_names.empty()) {
         for (const auto& term : terms) term_names.push_back(term.name);
         std::vector<std::string> header = {"iteration", "lr", "total"};
@@ -680,6 +699,12 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
         write_json_atomic(rd.file(run_files::summary), summary);
       } catch (const std::exception& e2) {
         outcome.error += fmt::format(" (and the summary could not be written: {})", e2.what());
+      }
+      if (opt.plots) {
+        try {
+          plot_run(dir);  // what there is: the loss curves up to the failure, at least
+        } catch (const std::exception&) {
+        }
       }
     }
     progress.run_finished(opt.index, outcome.status, outcome.error);
