@@ -33,6 +33,7 @@
 #include "version.h"
 #include "running/isolation.h"
 #include "running/mpi_sweep.h"
+#include "running/run_directory.h"
 
 namespace fs = std::filesystem;
 using namespace mfglab;
@@ -242,6 +243,66 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   return report_outcomes(outcomes, (fs::path(options.out_dir) / ex.name).string());
 }
 
+// Runs one finished run again from its own config.json into OUT and says whether its
+// samples came out byte-identical.
+int cmd_rerun(const PluginHost& host, const std::string& run_dir, RunOptions options, bool quiet) {
+  const fs::path dir(run_dir);
+  const std::string config_file = (dir / run_files::config).string();
+  nlohmann::json config;
+  try {
+    if (!fs::is_regular_file(config_file)) throw Error("no such file (is " + run_dir + " a run directory?)");
+    config = nlohmann::json::parse(read_whole_file(config_file));
+    if (!config.is_object() || !config.contains("name") || !config["name"].is_string() || !config.contains("seed") ||
+        !config["seed"].is_number_unsigned())
+      throw Error("expected a run's resolved configuration, with its \"name\" and \"seed\"");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s: %s\n", config_file.c_str(), e.what());
+    return kExitBadInput;
+  }
+  // The run's configuration as an experiment of one run: its sections and its seed.
+  nlohmann::json experiment = {{"seeds", {config["seed"]}}};
+  for (const char* key : {"name", "description", "dtype", "dataset", "model", "hamiltonian", "regularizers", "train", "eval"})
+    if (config.contains(key)) experiment[key] = config[key];
+  if (experiment.contains("eval") && experiment["eval"].is_object()) experiment["eval"].erase("skipped_metrics");
+  const std::string name = config["name"];
+  const fs::path new_run = fs::path(options.out_dir) / name / fmt::format("seed={}", config["seed"].get<uint64_t>());
+  if (fs::weakly_canonical(new_run) == fs::weakly_canonical(dir)) {
+    std::fprintf(stderr, "error: --out %s would put the rerun into %s itself: choose another folder\n",
+                 options.out_dir.c_str(), run_dir.c_str());
+    return kExitBadInput;
+  }
+  const std::string file = (fs::path(options.out_dir) / (name + ".rerun.json")).string();
+  try {
+    fs::create_directories(options.out_dir);
+    write_json_atomic(file, experiment);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return kExitBadInput;
+  }
+  std::fprintf(stderr, "rerun of %s from its config.json (experiment file %s)\n", run_dir.c_str(), file.c_str());
+  const int code = cmd_run(host, file, options, quiet, nullptr);
+  if (code != 0) return code;
+  const std::string before = (dir / run_files::samples).string(), after = (new_run / run_files::samples).string();
+  if (!fs::is_regular_file(before)) {
+    std::cout << fmt::format("{} has no samples.npy to compare with (it did not finish)\n", run_dir);
+    return kExitFailedRuns;
+  }
+  if (read_whole_file(before) == read_whole_file(after)) {
+    std::cout << fmt::format("samples.npy: byte-identical to {}\n", before);
+    return 0;
+  }
+  std::string how;
+  try {
+    const auto a = load_samples(before), b = load_samples(after);
+    how = a.sizes() == b.sizes() ? fmt::format("largest difference {:.3g}", (a - b).abs().max().item<double>())
+                                 : "different shapes";
+  } catch (const std::exception& e) {
+    how = e.what();
+  }
+  std::cout << fmt::format("samples.npy: DIFFERS from {} ({})\n", before, how);
+  return kExitFailedRuns;
+}
+
 int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png,
                 const std::string& draw, const CompareOptions& options) {
   if (csv && options.per_seed && !options.baseline.empty()) {
@@ -396,6 +457,16 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
   std::string run_memory;
   run->add_option("--run-memory", run_memory, "memory limit per run, e.g. 4G or 512M (overrides train.memory_limit)");
 
+  auto* rerun = app.add_subcommand("rerun", "run one run again from its config.json; says whether its samples are byte-identical");
+  std::string rerun_dir;
+  RunOptions rerun_options;
+  rerun->add_option("run_dir", rerun_dir, "a run directory (holding config.json)")->required()->check(CLI::ExistingDirectory);
+  rerun->add_option("--out", rerun_options.out_dir, "results root of the new run (never the run's own)")->required();
+  rerun->add_option("--threads", rerun_options.threads, "intra-op threads")->capture_default_str()->check(CLI::Range(1, 256));
+  rerun->add_flag("--in-process", rerun_options.in_process, "run inside this process (no isolation; for debuggers)");
+  bool rerun_quiet = false;
+  rerun->add_flag("--quiet", rerun_quiet, "no progress output");
+
   // A run in a process of its own: started by `run`, never by hand.
   auto* worker = app.add_subcommand("worker", "");
   worker->group("");
@@ -470,6 +541,10 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
       options.memory_limit = *bytes;
     }
   }
+  if (*rerun) {
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+  }
   if (*worker) {
     std::signal(SIGINT, on_worker_stop_signal);
     std::signal(SIGTERM, on_worker_stop_signal);
@@ -501,6 +576,10 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
     if (*run) {
       options.plots = !no_plots;
       return cmd_run(host, run_file, options, quiet, mpi.get());
+    }
+    if (*rerun) {
+      rerun_options.jobs = 1;
+      return cmd_rerun(host, rerun_dir, rerun_options, rerun_quiet);
     }
     if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw, compare_options);
     if (*plot) return cmd_plot(plot_dirs);
