@@ -113,7 +113,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     check_points(batch, "batch");
     mfglab::cnf::SolveStats stats;
     Tensor nll;
-    if (use_kernel() && !batch.requires_grad()) {
+    if (use_kernel(hutchinson_, steps_) && !batch.requires_grad()) {
       auto x = batch.to(options_);
       Tensor eps = hutchinson_ ? draw_probes(x.size(0)) : Tensor();
       nll = mfglab::cnf::fast_nll(x, eps, net_.parameters(), kernel_settings(steps_));
@@ -139,7 +139,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     torch::NoGradGuard no_grad;
     mfglab::cnf::SolveStats stats;
     Tensor lp;
-    if (use_kernel()) {
+    if (use_kernel(eval_hutchinson_, eval_steps_)) {
       auto xs = x.to(options_);
       Tensor eps = eval_hutchinson_ ? draw_probes(xs.size(0)) : Tensor();
       lp = mfglab::cnf::fast_log_prob(xs, eps, net_.parameters(), kernel_settings(eval_steps_));
@@ -201,8 +201,10 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 
   // The kernel covers fixed-step RK4 with the forward-sweep exact or the Hutchinson divergence
   // (exact_autograd is the autograd reference and keeps its graph).
-  bool use_kernel() const {
-    return fused_ && !adaptive_ && !autograd_trace_ && mfglab::cnf::fast_supported(net_.parameters(), options_.dtype().toScalarType());
+  bool use_kernel(bool hutchinson, int64_t steps) const {
+    return fused_ && !adaptive_ && !autograd_trace_ &&
+           mfglab::cnf::fast_supported(net_.parameters(), options_.dtype().toScalarType(),
+                                       hutchinson ? probes_ : d_, kernel_settings(steps));
   }
 
   mfglab::cnf::FastSettings kernel_settings(int64_t steps) const {

@@ -18,7 +18,18 @@ using torch::autograd::variable_list;
 // Samples per block: every stage's layer buffers of a block are kept for the reverse sweep
 // (9 MB at width 64, depth 3, 8 steps, exact divergence in 2D). At batch 512, 64 and 128
 // measured alike and 256 ~5% slower.
+// Fewer when the buffers of 128 samples would pass kBudget (many directions: exact divergence
+// in high dimension); when even 8 would, the kernel declines (fast_supported) and autograd runs.
 constexpr int kBlock = 128;
+constexpr double kBudget = 256.0 * 1024 * 1024;
+
+int block_size(int64_t d, int64_t w, int64_t depth, int64_t directions, int64_t steps, size_t scalar, bool keep_pre) {
+  const double per_sample = 4.0 * static_cast<double>(steps * depth * (directions + 1) * std::max(w, d)) *
+                            static_cast<double>(scalar) * (keep_pre ? 2 : 1);
+  for (int b = kBlock; b >= 8; b /= 2)
+    if (per_sample * b <= kBudget) return b;
+  return 0;
+}
 
 struct Result {
   double nll_sum = 0;
@@ -54,7 +65,10 @@ Result run(const Tensor& x_in, const Tensor& eps_in, const std::vector<Tensor>& 
   cfg.want_grad = want_grad;
   cfg.log_prob = log_prob;
 
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int B = block_size(d, net.w, net.depth, cfg.exact ? d : cfg.probes, cfg.steps, sizeof(T),
+                           cfg.act != kernel::Act::tanh);
+  if (B == 0) throw Error("cnf kernel: the stage buffers would not fit its memory budget");
+  const int64_t blocks = (n + B - 1) / B;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(st.threads, blocks));
   std::vector<kernel::Slot<T>> slots(blocks);
   if (want_grad)
@@ -67,11 +81,11 @@ Result run(const Tensor& x_in, const Tensor& eps_in, const std::vector<Tensor>& 
       static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
       static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-      if (avx512) return kernel::avx512::run_blocks(net, cfg, xp, n, kBlock, w, workers, slots.data());
-      if (avx2) return kernel::avx2::run_blocks(net, cfg, xp, n, kBlock, w, workers, slots.data());
+      if (avx512) return kernel::avx512::run_blocks(net, cfg, xp, n, B, w, workers, slots.data());
+      if (avx2) return kernel::avx2::run_blocks(net, cfg, xp, n, B, w, workers, slots.data());
     }
 #endif
-    kernel::generic::run_blocks(net, cfg, xp, n, kBlock, w, workers, slots.data());
+    kernel::generic::run_blocks(net, cfg, xp, n, B, w, workers, slots.data());
   };
   if (workers == 1) {
     work(0);
@@ -142,12 +156,17 @@ struct NllFunction : public torch::autograd::Function<NllFunction> {
 
 }  // namespace
 
-bool fast_supported(const std::vector<Tensor>& params, torch::ScalarType dtype) {
+bool fast_supported(const std::vector<Tensor>& params, torch::ScalarType dtype, int64_t directions,
+                    const FastSettings& st) {
   if (dtype != torch::kFloat32 && dtype != torch::kFloat64) return false;
   if (params.size() < 4 || params.size() % 2 != 0) return false;  // at least one hidden layer
-  for (const auto& p : params)
-    if (p.scalar_type() != dtype || !p.device().is_cpu()) return false;
-  return true;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].scalar_type() != dtype || !params[i].device().is_cpu() || params[i].dim() != (i % 2 ? 1 : 2))
+      return false;
+  const int64_t d = params.back().size(0), w = params[0].size(1);
+  const int64_t depth = static_cast<int64_t>(params.size()) / 2 - 1;
+  return block_size(d, w, depth, directions, st.steps, dtype == torch::kFloat32 ? 4 : 8,
+                    st.activation != static_cast<int>(kernel::Act::tanh)) > 0;
 }
 
 Tensor fast_nll(const Tensor& x, const Tensor& eps, const std::vector<Tensor>& params, const FastSettings& st) {

@@ -17,8 +17,10 @@ struct FastSettings {
   int threads = 1;        // thread budget
 };
 
-// Whether the kernel covers this network and scalar type.
-bool fast_supported(const std::vector<torch::Tensor>& params, torch::ScalarType dtype);
+// Whether the kernel covers this network, scalar type and number of tangent directions
+// (d for the exact divergence, the probes for Hutchinson's) within its memory budget.
+bool fast_supported(const std::vector<torch::Tensor>& params, torch::ScalarType dtype, int64_t directions,
+                    const FastSettings& settings);
 
 // Mean NLL of the batch x [N, d] (a scalar) for the velocity MLP whose parameters are params
 // (W_0, b_0, ..., stored [in, out]). eps: the Hutchinson probes [probes, N, d], or undefined for
