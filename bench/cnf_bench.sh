@@ -182,14 +182,14 @@ for c in $configs; do
        "${theirs[$c/$first]:+reference $(awk -v a="$(median "${theirs[$c/$first]}")" -v b="$(median "${theirs[$c/$last]}")" 'BEGIN {printf "%.2fx", a / b}')}"
 done
 echo
-echo "final test NLL (nats, mean +- sd over seeds $seeds; every run of a configuration, all thread counts):"
+# One run per seed (the first thread count's): mfglab's results do not depend on the thread count.
+first="${thread_counts%% *}"
+echo "final test NLL (nats, mean +- sd over seeds $seeds, runs with $first thread(s)):"
 for c in $configs; do
-  all_mine="" all_theirs=""
-  for T in $thread_counts; do all_mine+="${mine_nll[$c/$T]} "; all_theirs+="${theirs_nll[$c/$T]:-} "; done
   if [[ $run_ref == 1 ]]; then
-    echo "  $c: mfglab $(meansd "$all_mine"), reference $(meansd "$all_theirs")"
+    echo "  $c: mfglab $(meansd "${mine_nll[$c/$first]}"), reference $(meansd "${theirs_nll[$c/$first]}")"
   else
-    echo "  $c: mfglab $(meansd "$all_mine")"
+    echo "  $c: mfglab $(meansd "${mine_nll[$c/$first]}")"
   fi
 done
 echo "(median over seeds of each run's median / 10th-percentile step time; p10 is the less load-sensitive figure)"
