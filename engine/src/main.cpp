@@ -31,6 +31,7 @@
 #include "runner.h"
 #include "schema.h"
 #include "version.h"
+#include "running/evaluate.h"
 #include "running/isolation.h"
 #include "running/mpi_sweep.h"
 #include "running/run_directory.h"
@@ -259,11 +260,7 @@ int cmd_rerun(const PluginHost& host, const std::string& run_dir, RunOptions opt
     std::fprintf(stderr, "error: %s: %s\n", config_file.c_str(), e.what());
     return kExitBadInput;
   }
-  // The run's configuration as an experiment of one run: its sections and its seed.
-  nlohmann::json experiment = {{"seeds", {config["seed"]}}};
-  for (const char* key : {"name", "description", "dtype", "dataset", "model", "hamiltonian", "regularizers", "train", "eval"})
-    if (config.contains(key)) experiment[key] = config[key];
-  if (experiment.contains("eval") && experiment["eval"].is_object()) experiment["eval"].erase("skipped_metrics");
+  const nlohmann::json experiment = experiment_of_run(config);
   const std::string name = config["name"];
   const fs::path new_run = fs::path(options.out_dir) / name / fmt::format("seed={}", config["seed"].get<uint64_t>());
   if (fs::weakly_canonical(new_run) == fs::weakly_canonical(dir)) {
@@ -301,6 +298,43 @@ int cmd_rerun(const PluginHost& host, const std::string& run_dir, RunOptions opt
   }
   std::cout << fmt::format("samples.npy: DIFFERS from {} ({})\n", before, how);
   return kExitFailedRuns;
+}
+
+// Evaluates each run again with other evaluation settings, into RUN@<settings> beside it.
+int cmd_evaluate(const PluginHost& host, const std::vector<std::string>& dirs, EvaluateRequest request) {
+  print_problems(host);
+  set_thread_budget(request.threads);
+  int failed = 0;
+  for (const auto& dir : dirs) {
+    request.run_dir = dir;
+    Progress quiet_progress(1, false, true);
+    RunOutcome outcome;
+    try {
+      outcome = evaluate_run(host, request, quiet_progress);
+    } catch (const ExperimentError& e) {
+      return report_experiment_error(e);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return kExitBadInput;
+    }
+    if (outcome.status != "ok") {
+      std::fprintf(stderr, "error: %s: %s\n", outcome.dir.c_str(), outcome.error.c_str());
+      ++failed;
+      continue;
+    }
+    // The new metrics beside the run's own.
+    nlohmann::json before = nlohmann::json::object(), after = nlohmann::json::object();
+    try {
+      before = read_json_file((fs::path(dir) / run_files::summary).string()).value("metrics", nlohmann::json::object());
+    } catch (const std::exception&) {
+    }
+    after = read_json_file((fs::path(outcome.dir) / run_files::summary).string()).value("metrics", nlohmann::json::object());
+    std::cout << fmt::format("{}\n", outcome.dir);
+    for (const auto& [name, value] : after.items())
+      std::cout << fmt::format("  {:<24} {:>14}  (the run: {})\n", name, value.dump(),
+                               before.contains(name) ? before[name].dump() : "n/a");
+  }
+  return failed ? kExitFailedRuns : 0;
 }
 
 int cmd_compare(const std::vector<std::string>& dirs, bool csv, bool as_json, const std::string& png,
@@ -467,6 +501,20 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
   bool rerun_quiet = false;
   rerun->add_flag("--quiet", rerun_quiet, "no progress output");
 
+  auto* evaluate = app.add_subcommand("evaluate", "sample and measure trained runs again with other evaluation settings, "
+                                                  "into RUN@<settings> beside each run (no training)");
+  std::vector<std::string> evaluate_dirs;
+  EvaluateRequest evaluate_request;
+  evaluate->add_option("run_dirs", evaluate_dirs, "run directories (holding config.json and checkpoint.pt)")->required();
+  evaluate->add_option("--set", evaluate_request.settings,
+                       "KEY=VALUE: eval.samples, eval.metrics (JSON) or model.params.NAME for a parameter the model "
+                       "declares evaluation-time (repeatable)")
+      ->allow_extra_args(false);
+  evaluate->add_flag("--force", evaluate_request.force, "replace an earlier evaluation with the same settings");
+  bool evaluate_no_plots = false;
+  evaluate->add_flag("--no-plots", evaluate_no_plots, "do not draw the figures");
+  evaluate->add_option("--threads", evaluate_request.threads, "intra-op threads")->capture_default_str()->check(CLI::Range(1, 256));
+
   // A run in a process of its own: started by `run`, never by hand.
   auto* worker = app.add_subcommand("worker", "");
   worker->group("");
@@ -580,6 +628,10 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
     if (*rerun) {
       rerun_options.jobs = 1;
       return cmd_rerun(host, rerun_dir, rerun_options, rerun_quiet);
+    }
+    if (*evaluate) {
+      evaluate_request.plots = !evaluate_no_plots;
+      return cmd_evaluate(host, evaluate_dirs, evaluate_request);
     }
     if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw, compare_options);
     if (*plot) return cmd_plot(plot_dirs);

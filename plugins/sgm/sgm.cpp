@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include <mfglab/evaluation.h>
 #include <mfglab/nn.h>
 #include <mfglab/plugin.h>
 #include <mfglab/score_pde.h>
@@ -76,7 +77,8 @@ E pick(const std::string& what, const std::string& value,
 class Sgm final : public mfglab::Model,
                   public mfglab::ForwardProcess,
                   public mfglab::ScoreDerivatives,
-                  public mfglab::HjbResidual {
+                  public mfglab::HjbResidual,
+                  public mfglab::EvaluationParams {
  public:
   Sgm(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
@@ -144,6 +146,7 @@ class Sgm final : public mfglab::Model,
 
   void* capability(const char* id) override {
     if (std::strcmp(id, mfglab::kForwardProcess) == 0) return static_cast<mfglab::ForwardProcess*>(this);
+    if (std::strcmp(id, mfglab::kEvaluationParams) == 0) return static_cast<mfglab::EvaluationParams*>(this);
     if (std::strcmp(id, mfglab::kHjbResidual) == 0) return static_cast<mfglab::HjbResidual*>(this);
     // A potential network would need third derivatives: the regularizer falls back to autograd.
     if (std::strcmp(id, mfglab::kScoreDerivatives) == 0 && param_ == Parameterization::score)
@@ -152,6 +155,11 @@ class Sgm final : public mfglab::Model,
   }
 
   std::vector<torch::Tensor> parameters() override { return net_.parameters(); }
+
+  // Read by sample() and log_prob() only: `mfglab evaluate` may change them.
+  std::vector<std::string> evaluation_params() const override {
+    return {"sample_steps", "sampler", "snr", "ode_solver", "rtol", "atol"};
+  }
 
   mfglab::LossTerms loss(const torch::Tensor& batch) override {
     auto noised = noised_batch(batch);

@@ -174,6 +174,36 @@ void save_checkpoint(const RunDirectory& rd, const std::vector<torch::Tensor>& p
 
 enum class Restore { none, other_configuration, restored };
 
+// The model's parameters as a checkpoint holds them, each checked against the model's shape.
+std::vector<torch::Tensor> read_params(torch::serialize::InputArchive& archive, const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> values;
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::Tensor t;
+    archive.read(fmt::format("param_{}", i), t);
+    if (!t.sizes().equals(params[i].sizes()))
+      throw Error(fmt::format("parameter {} has shape {} in the checkpoint, {} in the model", i, c10::str(t.sizes()),
+                              c10::str(params[i].sizes())));
+    values.push_back(t);
+  }
+  return values;
+}
+
+// For `mfglab evaluate`: a trained run's parameters and its generator as they were after
+// training (so that unchanged settings sample the same bytes). Returns its iteration.
+int64_t load_trained_state(const std::string& checkpoint, const std::vector<torch::Tensor>& params, torch::Generator& gen) {
+  std::istringstream bytes(read_text_file(checkpoint));
+  torch::serialize::InputArchive archive;
+  archive.load_from(bytes);
+  const std::vector<torch::Tensor> values = read_params(archive, params);
+  torch::Tensor iteration, generator_state;
+  archive.read("iteration", iteration);
+  archive.read("generator_state", generator_state);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) params[i].copy_(values[i]);
+  gen.set_state(generator_state);
+  return iteration.item<int64_t>();
+}
+
 // Restores a checkpoint written for the same configuration. Throws when the file cannot be
 // read (the caller moves it aside).
 Restore load_checkpoint(const RunDirectory& rd, const std::vector<torch::Tensor>& params, torch::optim::Optimizer* optimizer,
@@ -191,13 +221,7 @@ Restore load_checkpoint(const RunDirectory& rd, const std::vector<torch::Tensor>
   if (static_cast<uint64_t>(read("config_fingerprint").item<int64_t>()) != config_fingerprint)
     return Restore::other_configuration;
   // Read everything before changing anything: a damaged archive leaves the run untouched.
-  std::vector<torch::Tensor> values;
-  for (size_t i = 0; i < params.size(); ++i) {
-    values.push_back(read(fmt::format("param_{}", i)));
-    if (!values.back().sizes().equals(params[i].sizes()))
-      throw Error(fmt::format("parameter {} has shape {} in the checkpoint, {} in the model", i,
-                              c10::str(values.back().sizes()), c10::str(params[i].sizes())));
-  }
+  const std::vector<torch::Tensor> values = read_params(archive, params);
   Checkpoint loaded;
   loaded.iteration = read("iteration").item<int64_t>();
   loaded.cursor = read("cursor").item<int64_t>();
@@ -402,7 +426,12 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     // the checkpoint, the loss history up to it from losses.csv. A file that cannot give
     // them is kept under another name and the run starts over.
     int64_t start = 0;
-    if (opt.resume && tc.iterations > 0 && rd.has(run_files::checkpoint)) {
+    const bool evaluate_only = !opt.weights_from.empty();
+    if (evaluate_only) {
+      stage("the trained run's checkpoint " + opt.weights_from, [&] { start = load_trained_state(opt.weights_from, params, gen); });
+      summary["evaluated_from"] = opt.weights_from;
+    }
+    if (!evaluate_only && opt.resume && tc.iterations > 0 && rd.has(run_files::checkpoint)) {
       auto start_over = [&](const std::string& why) {
         std::string kept;
         if (writer)
@@ -494,7 +523,8 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       }
       return stop;
     };
-    for (iteration = start; iteration < tc.iterations; ++iteration) {
+    const int64_t last_iteration = evaluate_only ? start : tc.iterations;
+    for (iteration = start; iteration < last_iteration; ++iteration) {
       if (stop_now()) {
         checkpoint_at(iteration);
         throw Interrupted(fmt::format("interrupted at iteration {}; run again to resume", iteration));
@@ -620,7 +650,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       }
       if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0 && done < tc.iterations) checkpoint_at(done);
     }
-    if (tc.iterations > 0) checkpoint_at(iteration);
+    if (tc.iterations > 0 && !evaluate_only) checkpoint_at(iteration);
     const double trained_seconds = train_seconds();
 
     // ---- evaluation -----------------------------------------------------------------
@@ -657,7 +687,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       summary["status"] = "ok";
       summary["iterations"] = iteration;
       summary["train_seconds"] = trained_seconds;
-      summary["seconds_per_iteration"] = median(step_seconds);
+      summary["seconds_per_iteration"] = evaluate_only ? nlohmann::json(nullptr) : nlohmann::json(median(step_seconds));
       summary["sample_seconds"] = sample_seconds;
       summary["final_loss"] = last_terms;
       summary["metrics"] = metrics;

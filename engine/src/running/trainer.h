@@ -40,6 +40,9 @@ struct TrainOptions {
   bool plots = true;         // draw the run's figures
   int index = 0;             // the run's slot in the progress display
   Collective* collective = nullptr;  // data-parallel training; rank 0 writes the files
+  // `mfglab evaluate`: no training; the model takes its parameters and the generator its
+  // state from this trained run's checkpoint.pt, then samples and evaluates as usual.
+  std::string weights_from;
 };
 
 // Never throws: failures land in summary.json and the outcome. A stop request ends the
