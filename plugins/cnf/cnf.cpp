@@ -354,7 +354,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 
 }  // namespace
 
-MFGLAB_PLUGIN(Cnf, MFGLAB_KIND_MODEL, "cnf", "1.0.0",
+MFGLAB_PLUGIN(Cnf, MFGLAB_KIND_MODEL, "cnf", "1.1.0",
               "FFJORD-style continuous normalizing flow: MLP velocity v(x, t), exact or Hutchinson "
               "divergence, rk4 or dopri5, loss = mean NLL by the change of variables (no transport cost)",
               "velocity,log_prob",

@@ -282,7 +282,7 @@ class Block {
   // Rows [lo, lo + nb) of the batch x (row-major [n, d]) into slot.
   void run(const T* x, int64_t lo, int nb, Slot<T>& slot) {
     nb_ = nb;
-    const int d = net_->d, zc = d + 1, steps = cfg_->steps, K = K_;
+    const int d = net_->d, zc = d + 1, steps = cfg_->steps, K = K_;  // K: tangent directions
     const T dt = T(1) / static_cast<T>(steps);
     // This block's probes, [K, nb, d].
     if (!cfg_->exact)
@@ -344,7 +344,6 @@ class Block {
         for (int e = 0; e < nb * d; ++e) xb[e] += yb[e];
       }
     }
-    (void)K;
   }
 
  private:
