@@ -10,16 +10,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 seed_option=()
 [ $# -ge 2 ] && seed_option=(-seed="$2")
-scripts/setup.sh
-missing=()
-for p in clang libclang-rt-14-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/setup.sh clang libclang-rt-14-dev
 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DMFGLAB_FUZZ=ON >/dev/null
 cmake --build build-fuzz -j"$(nproc)"
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1"

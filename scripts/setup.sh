@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs mfglab's build and run dependencies from Debian's packages; does nothing when
-# everything is already installed.
+# Installs mfglab's build and run dependencies from Debian's packages, and any packages named
+# on the command line (the tests' and the fuzzers' own); does nothing when everything is
+# already installed.
+# usage: scripts/setup.sh [EXTRA_PACKAGE...]
 set -euo pipefail
 
 PACKAGES=(
@@ -14,8 +16,8 @@ PACKAGES=(
   libdnnl-dev                         # oneDNN's float GEMM for LibTorch (engine/src/running/gemm_backend.cpp)
   libcairo2-dev pkg-config            # PNG figures of runs and comparisons (engine/src/figures/plot.cpp)
   libopenmpi-dev openmpi-bin          # sweeps across machines (engine/src/running/mpi_sweep.cpp)
-  python3 python3-jsonschema          # tests: `mfglab schema` checked by an independent validator
 )
+PACKAGES+=("$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -29,6 +29,7 @@
 #include "progress.h"
 #include "results.h"
 #include "runner.h"
+#include "report.h"
 #include "schema.h"
 #include "version.h"
 #include "running/evaluate.h"
@@ -551,6 +552,14 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
       ->check(CLI::IsMember({"samples", "trajectories"}))
       ->needs(png_option);
 
+  auto* report = app.add_subcommand("report", "one self-contained HTML page comparing the runs under the given folders");
+  std::vector<std::string> report_dirs;
+  std::string report_out;
+  CompareOptions report_options;
+  report->add_option("dirs", report_dirs, "run, experiment or results folders")->required();
+  report->add_option("--out", report_out, "the HTML file to write")->required();
+  report->add_option("--baseline", report_options.baseline, "add paired statistics against this configuration (as compare)");
+
   auto* plot = app.add_subcommand("plot", "draw the figures of runs (samples.png, losses.png, ...) into their directories");
   std::vector<std::string> plot_dirs;
   plot->add_option("dirs", plot_dirs, "run directories, or folders containing them")->required();
@@ -634,6 +643,16 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
       return cmd_evaluate(host, evaluate_dirs, evaluate_request);
     }
     if (*compare) return cmd_compare(compare_dirs, compare_csv, compare_json, compare_png, compare_draw, compare_options);
+    if (*report) {
+      try {
+        write_file_atomic(report_out, make_report(report_dirs, report_options));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return kExitBadInput;
+      }
+      std::fprintf(stderr, "wrote %s\n", report_out.c_str());
+      return 0;
+    }
     if (*plot) return cmd_plot(plot_dirs);
     if (*metric) return cmd_metric(host, metric_name, samples_file, data_file, params_text, metric_seed, metric_json);
   } catch (const std::exception& e) {
