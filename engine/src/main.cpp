@@ -619,7 +619,12 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
       worker_request.plots = !worker_no_plots;
       auto host = worker_plugin_files.empty() ? std::make_unique<PluginHost>(PluginHost::search_path(plugin_dirs))
                                               : PluginHost::of_files(worker_plugin_files);
-      return worker_main(*host, worker_request);
+      const int code = worker_main(*host, worker_request);
+      // Everything the run wrote is closed and its outcome reported: tearing down LibTorch
+      // and the plugins would only keep the parent waiting.
+      std::cout.flush();
+      std::fflush(nullptr);
+      ::_exit(code);
     }
     PluginHost host(PluginHost::search_path(plugin_dirs));
     if (*plugins) return cmd_plugins(host, kind, plugins_json);

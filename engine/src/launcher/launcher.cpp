@@ -110,6 +110,9 @@ int main(int argc, char** argv) {
       break;  // the engine starts its workers itself, and reports what fails
     }
   }
+  // Runs parallelise across processes, never inside BLAS (main.cpp's tune_process keeps
+  // OpenBLAS at one thread): said before it loads, it starts no threads of its own.
+  ::setenv("OPENBLAS_NUM_THREADS", "1", /*overwrite=*/0);
   // The same layout as the plugins: <prefix>/bin/mfglab and <prefix>/lib/mfglab/.
   const fs::path engine = exe.parent_path().parent_path() / "lib" / "mfglab" / "libmfglab_engine.so";
   // Global: OpenMPI's components and the plugins resolve symbols against the engine's libraries.
