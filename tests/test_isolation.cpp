@@ -197,3 +197,18 @@ TEST_CASE("a run whose loss turns non-finite keeps its last good checkpoint and 
   CHECK_THAT(summary_of(run)["error"].get<std::string>(), Catch::Contains("at iteration 9") &&
                                                               Catch::Contains("after iteration 8"));
 }
+
+TEST_CASE("a model output of the wrong shape is reported as such, not passed on", "[isolation]") {
+  TempDir tmp("iso_shape");
+  auto exp = nlohmann::json::parse(fault_experiment("shape", R"(["none", "bad_velocity"])"));
+  exp["eval"]["metrics"].push_back({{"plugin", "transport"}});
+  auto file = tmp.file("exp.json", exp.dump());
+  auto r = mfglab_cli(run_cmd(file, tmp.str() + "/out"));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);  // a metric that fails leaves the run intact
+  auto good = summary_of(tmp.path / "out" / "shape" / "fault=none,seed=0");
+  CHECK(good["metrics"].contains("transport_cost"));
+  auto bad = summary_of(tmp.path / "out" / "shape" / "fault=bad_velocity,seed=0");
+  CHECK(!bad["metrics"].contains("transport_cost"));
+  CHECK_THAT(bad["metric_errors"].dump(), Catch::Contains("model 'fault_model': velocity returned [256], expected [256, 2]"));
+}

@@ -1,6 +1,7 @@
 // A small model that misbehaves on purpose, for the isolation tests: at training iteration
 // `at` it segfaults, aborts, calls exit(3), throws an int, allocates without end, loops
-// forever, or returns a NaN loss. With fault "none" it is a healthy model: x ~ w + N(0, I), trained by
+// forever, or returns a NaN loss. Its velocity is 0 ([N, d]); with fault "bad_velocity" it
+// returns [N] instead, against the SDK's contract. With fault "none" it is a healthy model: x ~ w + N(0, I), trained by
 // mean |x - w|² (so its samples depend on the seed, the batch order and every step).
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +33,11 @@ class FaultModel final : public mfglab::Model {
       misbehave();
     }
     return {{"fit", fit}};
+  }
+
+  Tensor velocity(const Tensor& x, const Tensor&) override {
+    if (fault_ == "bad_velocity") return torch::zeros({x.size(0)}, options_);
+    return torch::zeros_like(x);
   }
 
   Tensor sample(int64_t n) override {
@@ -74,7 +80,7 @@ class FaultModel final : public mfglab::Model {
 }  // namespace
 
 MFGLAB_PLUGIN(FaultModel, MFGLAB_KIND_MODEL, "fault_model", "1.0.0",
-              "x ~ w + N(0, I) that misbehaves at one training iteration (test plugin)", "",
-              mfglab::choice_param("fault", "none", "none|segfault|abort|exit|throw_int|hog|hang|nan",
+              "x ~ w + N(0, I) that misbehaves at one training iteration (test plugin)", "velocity",
+              mfglab::choice_param("fault", "none", "none|segfault|abort|exit|throw_int|hog|hang|nan|bad_velocity",
                                    "what happens at iteration `at`"),
               mfglab::int_param("at", 5, "the training iteration (1-based, counted in this process) that misbehaves").at_least(1))

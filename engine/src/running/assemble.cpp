@@ -1,4 +1,5 @@
 #include "running/assemble.h"
+#include "running/checked_model.h"
 
 #include <fmt/format.h>
 
@@ -54,8 +55,11 @@ RunObjects assemble(const RunSpec& spec, const PluginHost& host, RunContext& ctx
     });
     ctx.hamiltonian = o.hamiltonian.get();
   }
-  stage("model '" + spec.model.plugin + "'",
-        [&] { o.model = host.create_as<Model>(spec.model.plugin, MFGLAB_KIND_MODEL, spec.model.params, ctx); });
+  stage("model '" + spec.model.plugin + "'", [&] {
+    // Everybody (the trainer, regularizers, metrics) sees the model through its contract checks.
+    o.model = std::make_unique<CheckedModel>(host.create_as<Model>(spec.model.plugin, MFGLAB_KIND_MODEL, spec.model.params, ctx),
+                                             spec.model.plugin, ctx.data_dim, ctx.dtype);
+  });
   for (const auto& r : spec.regularizers)
     stage("regularizer '" + r.plugin + "'", [&] {
       o.regularizers.push_back(host.create_as<Regularizer>(r.plugin, MFGLAB_KIND_REGULARIZER, r.params, ctx));
