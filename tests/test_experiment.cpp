@@ -67,6 +67,9 @@ std::string available(int32_t kind) {
   return out;
 }
 
+// The folders searched and how to add one, as an unknown plugin's message ends.
+std::string searched() { return " (" + host().search_hint() + ")"; }
+
 #define CHECK_ERROR(text, line) CHECK(errors_of(text) == std::vector<std::string>{line})
 
 }  // namespace
@@ -131,7 +134,8 @@ TEST_CASE("top-level keys", "[experiment]") {
 TEST_CASE("plugin references", "[experiment]") {
   SECTION("unknown plugin, with a suggestion") {
     CHECK_ERROR(patched(R"({"model": {"plugin": "sgn"}})"),
-                "bad.json: /model/plugin: no model plugin named 'sgn' (did you mean 'sgm'?); available: " + available(MFGLAB_KIND_MODEL));
+                "bad.json: /model/plugin: no model plugin named 'sgn' (did you mean 'sgm'?); available: " + available(MFGLAB_KIND_MODEL) +
+                    searched());
   }
   SECTION("plugin of the wrong kind") {
     CHECK_ERROR(patched(R"({"model": {"plugin": "mmd"}})"),
@@ -514,10 +518,10 @@ TEST_CASE("very long words give errors, without suggestions", "[experiment][name
   const std::string longname(50000, 's');
   CHECK_ERROR(patched(R"({"model": {"plugin": ")" + longname + R"("}})"),
               "bad.json: /model/plugin: no model plugin named '" + std::string(61, 's') + "...'; available: " +
-                  available(MFGLAB_KIND_MODEL));
+                  available(MFGLAB_KIND_MODEL) + searched());
   CHECK_ERROR(patched(R"({"dataset": {"plugin": ")" + longname + R"("}})"),
               "bad.json: /dataset/plugin: no dataset plugin named '" + std::string(61, 's') + "...'; available: " +
-                  available(MFGLAB_KIND_DATASET));
+                  available(MFGLAB_KIND_DATASET) + searched());
   CHECK_ERROR(patched(R"({"dtype": ")" + longname + R"("})"),
               "bad.json: /dtype: expected one of float32, float64, got \"" + std::string(36, 's') + "...");
   CHECK_ERROR(patched(R"({")" + longname + R"(": 1})"),
@@ -854,7 +858,7 @@ TEST_CASE("variant errors point into the variant", "[experiment][variants]") {
                 "bad.json: /variants/b/model/params/width: expected an integer >= 1, got 0");
     CHECK_ERROR(with_variants(R"({"a": {"model": {"plugin": "sgn"}}})"),
                 "bad.json: /variants/a/model/plugin: no model plugin named 'sgn' (did you mean 'sgm'?); available: " +
-                    available(MFGLAB_KIND_MODEL));
+                    available(MFGLAB_KIND_MODEL) + searched());
   }
   SECTION("a key the variant sets in train; the experiment's own keys keep their paths") {
     CHECK_ERROR(with_variants(R"({"a": {"train": {"optimizer": {"lr": -1}}}})"),

@@ -186,9 +186,9 @@ class Checker {
     }
     if (p == nullptr) {
       auto same_kind = host_.names(kind);
-      error(path + "/plugin", fmt::format("no {} plugin named '{}'{}; available: {}", kind_name(kind),
+      error(path + "/plugin", fmt::format("no {} plugin named '{}'{}; available: {} ({})", kind_name(kind),
                                           clip(out.plugin), did_you_mean(out.plugin, host_.names()),
-                                          same_kind.empty() ? "none" : join(same_kind)));
+                                          same_kind.empty() ? "none" : join(same_kind), host_.search_hint()));
       return nullptr;
     }
     if (p->kind() != kind) {

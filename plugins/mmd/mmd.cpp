@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <sstream>
 #include <vector>
 
 namespace {
@@ -100,8 +101,8 @@ class Mmd final : public mfglab::Metric {
  public:
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
-  Mmd(const mfglab::Params& params, const mfglab::RunContext&)
-      : bandwidths_(params.numbers("bandwidth")), median_heuristic_(params.flag("median_heuristic")) {
+  Mmd(const mfglab::Params& params, const mfglab::RunContext& ctx)
+      : ctx_(ctx), bandwidths_(params.numbers("bandwidth")), median_heuristic_(params.flag("median_heuristic")) {
     if (bandwidths_.empty()) throw mfglab::Error("bandwidth: give at least one value");
     for (double h : bandwidths_)
       if (!(h > 0)) throw mfglab::Error("bandwidth: every value must be > 0");
@@ -124,6 +125,10 @@ class Mmd final : public mfglab::Metric {
       const double h = median_pairwise_distance(y);
       if (!(h > 0)) throw mfglab::Error("mmd: the median pairwise distance is 0; give a bandwidth");
       hs = {h};
+      std::ostringstream line;  // recorded in the run's log: the kernel its values were measured with
+      line.precision(17);
+      line << "mmd: median-heuristic bandwidth h = " << h << " (from " << m << " held-out points)";
+      ctx_.info(line.str());
     }
     std::vector<double> coefficients;  // 1 / (2h²)
     for (double h : hs) coefficients.push_back(1.0 / (2 * h * h));
@@ -135,6 +140,7 @@ class Mmd final : public mfglab::Metric {
   }
 
  private:
+  const mfglab::RunContext& ctx_;  // outlives the metric
   std::vector<double> bandwidths_;
   bool median_heuristic_;
 };
