@@ -43,7 +43,7 @@ TEST_CASE("mfglab evaluate samples a trained run again without training", "[eval
   const auto before = files_of(run);
 
   SECTION("unchanged settings reproduce the run's samples byte for byte") {
-    auto r = mfglab_cli("evaluate " + run.string() + " --no-plots");
+    auto r = mfglab_cli("evaluate " + run.string() + "/ --no-plots");  // a trailing slash changes nothing
     INFO(r.out << r.err);
     REQUIRE(r.exit_code == 0);
     const fs::path again = tmp.path / "ev" / "seed=0@evaluated";

@@ -56,7 +56,8 @@ nlohmann::json experiment_of_run(const nlohmann::json& config) {
 }
 
 RunOutcome evaluate_run(const PluginHost& host, const EvaluateRequest& request, ProgressSink& progress) {
-  const fs::path run(request.run_dir);
+  fs::path run = fs::path(request.run_dir).lexically_normal();
+  if (run.filename().empty()) run = run.parent_path();  // "RUN/": the new folder goes beside RUN, never into it
   const std::string config_file = (run / run_files::config).string();
   const std::string checkpoint = (run / run_files::checkpoint).string();
   if (!fs::is_regular_file(config_file)) throw Error(fmt::format("{}: no config.json: not a run directory", request.run_dir));
