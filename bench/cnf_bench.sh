@@ -77,18 +77,7 @@ EOF
 }
 
 # "median p10" of per-iteration seconds after 5 warm-up steps, from a csv column or a json list
-step_stats() {  # file csv-column|json-key
-  "$python" - "$1" "$2" <<'PY'
-import csv, json, statistics, sys
-path, key = sys.argv[1], sys.argv[2]
-if path.endswith('.csv'):
-    v = [float(r[key]) for r in csv.DictReader(open(path))]
-else:
-    v = json.load(open(path))[key]
-v = sorted(v[5:] if len(v) > 5 else v)
-print(statistics.median(v), v[len(v) // 10])
-PY
-}
+source "$here/step_stats.sh"  # step_stats, stats, median
 
 mfglab_run() {  # config seed threads -> "median p10 nll"
   experiment "$1" "$2"
@@ -145,12 +134,6 @@ for s in $seeds; do
 done
 
 # median [min, max] of a list of numbers, in milliseconds
-stats() {
-  echo "$1" | tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1 * 1000}
-    END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
-         printf "%.2f [%.2f, %.2f]", m, v[1], v[NR]}'
-}
-median() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 # mean +- standard deviation of a list
 meansd() {
   echo "$1" | tr ' ' '\n' | grep . | awk '{s += $1; q += $1 * $1; n++}
