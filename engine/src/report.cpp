@@ -256,24 +256,20 @@ img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
   html += "<pre>" + escape(table) + "</pre>\n";
 
   TempFolder tmp;
-  html += "<h2>Samples</h2>\n";
-  try {
-    const auto f = plot_compare(paths, (tmp.path() / "samples.png").string(), CompareView::samples);
-    html += image(read_bytes(f.path), "samples of each configuration");
-  } catch (const std::exception& e) {
-    html += "<p>" + escape(std::string("No samples figure: ") + e.what()) + "</p>\n";
-  }
+  // One panel per configuration, as `compare --png` draws it; a figure that cannot be drawn
+  // is said, not fatal.
+  auto compare_figure = [&](CompareView view, const std::string& what) {
+    try {
+      const auto f = plot_compare(paths, (tmp.path() / (what + ".png")).string(), view);
+      return image(read_bytes(f.path), what + " of each configuration");
+    } catch (const std::exception& e) {
+      return "<p>" + escape("No " + what + " figure: " + e.what()) + "</p>\n";
+    }
+  };
+  html += "<h2>Samples</h2>\n" + compare_figure(CompareView::samples, "samples");
   bool trajectories = false;
   for (const auto& r : runs) trajectories = trajectories || fs::exists(r.dir / "trajectories.npy");
-  if (trajectories) {
-    html += "<h2>Trajectories</h2>\n";
-    try {
-      const auto f = plot_compare(paths, (tmp.path() / "trajectories.png").string(), CompareView::trajectories);
-      html += image(read_bytes(f.path), "trajectories of each configuration");
-    } catch (const std::exception& e) {
-      html += "<p>" + escape(std::string("No trajectories figure: ") + e.what()) + "</p>\n";
-    }
-  }
+  if (trajectories) html += "<h2>Trajectories</h2>\n" + compare_figure(CompareView::trajectories, "trajectories");
   std::string densities;
   for (const auto& [key, run] : firsts)
     if (fs::exists(run->dir / "density.png"))
