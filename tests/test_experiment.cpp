@@ -266,7 +266,7 @@ TEST_CASE("regularizers and what they need", "[experiment]") {
     CHECK_ERROR(patched(R"({"model": {"plugin": "cnf", "params": null},
                             "regularizers": [{"plugin": "needs_value", "weight": 0.1}]})"),
                 "bad.json: /regularizers/0/plugin: regularizer 'needs_value' needs the model's 'value' field, "
-                "which model 'cnf' does not provide (it provides: velocity, log_prob)");
+                "which model 'cnf' does not provide (it provides: velocity, log_prob, collocation)");
   }
   SECTION("a Hamiltonian the experiment lacks") {
     CHECK_ERROR(patched(R"({"regularizers": [{"plugin": "needs_hamiltonian"}]})"),
@@ -875,10 +875,10 @@ TEST_CASE("variant errors point into the variant", "[experiment][variants]") {
   }
   SECTION("an error of the experiment's sections that only some variants have names them") {
     CHECK_ERROR(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"model": {"plugin": "cnf"}}})",
-                              R"({"model": {"plugin": "sgm", "params": null},
+                              R"({"model": {"plugin": "sgm", "params": {"parameterization": "potential"}},
                                   "regularizers": [{"plugin": "needs_value", "weight": 0.1}]})"),
                 "bad.json: /regularizers/0/plugin: regularizer 'needs_value' needs the model's 'value' field, "
-                "which model 'cnf' does not provide (it provides: velocity, log_prob) (variant 'b')");
+                "which model 'cnf' does not provide (it provides: velocity, log_prob, collocation) (variant 'b')");
     auto lines = errors_of(with_variants(R"({"a": {"train": {"iterations": 5}}, "b": {"model": {"plugin": "cnf"}}})",
                                          R"({"sweep": {"model.params.beta_min": [0.2]}})"));
     REQUIRE(lines.size() == 1);
@@ -948,7 +948,7 @@ TEST_CASE("variant errors point into the variant", "[experiment][variants]") {
 TEST_CASE("a metric that a variant's model cannot compute is skipped for that variant", "[experiment][variants]") {
   const std::string metrics = R"({"eval": {"metrics": [{"plugin": "mmd"}, {"plugin": "transport"}]}})";
   const std::string reason = "metric 'transport' needs the model's 'velocity' field, which model 'sgm' does not "
-                             "provide (it provides: score, log_prob, value)";
+                             "provide (it provides: score, log_prob, collocation)";
   SECTION("skipped where the model lacks the field, kept where it has it") {
     auto ex = parse_experiment(with_variants(R"({"score": {"model": {"plugin": "sgm"}}, "flow": {"model": {"plugin": "cnf"}}})",
                                              metrics),

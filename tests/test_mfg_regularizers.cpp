@@ -697,8 +697,11 @@ TEST_CASE("mfglab validate refuses a regularizer whose model field is missing", 
               {"regularizers", regs}};
     return tmp.file(model + ".json", j.dump(2));
   };
-  // cnf lacks value (hjb, hjb_terminal), sgm lacks velocity (kinetic, jacobian_frobenius).
-  for (const auto& [model, missing] : {std::pair<std::string, std::string>{"cnf", "value"}, {"sgm", "velocity"}}) {
+  // cnf lacks value (hjb, hjb_terminal); sgm lacks velocity (kinetic, jacobian_frobenius),
+  // and value too with its default parameterization (score).
+  const std::vector<std::pair<std::string, std::vector<std::string>>> lacking = {{"cnf", {"value"}},
+                                                                               {"sgm", {"value", "velocity"}}};
+  for (const auto& [model, missing] : lacking) {
     const std::string bad = experiment(model);
     auto r = mfglab_cli("validate '" + bad + "'");
     INFO(r.err);
@@ -706,9 +709,9 @@ TEST_CASE("mfglab validate refuses a regularizer whose model field is missing", 
     CHECK(r.out.empty());
     for (size_t i = 0; i < needs.size(); ++i) {
       const std::string line = bad + ": /regularizers/" + std::to_string(i) + "/plugin: regularizer '" + needs[i].first +
-                               "' needs the model's '" + needs[i].second + "' field, which model '" + model +
-                               "' does not provide";
-      if (needs[i].second == missing) CHECK_THAT(r.err, Catch::Contains(line));
+                               "' needs the model's '" + needs[i].second + "' field, which model '" + model + "'";
+      if (std::find(missing.begin(), missing.end(), needs[i].second) != missing.end())
+        CHECK_THAT(r.err, Catch::Contains(line));
       else CHECK_THAT(r.err, !Catch::Contains("regularizer '" + needs[i].first + "'"));
     }
   }
@@ -726,4 +729,70 @@ TEST_CASE("mfglab validate refuses a regularizer whose model field is missing", 
   INFO(ok.err);
   CHECK(ok.exit_code == 0);
   CHECK(ok.out == good + ": valid experiment 'v' with 1 run(s)\n");
+}
+
+TEST_CASE("mfglab validate checks fields that depend on parameters, and collocation", "[cli]") {
+  using mfglab::test::mfglab_cli;
+  mfglab::test::TempDir tmp("test_mfg_regularizers_fields");
+  auto experiment = [&](const std::string& file, const json& model, const json& regularizer) {
+    return tmp.file(file, json({{"name", "v"},
+                                {"dataset", {{"plugin", "toy2d"}, {"params", {{"name", "moons"}}}}},
+                                {"model", model},
+                                {"regularizers", {regularizer}}}).dump(2));
+  };
+  const json hjb_log_density = {{"plugin", "hjb"}, {"params", {{"equation", "log_density"}}}};
+  SECTION("sgm has a value field only with the potential parameterization") {
+    const std::string bad = experiment("score.json", {{"plugin", "sgm"}}, hjb_log_density);
+    auto r = mfglab_cli("validate '" + bad + "'");
+    INFO(r.err);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.err, Catch::Contains(bad + ": /regularizers/0/plugin: regularizer 'hjb' needs the model's 'value' "
+                                            "field, which model 'sgm' provides only when parameterization = potential "
+                                            "(here parameterization = \"score\")"));
+    const std::string good = experiment("potential.json", {{"plugin", "sgm"}, {"params", {{"parameterization", "potential"}}}},
+                                        hjb_log_density);
+    CHECK(mfglab_cli("validate '" + good + "'").exit_code == 0);
+  }
+  SECTION("a regularizer that needs collocation points refuses a model without them") {
+    // jko provides value and velocity but no collocation points.
+    const std::string kinetic = experiment("kinetic.json", {{"plugin", "jko"}}, {{"plugin", "kinetic"}});
+    auto r = mfglab_cli("validate '" + kinetic + "'");
+    INFO(r.err);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.err, Catch::Contains(kinetic + ": /regularizers/0/plugin: regularizer 'kinetic' needs the model's "
+                                                "'collocation' field, which model 'jko' does not provide"));
+    CHECK_THAT(r.err, Catch::Contains("implementing Model::collocation"));
+    // hjb needs them only for its default points "paths"; "box" draws its own.
+    const std::string paths = experiment("paths.json", {{"plugin", "jko"}}, {{"plugin", "hjb"}});
+    CHECK_THAT(mfglab_cli("validate '" + paths + "'").err, Catch::Contains("'collocation' field"));
+    const std::string box = experiment("box.json", {{"plugin", "jko"}}, {{"plugin", "hjb"}, {"params", {{"points", "box"}}}});
+    auto ok = mfglab_cli("validate '" + box + "'");
+    INFO(ok.err);
+    CHECK(ok.exit_code == 0);
+  }
+  SECTION("describe shows the condition") {
+    auto d = mfglab_cli("describe sgm");
+    CHECK_THAT(d.out, Catch::Contains("provides: score, log_prob, value (when parameterization = potential), collocation"));
+    auto h = mfglab_cli("describe hjb");
+    CHECK_THAT(h.out, Catch::Contains("needs: value, collocation (when points = paths)"));
+  }
+}
+
+TEST_CASE("mfglab describe lists the engine's train and eval settings", "[cli]") {
+  using mfglab::test::mfglab_cli;
+  auto train = mfglab_cli("describe train");
+  INFO(train.err);
+  CHECK(train.exit_code == 0);
+  CHECK_THAT(train.out, Catch::Contains("iterations"));
+  CHECK_THAT(train.out, Catch::Contains("default 1000"));
+  CHECK_THAT(train.out, Catch::Contains("optimizer.lr"));
+  CHECK_THAT(train.out, Catch::Contains("schedule.type"));
+  CHECK_THAT(train.out, Catch::Contains("one of constant|step|exponential|cosine"));
+  auto eval = mfglab_cli("describe eval");
+  CHECK(eval.exit_code == 0);
+  CHECK_THAT(eval.out, Catch::Contains("samples"));
+  CHECK_THAT(eval.out, Catch::Contains("metrics"));
+  auto bad = mfglab_cli("describe trian");
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("describe train, describe eval"));
 }

@@ -102,9 +102,9 @@ TEST_CASE("each broken library is refused with one line naming the file and the 
                                         broken_file("broken_abi_tag"), MFGLAB_ABI_TAG)));
   }
   SECTION("nothing else is reported, and every report is one line") {
-    // Five refusals above, the newer SDK minor, the unresolved symbol, twelve hostile
+    // Five refusals above, the newer SDK minor, the unresolved symbol, fifteen hostile
     // manifests and one name clash; the failing factory only fails on create().
-    CHECK(host.problems().size() == 20);
+    CHECK(host.problems().size() == 23);
     for (const auto& line : host.problems()) CHECK(line.find('\n') == std::string::npos);
   }
   SECTION("refused libraries are not listed") {
@@ -400,6 +400,15 @@ TEST_CASE("hostile manifests are refused with one line naming the library and th
     for (const auto& line : host.problems()) found |= line.rfind(prefix, 0) == 0 && line.back() == ')';
     CHECK(found);
   }
+  SECTION("conditional fields on parameters or values that do not exist") {
+    CHECK(has_problem(host, refused("field_unknown_param", "manifest field 'fields': entry \"value(mode=fast)\" depends "
+                                                           "on parameter 'mode', which is not declared")));
+    CHECK(has_problem(host, refused("field_not_a_choice", "manifest field 'fields': entry \"value(mode=medium)\": value "
+                                                          "'medium' of parameter 'mode': expected one of fast, slow, got "
+                                                          "\"medium\"")));
+    CHECK(has_problem(host, refused("field_malformed", "manifest field 'fields': entry \"value(width\" has a malformed "
+                                                       "condition, expected \"value(param=value|value)\"")));
+  }
   SECTION("the good plugins are still listed") {
     CHECK(host.find("good_metric") != nullptr);
     CHECK(host.find("hostile") == nullptr);
@@ -477,7 +486,7 @@ TEST_CASE("the SDK example model trains and follows the model conventions of sdk
   REQUIRE(host.problems().empty());
   const LoadedPlugin* p = host.find("gaussian_model");
   REQUIRE(p != nullptr);
-  CHECK(p->fields == std::vector<std::string>{"value", "velocity", "score", "log_prob"});
+  CHECK(p->fields == std::vector<std::string>{"value", "velocity", "score", "log_prob", "collocation"});
   auto ctx = cpu_context();
   ctx.data_dim = 2;
   ctx.dtype = torch::kFloat64;

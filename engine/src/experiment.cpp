@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "plugin_host.h"
+#include "text.h"
 
 namespace mfglab::engine {
 
@@ -56,10 +57,7 @@ uint64_t fnv1a64(const std::string& bytes) {
 
 namespace {
 
-std::string show(const nlohmann::json& v) {
-  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
-}
+std::string show(const nlohmann::json& v) { return show_value(v); }
 
 // A name as messages quote it: at most 64 bytes.
 std::string clip(const std::string& s) { return s.size() > 64 ? s.substr(0, 61) + "..." : s; }
@@ -92,12 +90,6 @@ std::string pointer_token(const std::string& key) {
     else if (ch == '/') out += "~1";
     else out += ch;
   }
-  return out;
-}
-
-std::string join(const std::vector<std::string>& v, const std::string& sep = ", ") {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
   return out;
 }
 
@@ -232,25 +224,36 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
     if (c.plugin_use(cfg.at("hamiltonian"), "/hamiltonian", MFGLAB_KIND_HAMILTONIAN, h)) run.hamiltonian = h;
   }
 
-  // What a regularizer or metric needs ("hamiltonian", or a model field) must exist.
-  auto unmet_needs = [&](const LoadedPlugin* p) {
+  // What a regularizer or metric needs ("hamiltonian", or a model field) must exist. Both
+  // sides may depend on parameters ("value(parameterization=potential)", manifest.h).
+  auto unmet_needs = [&](const LoadedPlugin* p, const nlohmann::json& params) {
     std::vector<std::string> unmet;
-    for (const auto& need : p->fields) {
+    for (const auto& need : p->fields_for(params)) {
       if (need == "hamiltonian") {
         if (!run.hamiltonian)
           unmet.push_back(fmt::format("{} '{}' needs a Hamiltonian: add \"hamiltonian\": {{\"plugin\": ...}} ({})",
                                       kind_name(p->kind()), p->name(), join(host.names(MFGLAB_KIND_HAMILTONIAN))));
-      } else if (model != nullptr && !model->has_field(need)) {
-        unmet.push_back(fmt::format("{} '{}' needs the model's '{}' field, which model '{}' does not provide "
-                                    "(it provides: {})",
-                                    kind_name(p->kind()), p->name(), need, model->name(),
-                                    model->fields.empty() ? "none" : join(model->fields)));
+        continue;
       }
+      if (model == nullptr || model->has_field(need, run.model.params)) continue;
+      // Models built before SDK 1.3 did not declare "collocation"; theirs is found at run time.
+      if (need == "collocation" && model->manifest->sdk_minor < 3) continue;
+      const auto provided = model->fields_for(run.model.params);
+      std::string why = fmt::format("which model '{}' does not provide", model->name());
+      for (const auto& d : model->field_decls)
+        if (d.name == need && !d.param.empty())
+          why = fmt::format("which model '{}' provides only when {} (here {} = {})", model->name(), d.condition(),
+                            d.param, show(model->param_value(d.param, run.model.params)));
+      std::string how;
+      if (need == "collocation")
+        how = "; a model provides it by implementing Model::collocation and listing \"collocation\" in its fields";
+      unmet.push_back(fmt::format("{} '{}' needs the model's '{}' field, {} (it provides: {}){}", kind_name(p->kind()),
+                                  p->name(), need, why, provided.empty() ? "none" : join(provided), how));
     }
     return unmet;
   };
-  auto check_needs = [&](const LoadedPlugin* p, const std::string& path) {
-    for (const auto& message : unmet_needs(p)) c.error(path, message);
+  auto check_needs = [&](const LoadedPlugin* p, const PluginUse& use, const std::string& path) {
+    for (const auto& message : unmet_needs(p, use.params)) c.error(path, message);
   };
 
   if (cfg.contains("regularizers")) {
@@ -262,7 +265,7 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
         PluginUse r;
         const LoadedPlugin* p = c.plugin_use(regs[i], path, MFGLAB_KIND_REGULARIZER, r, {"weight"});
         if (regs[i].is_object()) c.number(regs[i], path, "weight", r.weight, 0.0, INFINITY);
-        if (p) check_needs(p, path + "/plugin");
+        if (p) check_needs(p, r, path + "/plugin");
         run.regularizers.push_back(r);
       }
     }
@@ -340,13 +343,13 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
             else m.label = l.get<std::string>();
           }
           if (p && skip_unmet_metrics && model != nullptr) {
-            if (auto unmet = unmet_needs(p); !unmet.empty()) {
+            if (auto unmet = unmet_needs(p, m.params); !unmet.empty()) {
               run.eval.skipped_metrics.push_back({m.plugin, m.label, unmet.front(), i});
               continue;
             }
           }
           if (p) {
-            check_needs(p, path + "/plugin");
+            check_needs(p, m, path + "/plugin");
             const std::string key = m.label.empty() ? m.plugin : m.label;
             if (!labels.insert(key).second)
               c.error(path, fmt::format("metric '{}' appears twice: give one a distinct \"label\"", key));
@@ -1055,11 +1058,9 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
 }
 
 Experiment load_experiment(const std::string& file, const PluginHost& host) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw ExperimentError({fmt::format("{}: cannot open the experiment file", file)});
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return parse_experiment(buffer.str(), file, host);
+  const auto text = read_file(file);
+  if (!text) throw ExperimentError({fmt::format("{}: cannot open the experiment file", file)});
+  return parse_experiment(*text, file, host);
 }
 
 // A memory size: an integer number of bytes >= 1, or a string "<number><K|M|G|T>" in

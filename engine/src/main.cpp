@@ -31,6 +31,7 @@
 #include "runner.h"
 #include "report.h"
 #include "schema.h"
+#include "text.h"
 #include "version.h"
 #include "running/evaluate.h"
 #include "running/isolation.h"
@@ -62,9 +63,7 @@ void set_thread_budget(int threads) {
 }
 
 std::string describe_bounds(const mfglab_param& p) {
-  std::string out;
-  if (!std::isnan(p.min)) out += fmt::format("{} {}", p.min_exclusive ? ">" : ">=", p.min);
-  if (!std::isnan(p.max)) out += fmt::format("{}{} {}", out.empty() ? "" : ", ", p.max_exclusive ? "<" : "<=", p.max);
+  std::string out = bounds_text(p);
   if (p.choices) out += (out.empty() ? "" : ", ") + std::string("one of ") + p.choices;
   return out;
 }
@@ -92,8 +91,12 @@ nlohmann::json manifest_json(const LoadedPlugin& p) {
     }
     params.push_back(j);
   }
+  // Fields that hold only for some parameter values: {"value": "parameterization = potential"}.
+  nlohmann::json conditions = nlohmann::json::object();
+  for (const auto& f : p.field_decls)
+    if (!f.param.empty()) conditions[f.name] = f.condition();
   return {{"name", m.name}, {"kind", kind_name(m.kind)}, {"version", m.version}, {"description", m.description},
-          {"fields", p.fields}, {"file", p.file}, {"params", params},
+          {"fields", p.fields}, {"field_conditions", conditions}, {"file", p.file}, {"params", params},
           {"better", m.better ? nlohmann::json(m.better) : nlohmann::json(nullptr)}};
 }
 
@@ -127,6 +130,33 @@ int cmd_plugins(const PluginHost& host, const std::string& kind_filter, bool as_
   return 0;
 }
 
+// One line per setting of an engine section's schema (schema.h), nested objects as
+// "optimizer.lr", in the layout of a plugin's parameters.
+void print_settings(const nlohmann::json& section, const std::string& prefix) {
+  for (const auto& [key, s] : section.at("properties").items()) {
+    if (s.contains("properties")) {
+      print_settings(s, prefix + key + ".");
+      continue;
+    }
+    std::string type = s.value("type", "");
+    if (s.contains("enum")) type = "string";
+    if (s.contains("anyOf") || s.contains("$ref") || type == "array") type = type.empty() ? "json" : type;
+    std::string bounds;
+    auto add = [&](const std::string& text) { bounds += (bounds.empty() ? "" : ", ") + text; };
+    if (s.contains("minimum")) add(fmt::format(">= {}", s.at("minimum").get<double>()));
+    if (s.contains("exclusiveMinimum")) add(fmt::format("> {}", s.at("exclusiveMinimum").get<double>()));
+    if (s.contains("maximum")) add(fmt::format("<= {}", s.at("maximum").get<double>()));
+    if (s.contains("enum")) {
+      std::string choices;
+      for (const auto& c : s.at("enum")) choices += (choices.empty() ? "" : "|") + c.get<std::string>();
+      add("one of " + choices);
+    }
+    const std::string def = s.contains("default") ? "default " + s.at("default").dump() : "no default";
+    std::cout << fmt::format("  {:<24} {:<7} {}{}\n      {}\n", prefix + key, type, def,
+                             bounds.empty() ? "" : "; " + bounds, s.value("description", ""));
+  }
+}
+
 int cmd_describe(const PluginHost& host, const std::string& name) {
   print_problems(host);
   const LoadedPlugin* p = nullptr;
@@ -136,14 +166,24 @@ int cmd_describe(const PluginHost& host, const std::string& name) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return kExitBadInput;
   }
+  // The engine's own sections, unless a plugin has taken the name.
+  if (!p && (name == "train" || name == "eval")) {
+    const auto section = name == "train" ? train_settings_schema() : eval_settings_schema(host);
+    std::cout << fmt::format("{} (the experiment's \"{}\" section, read by the engine)\n  {}\nsettings:\n", name, name,
+                             name == "train" ? "the training loop; every key has a default"
+                                             : "what is measured after training and how often");
+    print_settings(section, "");
+    return 0;
+  }
   if (!p) {
-    std::fprintf(stderr, "error: no plugin named '%s'%s\n", name.c_str(), did_you_mean(name, host.names()).c_str());
+    std::fprintf(stderr, "error: no plugin named '%s'%s (the engine's own settings: describe train, describe eval)\n",
+                 name.c_str(), did_you_mean(name, host.names()).c_str());
     return kExitBadInput;
   }
   const auto& m = *p->manifest;
   std::cout << fmt::format("{} ({} plugin, version {})\n  {}\n  file: {}\n", m.name, kind_name(m.kind), m.version, m.description, p->file);
   if (!p->fields.empty())
-    std::cout << fmt::format("  {}: {}\n", m.kind == MFGLAB_KIND_MODEL ? "provides" : "needs", fmt::join(p->fields, ", "));
+    std::cout << fmt::format("  {}: {}\n", m.kind == MFGLAB_KIND_MODEL ? "provides" : "needs", p->describe_fields());
   if (m.better) std::cout << fmt::format("  better: {}\n", m.better);
   std::cout << (m.param_count ? "parameters:\n" : "parameters: none\n");
   for (uint32_t i = 0; i < m.param_count; ++i) {
@@ -195,14 +235,6 @@ bool read_assignment(std::vector<std::string>& args) {
   return true;
 }
 
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "";
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::string self_executable() {
   std::error_code ec;
   auto p = fs::read_symlink("/proc/self/exe", ec);
@@ -229,7 +261,7 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   std::fprintf(stderr, "experiment '%s': %zu run(s), %d in parallel%s, %d thread(s) each, results in %s\n", ex.name.c_str(),
                ex.runs.size(), options.jobs, options.in_process ? " in this process" : "", options.threads,
                (fs::path(options.out_dir) / ex.name).c_str());
-  options.experiment_text = read_whole_file(file);
+  options.experiment_text = read_file(file).value_or("");
   const size_t todo = runs_to_do(ex, host, options).size();
   // Workers the launcher started ahead: as many as will have a run, the others end now.
   keep_standby_workers(options.in_process ? 0 : std::min<size_t>(todo, static_cast<size_t>(options.jobs)));
@@ -253,7 +285,7 @@ int cmd_rerun(const PluginHost& host, const std::string& run_dir, RunOptions opt
   nlohmann::json config;
   try {
     if (!fs::is_regular_file(config_file)) throw Error("no such file (is " + run_dir + " a run directory?)");
-    config = nlohmann::json::parse(read_whole_file(config_file));
+    config = nlohmann::json::parse(read_file(config_file).value_or(""));
     if (!config.is_object() || !config.contains("name") || !config["name"].is_string() || !config.contains("seed") ||
         !config["seed"].is_number_unsigned())
       throw Error("expected a run's resolved configuration, with its \"name\" and \"seed\"");
@@ -285,7 +317,7 @@ int cmd_rerun(const PluginHost& host, const std::string& run_dir, RunOptions opt
     std::cout << fmt::format("{} has no samples.npy to compare with (it did not finish)\n", run_dir);
     return kExitFailedRuns;
   }
-  if (read_whole_file(before) == read_whole_file(after)) {
+  if (read_file(before).value_or("") == read_file(after).value_or("")) {
     std::cout << fmt::format("samples.npy: byte-identical to {}\n", before);
     return 0;
   }
@@ -463,7 +495,7 @@ int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t stan
   plugins->add_option("--kind", kind, "dataset | model | hamiltonian | regularizer | metric");
   plugins->add_flag("--json", plugins_json, "print a JSON array");
 
-  auto* describe = app.add_subcommand("describe", "show one plugin's parameters");
+  auto* describe = app.add_subcommand("describe", "show one plugin's parameters, or the engine's 'train' or 'eval' settings");
   std::string describe_name;
   describe->add_option("name", describe_name, "plugin name")->required();
 

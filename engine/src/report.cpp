@@ -19,6 +19,7 @@
 
 #include "plot.h"
 #include "results.h"
+#include "text.h"
 #include "running/run_directory.h"
 #include "version.h"
 
@@ -64,13 +65,6 @@ std::string base64(const std::string& bytes) {
     out += '=';
   }
   return out;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::string image(const std::string& png, const std::string& alt) {
@@ -261,7 +255,7 @@ img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
   auto compare_figure = [&](CompareView view, const std::string& what) {
     try {
       const auto f = plot_compare(paths, (tmp.path() / (what + ".png")).string(), view);
-      return image(read_bytes(f.path), what + " of each configuration");
+      return image(read_file(f.path).value_or(""), what + " of each configuration");
     } catch (const std::exception& e) {
       return "<p>" + escape("No " + what + " figure: " + e.what()) + "</p>\n";
     }
@@ -273,7 +267,7 @@ img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
   std::string densities;
   for (const auto& [key, run] : firsts)
     if (fs::exists(run->dir / "density.png"))
-      densities += "<p>" + escape(key) + "</p>\n" + image(read_bytes(run->dir / "density.png"), "density of " + key);
+      densities += "<p>" + escape(key) + "</p>\n" + image(read_file((run->dir / "density.png").string()).value_or(""), "density of " + key);
   if (!densities.empty()) html += "<h2>Densities</h2>\n" + densities;
 
   html += "<h2>Loss curves</h2>\n<p>The total loss of each configuration's first successful seed.</p>\n" + loss_figure(firsts);

@@ -94,7 +94,9 @@ json plugin_uses(const PluginHost& host, int32_t kind, const json& extra_keys) {
           {"oneOf", options}};
 }
 
-json train_schema() {
+}  // namespace
+
+json train_settings_schema() {
   const TrainConfig d;  // the engine's defaults
   json optimizer = {
       {"type", "object"},
@@ -136,20 +138,20 @@ json train_schema() {
                                         d.data_parallel)}}}};
 }
 
-json eval_schema(const PluginHost& host) {
+json eval_settings_schema(const PluginHost& host) {
   const EvalConfig d;
   return {{"type", "object"},
           {"additionalProperties", false},
           {"properties",
            {{"samples", described(integer(1, 1e8), "samples drawn for the final metrics", d.samples)},
             {"every", described(integer(0, 1e9), "iterations between periodic evaluations; 0: only at the end", d.every)},
-            {"metrics", {{"type", "array"},
-                         {"items", plugin_uses(host, MFGLAB_KIND_METRIC,
-                                               {{"label", described({{"type", "string"}, {"minLength", 1}},
-                                                                    "the metric's name in results, when one metric is used twice")}})}}}}}};
+            {"metrics", described({{"type", "array"},
+                                   {"items", plugin_uses(host, MFGLAB_KIND_METRIC,
+                                                         {{"label", described({{"type", "string"}, {"minLength", 1}},
+                                                                              "the metric's name in results, when one metric is used twice")}})}},
+                                  "metric plugins, each {\"plugin\", \"params\", \"label\"} (mfglab plugins --kind metric)",
+                                  json::array())}}}};
 }
-
-}  // namespace
 
 json experiment_schema(const PluginHost& host) {
   const json name = {{"type", "string"},
@@ -199,8 +201,8 @@ json experiment_schema(const PluginHost& host) {
             {"hamiltonian", plugin_uses(host, MFGLAB_KIND_HAMILTONIAN, json::object())},
             {"regularizer", plugin_uses(host, MFGLAB_KIND_REGULARIZER,
                                         {{"weight", described(number(0), "the penalty's weight in the loss", 1.0)}})},
-            {"train", train_schema()},
-            {"eval", eval_schema(host)}}}};
+            {"train", train_settings_schema()},
+            {"eval", eval_settings_schema(host)}}}};
 }
 
 }  // namespace mfglab::engine

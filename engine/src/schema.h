@@ -12,4 +12,9 @@ class PluginHost;
 
 nlohmann::json experiment_schema(const PluginHost& host);
 
+// The schemas of the engine's own sections, "train" and "eval", with their descriptions and
+// defaults; `mfglab describe train` and `describe eval` print them.
+nlohmann::json train_settings_schema();
+nlohmann::json eval_settings_schema(const PluginHost& host);
+
 }  // namespace mfglab::engine

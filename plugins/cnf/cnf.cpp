@@ -357,7 +357,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 MFGLAB_PLUGIN(Cnf, MFGLAB_KIND_MODEL, "cnf", "1.1.0",
               "FFJORD-style continuous normalizing flow: MLP velocity v(x, t), exact or Hutchinson "
               "divergence, rk4 or dopri5, loss = mean NLL by the change of variables (no transport cost)",
-              "velocity,log_prob",
+              "velocity,log_prob,collocation",
               mfglab::int_param("width", 64, "hidden units per layer of the velocity MLP").at_least(1),
               mfglab::int_param("depth", 3, "hidden layers of the velocity MLP").at_least(1),
               mfglab::choice_param("activation", "tanh", "silu|gelu|tanh|relu|softplus|logcosh",

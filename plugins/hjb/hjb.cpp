@@ -121,7 +121,7 @@ MFGLAB_PLUGIN(Hjb, MFGLAB_KIND_REGULARIZER, "hjb", "1.0.0",
               "HJB residual mean |r|^q of the model's value U: mfg r = -U_t + H(x, grad U) - b.grad U - "
               "sigma^2/2 Lap U (H: the experiment's, else quadratic with lambda); log_density r = u_t + div f + "
               "f.grad u - g^2/2 (Lap u + |grad u|^2) for u = log rho_t of the forward process",
-              "value",
+              "value,collocation(points=paths)",
               mfglab::choice_param("equation", "mfg", "mfg|log_density",
                                    "mfg: the HJB equation of the experiment's Hamiltonian (refused for score models "
                                    "of a forward process, e.g. sgm); log_density: the Fokker-Planck equation of "

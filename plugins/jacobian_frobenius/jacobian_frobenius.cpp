@@ -54,5 +54,5 @@ class JacobianFrobenius final : public mfglab::Regularizer {
 MFGLAB_PLUGIN(JacobianFrobenius, MFGLAB_KIND_REGULARIZER, "jacobian_frobenius", "1.0.0",
               "RNODE's int_0^T |dv/dx|_F^2 dt = horizon * mean |eps^T dv/dx|^2 at the model's collocation points, "
               "Gaussian probes eps",
-              "velocity",
+              "velocity,collocation",
               mfglab::int_param("probes", 1, "Gaussian probes per point for the Hutchinson estimate").at_least(1))

@@ -45,7 +45,7 @@ class Kinetic final : public mfglab::Regularizer {
 MFGLAB_PLUGIN(Kinetic, MFGLAB_KIND_REGULARIZER, "kinetic", "1.0.0",
               "Transport cost int_0^T E L(x, v(x, t)) dt = horizon * mean L at the model's collocation points "
               "(L: the experiment's running cost, else lambda/2 |v|^2)",
-              "velocity",
+              "velocity,collocation",
               mfglab::number_param("lambda", 1.0,
                                    "lambda of the running cost lambda/2 |v|^2 used when the experiment has no "
                                    "Hamiltonian").above(0))

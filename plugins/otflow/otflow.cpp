@@ -300,7 +300,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
 
 MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.0.0",
               "OT-Flow: potential flow with closed-form Hessian trace, RK4, L + C + HJB objective",
-              "value,velocity,log_prob",
+              "value,velocity,log_prob,collocation",
               mfglab::int_param("width", 32, "ResNet width m of the potential").at_least(1),
               mfglab::int_param("layers", 2, "ResNet layers (>= 2): an opening layer and layers - 1 residual ones").at_least(2),
               mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training").at_least(1),

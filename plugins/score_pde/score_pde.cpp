@@ -96,7 +96,7 @@ class ScorePde final : public mfglab::Regularizer {
 
 MFGLAB_PLUGIN(ScorePde, MFGLAB_KIND_REGULARIZER, "score_pde", "1.0.0",
               "Score-PDE (HJB) residual s_t + grad(div f) + grad(f.s) - g^2/2 (Lap s + 2 J s) of the model's score",
-              "score",
+              "score,collocation(points=data)",
               mfglab::choice_param("norm", "l1", "l1|l2",
                                    "l1: batch mean of |r|_1; l2: batch mean of |r|_2^2"),
               mfglab::choice_param("points", "data", "data|box",

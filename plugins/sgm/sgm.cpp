@@ -440,12 +440,12 @@ class Sgm final : public mfglab::Model,
 
 }  // namespace
 
-// "value" is not declared: the manifest is static and only the potential
-// parameterization has a value function (value() explains this when called).
+// Only the potential parameterization has a value function (U with s = grad U); the
+// manifest says so, and validation refuses "value" needs of the score parameterization.
 MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.1.0",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
-              "score,log_prob,value",  // value: parameterization "potential" only (U with s = grad U)
+              "score,log_prob,value(parameterization=potential),collocation",
               mfglab::int_param("width", 128, "hidden units per layer of the score network").at_least(1),
               mfglab::int_param("depth", 3, "hidden layers of the score network").at_least(1),
               mfglab::choice_param("activation", "silu", "silu|gelu|tanh|relu|softplus",

@@ -102,5 +102,5 @@ class GaussianModel final : public mfglab::Model {
 
 MFGLAB_PLUGIN(GaussianModel, MFGLAB_KIND_MODEL, "gaussian_model", "1.0.0",
               "Example: a learnable Gaussian N(mu, diag(sigma^2)) transported to N(0, I) in closed form",
-              "value,velocity,score,log_prob",
+              "value,velocity,score,log_prob,collocation",
               mfglab::number_param("init_std", 1.0, "initial sigma of every coordinate").above(0))

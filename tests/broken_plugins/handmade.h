@@ -24,6 +24,6 @@ inline int no_factory(const char*, const void*, void**, char* error, size_t size
     static const mfglab_manifest manifest = {                                                      \
         SDK_MAJOR, SDK_MINOR, STRUCT_SIZE, TORCH_VER, ABI_TAG, MFGLAB_KIND_METRIC,                 \
         NAME,      "1.0.0",   "broken on purpose", nullptr, 0, "", &broken::no_factory,            \
-        static_cast<uint32_t>(sizeof(mfglab_param))};                                              \
+        static_cast<uint32_t>(sizeof(mfglab_param)), nullptr};                                     \
     return &manifest;                                                                              \
   }

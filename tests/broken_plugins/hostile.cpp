@@ -45,8 +45,17 @@ const mfglab_param kParams[] = {GOOD_PARAM, {"scale", "number", "1", kFree, kFre
                                 {"scale", "number", "2", kFree, kFree, 0, 0, nullptr, "second"}};
 #elif HOSTILE_CASE == 12  // unknown_type
 const mfglab_param kParams[] = {GOOD_PARAM, {"scale", "float", "1", kFree, kFree, 0, 0, nullptr, "no such type"}};
+#elif HOSTILE_CASE == 13  // field_unknown_param: a condition on a parameter it does not declare
+const mfglab_param kParams[] = {GOOD_PARAM};
+#define FIELDS_FIELD "score,value(mode=fast)"
+#elif HOSTILE_CASE == 14  // field_not_a_choice: a condition on a value the parameter cannot take
+const mfglab_param kParams[] = {GOOD_PARAM, {"mode", "string", "\"fast\"", kFree, kFree, 0, 0, "fast|slow", "a choice"}};
+#define FIELDS_FIELD "score,value(mode=medium)"
+#elif HOSTILE_CASE == 15  // field_malformed
+const mfglab_param kParams[] = {GOOD_PARAM};
+#define FIELDS_FIELD "score,value(width"
 #else
-#error "HOSTILE_CASE must be 1..12"
+#error "HOSTILE_CASE must be 1..15"
 #endif
 
 #ifndef NAME_FIELD
@@ -57,6 +66,9 @@ const mfglab_param kParams[] = {GOOD_PARAM, {"scale", "float", "1", kFree, kFree
 #endif
 #ifndef DESCRIPTION_FIELD
 #define DESCRIPTION_FIELD kDescription
+#endif
+#ifndef FIELDS_FIELD
+#define FIELDS_FIELD ""
 #endif
 
 }  // namespace
@@ -73,8 +85,9 @@ extern "C" __attribute__((visibility("default"))) const mfglab_manifest* mfglab_
                                            DESCRIPTION_FIELD,
                                            kParams,
                                            sizeof(kParams) / sizeof(kParams[0]),
-                                           "",
+                                           FIELDS_FIELD,
                                            &broken::no_factory,
-                                           sizeof(mfglab_param)};
+                                           sizeof(mfglab_param),
+                                           nullptr};
   return &manifest;
 }

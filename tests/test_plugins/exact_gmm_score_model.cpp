@@ -139,7 +139,7 @@ class ExactGmmScoreModel final : public mfglab::Model, public mfglab::ForwardPro
 
 MFGLAB_PLUGIN(ExactGmmScoreModel, MFGLAB_KIND_MODEL, "exact_gmm_score_model", "1.0.0",
               "Exact score and log density (value) of a 2D Gaussian mixture under the VP process (test plugin)",
-              "score,value",
+              "score,value,collocation",
               mfglab::number_param("perturb", 0.0, "adds perturb * sin(x) to the score"),
               mfglab::choice_param("mixture", "three", "three|one",
                                    "three correlated components, or one diagonal Gaussian"))

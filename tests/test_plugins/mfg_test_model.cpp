@@ -147,7 +147,7 @@ class MfgTestModel final : public mfglab::Model, public mfglab::FlowMap, public 
 
 MFGLAB_PLUGIN(MfgTestModel, MFGLAB_KIND_MODEL, "mfg_test_model", "1.0.0",
               "Closed-form HJB solutions (inviscid, viscous) with velocity, paths, flow map and log_prob (test plugin)",
-              "value,velocity,log_prob",
+              "value,velocity,log_prob,collocation",
               mfglab::choice_param("solution", "inviscid", "inviscid|viscous", "which closed-form value function"),
               mfglab::choice_param("velocity", "optimal", "optimal|constant|linear",
                                    "v = -grad U / lambda, v = w, or v = A x"),

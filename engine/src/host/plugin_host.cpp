@@ -22,6 +22,7 @@
 #include "mfglab/sdk.h"
 #include <torch/csrc/api/include/torch/version.h>
 #include "mfglab/plugin.h"  // MFGLAB_ABI_TAG: the engine's own tag
+#include "text.h"
 
 namespace fs = std::filesystem;
 
@@ -46,6 +47,48 @@ std::optional<int32_t> parse_kind(const std::string& name) {
 
 bool LoadedPlugin::has_field(const std::string& f) const {
   return std::find(fields.begin(), fields.end(), f) != fields.end();
+}
+
+bool FieldDecl::holds(const nlohmann::json& v) const {
+  if (param.empty()) return true;
+  const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+  return std::find(values.begin(), values.end(), text) != values.end();
+}
+
+std::string FieldDecl::condition() const {
+  if (param.empty()) return "";
+  std::string alternatives;
+  for (const auto& v : values) alternatives += (alternatives.empty() ? "" : " or ") + v;
+  return param + " = " + alternatives;
+}
+
+nlohmann::json LoadedPlugin::param_value(const std::string& name, const nlohmann::json& params) const {
+  if (params.is_object() && params.contains(name)) return params.at(name);
+  for (const auto& d : this->params)
+    if (name == d.name) return nlohmann::json::parse(d.default_json, nullptr, false);
+  return nullptr;
+}
+
+bool LoadedPlugin::has_field(const std::string& f, const nlohmann::json& params) const {
+  for (const auto& d : field_decls)
+    if (d.name == f && d.holds(param_value(d.param, params))) return true;
+  return false;
+}
+
+std::vector<std::string> LoadedPlugin::fields_for(const nlohmann::json& params) const {
+  std::vector<std::string> out;
+  for (const auto& f : fields)
+    if (has_field(f, params)) out.push_back(f);
+  return out;
+}
+
+std::string LoadedPlugin::describe_fields() const {
+  std::string out;
+  for (const auto& d : field_decls) {
+    out += (out.empty() ? "" : ", ") + d.name;
+    if (!d.param.empty()) out += " (when " + d.condition() + ")";
+  }
+  return out;
 }
 
 namespace {
@@ -156,7 +199,6 @@ class StdoutToStderr {
 const std::vector<std::string> kParamTypes = {"int", "number", "bool", "string", "numbers", "json"};
 
 std::string check_value(const mfglab_param& d, const nlohmann::json& v);
-std::string bounds_text(const mfglab_param& d);
 
 // Checks one declared parameter (already known to have its strings); "" when it is sound.
 std::string check_declaration(const mfglab_param& d) {
@@ -178,6 +220,55 @@ std::string check_declaration(const mfglab_param& d) {
   if (!problem.empty())
     return fmt::format("parameter '{}': default {} does not satisfy its declaration: {}", name,
                        printable(d.default_json), problem);
+  return "";
+}
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
+}
+
+// Reads a manifest's `fields` ("a,b(param=x|y)"); returns a problem to report, or "" when
+// every entry is well formed and each condition names a declared parameter and values it
+// can take.
+std::string parse_fields(const char* text, const std::vector<mfglab_param>& params, std::vector<FieldDecl>& out) {
+  for (const auto& raw : split(text ? text : "", ',')) {
+    const std::string entry = trim(raw);
+    if (entry.empty()) continue;
+    FieldDecl f;
+    const auto open = entry.find('(');
+    f.name = trim(entry.substr(0, open));
+    const bool name_ok = !f.name.empty() && std::all_of(f.name.begin(), f.name.end(), [](char c) {
+      return std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '_';
+    });
+    if (!name_ok)
+      return fmt::format("manifest field 'fields': entry \"{}\" is not a name ([a-z0-9_]+) with an optional "
+                         "condition \"(param=value|value)\"", printable(entry.c_str()));
+    if (open != std::string::npos) {
+      const auto eq = entry.find('=', open);
+      if (entry.back() != ')' || eq == std::string::npos)
+        return fmt::format("manifest field 'fields': entry \"{}\" has a malformed condition, expected "
+                           "\"{}(param=value|value)\"", printable(entry.c_str()), f.name);
+      f.param = trim(entry.substr(open + 1, eq - open - 1));
+      f.values = split(entry.substr(eq + 1, entry.size() - eq - 2), '|');
+      for (auto& v : f.values) v = trim(v);
+      auto decl = std::find_if(params.begin(), params.end(), [&](const mfglab_param& d) { return f.param == d.name; });
+      if (decl == params.end())
+        return fmt::format("manifest field 'fields': entry \"{}\" depends on parameter '{}', which is not declared",
+                           printable(entry.c_str()), printable(f.param.c_str()));
+      if (f.values.empty())
+        return fmt::format("manifest field 'fields': entry \"{}\" lists no value", printable(entry.c_str()));
+      for (const auto& v : f.values) {
+        nlohmann::json value = nlohmann::json::parse(v, nullptr, false);
+        if (std::string(decl->type) == "string" || value.is_discarded()) value = v;
+        if (const std::string problem = check_value(*decl, value); !problem.empty())
+          return fmt::format("manifest field 'fields': entry \"{}\": value '{}' of parameter '{}': {}",
+                             printable(entry.c_str()), printable(v.c_str()), f.param, problem);
+      }
+    }
+    out.push_back(f);
+  }
   return "";
 }
 
@@ -312,7 +403,10 @@ void PluginHost::load_file(const std::string& path) {
   plugin->library = handle;
   copy.params = plugin->params.empty() ? nullptr : plugin->params.data();
   plugin->manifest = &copy;
-  plugin->fields = split(copy.fields ? copy.fields : "", ',');
+  if (const std::string problem = parse_fields(copy.fields, plugin->params, plugin->field_decls); !problem.empty())
+    return refuse(problem);
+  for (const auto& f : plugin->field_decls)
+    if (!plugin->has_field(f.name)) plugin->fields.push_back(f.name);
   for (const auto& other : plugins_) {
     if (other->name() == plugin->name()) {
       auto msg = fmt::format("two plugins are named '{}': {} and {}", plugin->name(), other->file, path);
@@ -384,25 +478,13 @@ std::unique_ptr<Plugin> PluginHost::create(const std::string& name, int32_t expe
 
 namespace {
 
-std::string bounds_text(const mfglab_param& d) {
-  std::string lo, hi;
-  if (!std::isnan(d.min)) lo = fmt::format("{} {}", d.min_exclusive ? ">" : ">=", d.min);
-  if (!std::isnan(d.max)) hi = fmt::format("{} {}", d.max_exclusive ? "<" : "<=", d.max);
-  if (!lo.empty() && !hi.empty()) return lo + " and " + hi;
-  return lo + hi;
-}
-
 bool in_bounds(const mfglab_param& d, double v) {
   if (!std::isnan(d.min) && (d.min_exclusive ? !(v > d.min) : !(v >= d.min))) return false;
   if (!std::isnan(d.max) && (d.max_exclusive ? !(v < d.max) : !(v <= d.max))) return false;
   return true;
 }
 
-std::string describe_value(const nlohmann::json& v) {
-  std::string s = v.dump();
-  if (s.size() > 40) s = s.substr(0, 37) + "...";
-  return s;
-}
+std::string describe_value(const nlohmann::json& v) { return show_value(v); }
 
 // Checks one value against its declaration; returns "" when it is fine.
 std::string check_value(const mfglab_param& d, const nlohmann::json& v) {

@@ -32,6 +32,17 @@ namespace mfglab::engine {
 const char* kind_name(int32_t kind);               // "dataset", "model", ...
 std::optional<int32_t> parse_kind(const std::string& name);
 
+// One entry of a manifest's `fields` (manifest.h): "value", or "value(parameterization=
+// potential)", a field that holds only while one of the plugin's own parameters has one of
+// the listed values ("a|b").
+struct FieldDecl {
+  std::string name;
+  std::string param;                 // empty: the field always holds
+  std::vector<std::string> values;   // the parameter's values, as written in the manifest
+  bool holds(const nlohmann::json& param_value) const;
+  std::string condition() const;     // "parameterization = potential", or "" when unconditional
+};
+
 struct LoadedPlugin {
   LoadedPlugin() = default;
   LoadedPlugin(const LoadedPlugin&) = delete;  // manifest points into the object
@@ -43,14 +54,22 @@ struct LoadedPlugin {
   // at `params` below (each entry read with the plugin's param_size stride). Strings point
   // into the library, which stays loaded.
   const mfglab_manifest* manifest = nullptr;
-  std::vector<std::string> fields;  // manifest->fields split at commas
+  std::vector<std::string> fields;      // the names of manifest->fields, each once
+  std::vector<FieldDecl> field_decls;   // manifest->fields with their conditions
   mfglab_manifest manifest_copy{};
   std::vector<mfglab_param> params;
   void* library = nullptr;  // the dlopen handle; never closed
 
   std::string name() const { return manifest->name; }
   int32_t kind() const { return manifest->kind; }
-  bool has_field(const std::string& f) const;
+  bool has_field(const std::string& f) const;  // declared, under any condition
+  // The fields that hold for these parameters (as written; omitted ones take their defaults).
+  bool has_field(const std::string& f, const nlohmann::json& params) const;
+  std::vector<std::string> fields_for(const nlohmann::json& params) const;
+  // A parameter's value in `params`, else its declared default; null if undeclared.
+  nlohmann::json param_value(const std::string& name, const nlohmann::json& params) const;
+  // The fields as a reader sees them: "score, value (when parameterization = potential)".
+  std::string describe_fields() const;
   // A metric's declared direction for one of its values: "lower", "higher", or "" when the
   // manifest does not say (manifest.h, `better`).
   std::string better_for(const std::string& value_name) const;

@@ -23,6 +23,7 @@
 
 #include "fused_adam.h"
 #include "gemm_backend.h"
+#include "text.h"
 #include "mfglab/sdk.h"
 #include "model_arrays.h"
 #include "plot.h"
@@ -44,13 +45,6 @@ std::atomic<bool> g_stop{false};
 struct Interrupted : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Sends plugin messages to the run's log file (none for an empty path) and the console.
 class RunLogger final : public Logger {
@@ -191,7 +185,7 @@ std::vector<torch::Tensor> read_params(torch::serialize::InputArchive& archive, 
 // For `mfglab evaluate`: a trained run's parameters and its generator as they were after
 // training (so that unchanged settings sample the same bytes). Returns its iteration.
 int64_t load_trained_state(const std::string& checkpoint, const std::vector<torch::Tensor>& params, torch::Generator& gen) {
-  std::istringstream bytes(read_text_file(checkpoint));
+  std::istringstream bytes(read_file(checkpoint).value_or(""));
   torch::serialize::InputArchive archive;
   archive.load_from(bytes);
   const std::vector<torch::Tensor> values = read_params(archive, params);
@@ -209,7 +203,7 @@ int64_t load_trained_state(const std::string& checkpoint, const std::vector<torc
 Restore load_checkpoint(const RunDirectory& rd, const std::vector<torch::Tensor>& params, torch::optim::Optimizer* optimizer,
                         Checkpoint& state, torch::Generator& gen, uint64_t config_fingerprint) {
   if (!rd.has(run_files::checkpoint)) return Restore::none;
-  std::istringstream bytes(read_text_file(rd.file(run_files::checkpoint)));
+  std::istringstream bytes(read_file(rd.file(run_files::checkpoint)).value_or(""));
   torch::serialize::InputArchive archive;
   archive.load_from(bytes);
   // A fresh tensor per read: reading into a loaded tensor would try to resize its storage.
@@ -260,7 +254,7 @@ struct LossHistory {
 
 std::optional<LossHistory> read_loss_history(const std::string& path, int64_t rows) {
   LossHistory h;
-  std::istringstream in(read_text_file(path));
+  std::istringstream in(read_file(path).value_or(""));
   std::string line;
   if (!std::getline(in, line)) return std::nullopt;
   std::vector<std::string> header;
@@ -676,7 +670,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       save_npy(rd.file(run_files::data), figure_data);
       if (opt.plots) {
         // Figures are a convenience: a drawing failure must not fail a finished run.
-        for (const auto& problem : write_model_arrays(*o.model, host.find(spec.model.plugin)->fields, figure_data, dir))
+        for (const auto& problem : write_model_arrays(*o.model, host.find(spec.model.plugin)->fields_for(spec.model.params), figure_data, dir))
           logger.warn(problem);
         try {
           plot_run(dir);

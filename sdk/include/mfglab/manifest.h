@@ -63,8 +63,10 @@
 
 #define MFGLAB_SDK_MAJOR 1
 /* Minor history: 1.0 first release; 1.1 RunContext::dataset; 1.2 mfglab_manifest::param_size
- * (mfglab_param may grow) and mfglab_manifest::better, older manifests accepted by prefix. */
-#define MFGLAB_SDK_MINOR 2
+ * (mfglab_param may grow) and mfglab_manifest::better, older manifests accepted by prefix;
+ * 1.3 conditional entries in `fields` ("value(parameterization=potential)") and the field
+ * "collocation", which models of SDK >= 1.3 declare when they implement Model::collocation. */
+#define MFGLAB_SDK_MINOR 3
 #define MFGLAB_ENTRY_SYMBOL "mfglab_plugin_entry"
 
 #ifdef __cplusplus
@@ -120,8 +122,16 @@ typedef struct mfglab_manifest {
   const mfglab_param* params;
   uint32_t param_count;
   /* Comma-separated capability names. For a model: the fields it provides
-   * ("value,velocity,score,log_prob"). For a regularizer or metric: what it needs
-   * from the model ("value", "log_prob", ...) or the experiment ("hamiltonian"). */
+   * ("value,velocity,score,log_prob,collocation"; "collocation": Model::collocation is
+   * implemented). For a regularizer or metric: what it needs from the model ("value",
+   * "log_prob", "collocation", ...) or the experiment ("hamiltonian"). `validate` refuses a
+   * configuration whose model lacks a needed field, before any run.
+   * (SDK 1.3) An entry may hold only for some values of one of the plugin's own parameters:
+   * "value(parameterization=potential)", "collocation(points=paths|data)". The values are
+   * written as in JSON without quotes for strings (true, 3, potential) and must satisfy
+   * the parameter's declaration; the engine refuses the manifest otherwise. The engine
+   * checks the condition with the parameters of each configuration (defaults filled in). A
+   * model of SDK 1.0-1.2 is not required to list "collocation". */
   const char* fields;
   mfglab_factory_fn create;
   /* ---- end of the SDK 1.0 manifest (MFGLAB_MANIFEST_SIZE_1_0) ---- */
