@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "experiment.h"
 #include "plugin_host.h"
+#include "running/assemble.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -719,7 +720,7 @@ TEST_CASE("config holds every resolved engine setting", "[experiment][config]") 
     "schedule": {"type": "constant"},
     "grad_clip": 0.0, "log_every": 100, "checkpoint_every": 1000, "data_parallel": false})");
   CHECK(c.at("train") == train);
-  CHECK(c.at("eval") == json::parse(R"({"samples": 100, "every": 0, "metrics": [{"plugin": "mmd"}]})"));
+  CHECK(c.at("eval") == json::parse(R"({"samples": 100, "every": 0, "metrics": [{"plugin": "mmd"}], "calibration_seed": 0})"));
   CHECK(c.at("seed") == 0);
   CHECK(c.at("label") == "default");
 
@@ -738,7 +739,8 @@ TEST_CASE("config holds every resolved engine setting", "[experiment][config]") 
     CHECK(c2.at("train").at("data_parallel") == true);
     CHECK(c2.at("train").at("optimizer") ==
           json::parse(R"({"type": "sgd", "lr": 0.001, "betas": [0.9, 0.999], "momentum": 0.9, "weight_decay": 0.0})"));
-    CHECK(c2.at("eval") == json::parse(R"({"samples": 100, "every": 5, "metrics": [{"plugin": "mmd"}]})"));
+    CHECK(c2.at("eval") ==
+          json::parse(R"({"samples": 100, "every": 5, "metrics": [{"plugin": "mmd"}], "calibration_seed": 0})"));
     CHECK(c2.at("regularizers").at(0).at("weight") == 1.0);
     auto ex3 = parse_experiment(patched(R"({"train": {"schedule": {"type": "exponential"}}})"), "good.json", host());
     CHECK(ex3.runs.at(0).config.at("train").at("schedule") == json::parse(R"({"type": "exponential", "gamma": 0.5})"));
@@ -1088,5 +1090,60 @@ TEST_CASE("the CLI refuses a bad file with exit code 2, the error on stderr, and
     CHECK(r.exit_code == 0);
     CHECK(r.out == good + ": valid experiment 'unit' with 2 run(s)\n");
     CHECK(r.err.empty());
+  }
+}
+
+namespace {
+
+// Keeps what the plugins log.
+class CapturingLogger final : public mfglab::Logger {
+ public:
+  void info(const std::string& m) override { lines.push_back(m); }
+  void warn(const std::string& m) override { lines.push_back(m); }
+  std::vector<std::string> lines;
+};
+
+}  // namespace
+
+TEST_CASE("metrics are calibrated once per experiment, on the held-out data of one seed", "[experiment][calibration]") {
+  SECTION("the calibration seed: the first seed, or eval.calibration_seed") {
+    auto ex = parse_experiment(patched(R"({"seeds": [3, 1]})"), "good.json", host());
+    REQUIRE(ex.runs.size() == 2);
+    for (const auto& run : ex.runs) {
+      CHECK(run.eval.calibration_seed == std::optional<uint64_t>(3));
+      CHECK(run.config.at("eval").at("calibration_seed") == 3);
+    }
+    auto ex2 = parse_experiment(patched(R"({"seeds": [3, 1], "eval": {"calibration_seed": 7}})"), "good.json", host());
+    CHECK(ex2.runs.at(1).config.at("eval").at("calibration_seed") == 7);
+    CHECK_ERROR(patched(R"({"eval": {"calibration_seed": -1}})"),
+                "bad.json: /eval/calibration_seed: expected a non-negative integer, got -1");
+  }
+  SECTION("every run of a study measures mmd with the same median-heuristic bandwidth") {
+    auto ex = parse_experiment(
+        patched(R"({"seeds": [0, 1, 2], "eval": {"metrics": [{"plugin": "mmd", "params": {"median_heuristic": true}}]}})"),
+        "good.json", host());
+    REQUIRE(ex.runs.size() == 3);
+    std::vector<std::string> accounts;
+    std::vector<torch::Tensor> tests;
+    for (const auto& run : ex.runs) {
+      CapturingLogger logger;
+      mfglab::RunContext ctx;
+      ctx.generator = at::make_generator<at::CPUGeneratorImpl>(run.seed);
+      ctx.seed = run.seed;
+      ctx.dtype = torch::kFloat32;
+      ctx.logger = &logger;
+      auto o = mfglab::engine::assemble(run, host(), ctx);
+      tests.push_back(o.test);
+      std::string account;
+      for (const auto& line : logger.lines)
+        if (line.rfind("mmd calibrated on the held-out data of seed 0: median-heuristic bandwidth h = ", 0) == 0)
+          account = line;
+      CHECK(!account.empty());
+      accounts.push_back(account);
+    }
+    // The seeds' own held-out sets differ; the kernel does not.
+    CHECK(!torch::equal(tests[0], tests[1]));
+    CHECK(accounts[1] == accounts[0]);
+    CHECK(accounts[2] == accounts[0]);
   }
 }

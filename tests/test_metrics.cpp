@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "plugin_host.h"
+#include <mfglab/evaluation.h>
 #include <mfglab/sdk.h>
 
 #include "catch_checks.h"  // Catch's CHECK, not glog's
@@ -42,6 +43,7 @@ class MetricUnderTest {
     REQUIRE(values[0].first == name_);
     return values[0].second;
   }
+  mfglab::Metric& metric() { return *metric_; }
 
  private:
   std::string name_;
@@ -179,6 +181,25 @@ TEST_CASE("mmd median heuristic takes the median pairwise distance of the refere
   const double h_odd = brute_median_distance(b);
   CHECK(MetricUnderTest("mmd", {{"median_heuristic", true}})(a, b) ==
         Approx(brute_mmd(a, b, {h_odd})).epsilon(1e-9));
+}
+
+TEST_CASE("a calibrated mmd keeps the calibration set's median-heuristic bandwidth", "[metrics][mmd][calibration]") {
+  auto g = at::make_generator<at::CPUGeneratorImpl>(8);
+  auto calibration = torch::rand({300, 2}, g, kF64) * 3, reference = torch::randn({250, 2}, g, kF64);
+  auto x = torch::randn({200, 2}, g, kF64) + 0.2;
+  const double h = brute_median_distance(calibration);
+  REQUIRE(std::abs(h - brute_median_distance(reference)) > 0.1);  // the two kernels differ
+  MetricUnderTest mmd("mmd", {{"median_heuristic", true}});
+  auto* c = mfglab::capability<mfglab::MetricCalibration>(&mmd.metric(), mfglab::kMetricCalibration);
+  REQUIRE(c != nullptr);
+  CHECK_THAT(c->calibrate(calibration), Catch::StartsWith("median-heuristic bandwidth h = "));
+  CHECK(mmd(x, reference) == Approx(brute_mmd(x, reference, {h})).epsilon(1e-9));
+  // With fixed bandwidths there is nothing to calibrate: the values do not change.
+  MetricUnderTest fixed("mmd", {{"bandwidth", 0.7}});
+  auto* cf = mfglab::capability<mfglab::MetricCalibration>(&fixed.metric(), mfglab::kMetricCalibration);
+  REQUIRE(cf != nullptr);
+  CHECK(cf->calibrate(calibration).empty());
+  CHECK(fixed(x, reference) == Approx(brute_mmd(x, reference, {0.7})).epsilon(1e-9));
 }
 
 TEST_CASE("mmd refuses bad bandwidths and inputs", "[metrics][mmd]") {

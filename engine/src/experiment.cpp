@@ -325,9 +325,14 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
 
   if (cfg.contains("eval") && c.object_at(cfg.at("eval"), "/eval")) {
     const auto& e = cfg.at("eval");
-    c.only_keys(e, "/eval", {"samples", "every", "metrics"});
+    c.only_keys(e, "/eval", {"samples", "every", "metrics", "calibration_seed"});
     c.number(e, "/eval", "samples", run.eval.samples, 1, 1e8);
     c.number(e, "/eval", "every", run.eval.every, 0, 1e9);
+    if (e.contains("calibration_seed")) {
+      const auto& v = e.at("calibration_seed");
+      if (!v.is_number_unsigned()) c.error("/eval/calibration_seed", "expected a non-negative integer, got " + show(v));
+      else run.eval.calibration_seed = v.get<uint64_t>();
+    }
     if (e.contains("metrics")) {
       const auto& ms = e.at("metrics");
       if (!ms.is_array()) c.error("/eval/metrics", "expected a list of {\"plugin\", \"params\"}, got " + show(ms));
@@ -1005,7 +1010,12 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
           if (!skipped) metrics.push_back(listed[i]);
         }
       }
-      cfg["eval"] = {{"samples", spec.eval.samples}, {"every", spec.eval.every}, {"metrics", metrics}};
+      // Every run of the experiment calibrates its metrics on the same held-out data.
+      if (!spec.eval.calibration_seed) spec.eval.calibration_seed = seeds.empty() ? 0 : seeds.front();
+      cfg["eval"] = {{"samples", spec.eval.samples},
+                     {"every", spec.eval.every},
+                     {"metrics", metrics},
+                     {"calibration_seed", *spec.eval.calibration_seed}};
       if (!spec.eval.skipped_metrics.empty()) {
         nlohmann::json skipped = nlohmann::json::array();
         for (const auto& sm : spec.eval.skipped_metrics) {

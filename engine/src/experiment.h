@@ -61,6 +61,9 @@ struct SkippedMetric {
 struct EvalConfig {
   int64_t samples = 2000;
   int64_t every = 0;  // periodic evaluation every N iterations; 0 = only at the end
+  // The seed whose held-out data calibrates data-dependent metric settings
+  // ("mfglab.metric_calibration/1"); unset in a file: the experiment's first seed.
+  std::optional<uint64_t> calibration_seed;
   std::vector<PluginUse> metrics;
   std::vector<SkippedMetric> skipped_metrics;  // files with variants only
 };

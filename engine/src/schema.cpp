@@ -145,6 +145,9 @@ json eval_settings_schema(const PluginHost& host) {
           {"properties",
            {{"samples", described(integer(1, 1e8), "samples drawn for the final metrics", d.samples)},
             {"every", described(integer(0, 1e9), "iterations between periodic evaluations; 0: only at the end", d.every)},
+            {"calibration_seed", described(integer(0),
+                                           "the seed whose held-out data calibrates data-dependent metric settings "
+                                           "(mmd's median-heuristic bandwidth) for every run; default: the first seed")},
             {"metrics", described({{"type", "array"},
                                    {"items", plugin_uses(host, MFGLAB_KIND_METRIC,
                                                          {{"label", described({{"type", "string"}, {"minLength", 1}},

@@ -4,9 +4,11 @@
 // with the Gaussian kernel k(x,y) = Σ_h exp(-|x-y|² / (2h²)) (one term per bandwidth).
 // Unbiased means it can be slightly negative when the two distributions agree.
 // Computed in float64, by row blocks so that memory stays bounded for large sets.
+#include <mfglab/evaluation.h>
 #include <mfglab/plugin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <sstream>
 #include <vector>
@@ -97,7 +99,7 @@ double median_pairwise_distance(const Tensor& z) {
   return 0.5 * (middle.at(lo_rank - below) + middle.at(hi_rank - below));
 }
 
-class Mmd final : public mfglab::Metric {
+class Mmd final : public mfglab::Metric, public mfglab::MetricCalibration {
  public:
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
@@ -119,16 +121,13 @@ class Mmd final : public mfglab::Metric {
     if (n < 2 || m < 2) throw mfglab::Error("mmd: the unbiased estimate needs at least 2 points in each set");
 
     std::vector<double> hs = bandwidths_;
-    if (median_heuristic_) {
-      // From the held-out data alone: every model evaluated on the same data (the arms of a
-      // study, seed by seed) gets the same kernel, so their values compare.
-      const double h = median_pairwise_distance(y);
-      if (!(h > 0)) throw mfglab::Error("mmd: the median pairwise distance is 0; give a bandwidth");
+    if (median_heuristic_ && calibrated_ > 0) {
+      hs = {calibrated_};  // the experiment's kernel (calibrate)
+    } else if (median_heuristic_) {
+      // Not calibrated (sample files): from this reference set alone.
+      const double h = median_bandwidth(y);
       hs = {h};
-      std::ostringstream line;  // recorded in the run's log: the kernel its values were measured with
-      line.precision(17);
-      line << "mmd: median-heuristic bandwidth h = " << h << " (from " << m << " held-out points)";
-      ctx_.info(line.str());
+      ctx_.info("mmd: median-heuristic bandwidth " + describe(h, m));
     }
     std::vector<double> coefficients;  // 1 / (2h²)
     for (double h : hs) coefficients.push_back(1.0 / (2 * h * h));
@@ -139,15 +138,43 @@ class Mmd final : public mfglab::Metric {
     return {{"mmd", kxx + kyy - 2 * kxy}};
   }
 
+  // The engine calls this once per run with the experiment's calibration set, so that every
+  // run of a study is measured with the same kernel.
+  std::string calibrate(const Tensor& calibration_set) override {
+    if (!median_heuristic_) return "";
+    const auto y = calibration_set.detach().to(torch::kFloat64);
+    if (y.dim() != 2 || y.size(0) < 2) throw mfglab::Error("mmd: the calibration set needs at least 2 points");
+    calibrated_ = median_bandwidth(y);
+    return "median-heuristic bandwidth " + describe(calibrated_, y.size(0));
+  }
+
+  void* capability(const char* id) override {
+    if (std::strcmp(id, mfglab::kMetricCalibration) == 0) return static_cast<mfglab::MetricCalibration*>(this);
+    return nullptr;
+  }
+
  private:
+  static double median_bandwidth(const Tensor& y) {
+    const double h = median_pairwise_distance(y);
+    if (!(h > 0)) throw mfglab::Error("mmd: the median pairwise distance is 0; give a bandwidth");
+    return h;
+  }
+  static std::string describe(double h, int64_t points) {
+    std::ostringstream line;  // full precision: the kernel the values were measured with
+    line.precision(17);
+    line << "h = " << h << " (from " << points << " held-out points)";
+    return line.str();
+  }
+
   const mfglab::RunContext& ctx_;  // outlives the metric
   std::vector<double> bandwidths_;
   bool median_heuristic_;
+  double calibrated_ = 0;  // > 0 once calibrate() has fixed the bandwidth
 };
 
 }  // namespace
 
-MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.1.0",
+MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.2.0",
               "Unbiased estimate of MMD^2 between samples and reference with the Gaussian kernel "
               "k(x,y) = sum_h exp(-|x-y|^2/(2h^2))",
               "",
@@ -155,5 +182,6 @@ MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.1.0",
                                     "kernel bandwidth h, or a list whose kernels are summed")
                   .above(0),
               mfglab::bool_param("median_heuristic", false,
-                                 "use h = median pairwise distance of the reference (held-out) points, the same for every model "
-                                 "(bandwidth is then ignored)"))
+                                 "use h = median pairwise distance of held-out points: in a run, those of the experiment's "
+                                 "calibration seed (eval.calibration_seed), the same for every run; on sample files, the "
+                                 "reference's (bandwidth is then ignored)"))

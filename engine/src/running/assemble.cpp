@@ -2,6 +2,7 @@
 #include "running/checked_model.h"
 
 #include <fmt/format.h>
+#include <mfglab/evaluation.h>
 
 #include "plugin_host.h"
 
@@ -67,7 +68,41 @@ RunObjects assemble(const RunSpec& spec, const PluginHost& host, RunContext& ctx
   for (const auto& m : spec.eval.metrics)
     stage("metric '" + m.plugin + "'",
           [&] { o.metrics.push_back(host.create_as<Metric>(m.plugin, MFGLAB_KIND_METRIC, m.params, ctx)); });
+  calibrate_metrics(spec, host, ctx, o);
   return o;
+}
+
+torch::Tensor calibration_set(const RunSpec& spec, const PluginHost& host, const RunContext& ctx, const RunObjects& o) {
+  const uint64_t seed = spec.eval.calibration_seed.value_or(spec.seed);
+  if (seed == spec.seed) return o.test;
+  // The dataset as a run with that seed builds it: a fresh generator, and the dataset first.
+  RunContext other = ctx;
+  other.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  other.seed = seed;
+  other.dataset = nullptr;
+  other.hamiltonian = nullptr;
+  torch::Tensor test;
+  stage(fmt::format("dataset '{}' (the calibration set of seed {})", spec.dataset.plugin, seed), [&] {
+    auto dataset = host.create_as<Dataset>(spec.dataset.plugin, MFGLAB_KIND_DATASET, spec.dataset.params, other);
+    test = dataset->test().to(ctx.dtype).contiguous();
+    if (test.dim() != 2 || test.size(1) != o.test.size(1)) throw Error("test set must be [M, d] with the run's d");
+  });
+  return test;
+}
+
+void calibrate_metrics(const RunSpec& spec, const PluginHost& host, RunContext& ctx, RunObjects& o) {
+  torch::Tensor set;
+  for (size_t i = 0; i < o.metrics.size(); ++i) {
+    auto* c = capability<MetricCalibration>(o.metrics[i].get(), kMetricCalibration);
+    if (c == nullptr) continue;
+    if (!set.defined()) set = calibration_set(spec, host, ctx, o);
+    stage("metric '" + spec.eval.metrics[i].plugin + "'", [&] {
+      const std::string account = c->calibrate(set);
+      if (!account.empty())
+        ctx.info(fmt::format("{} calibrated on the held-out data of seed {}: {}", spec.eval.metrics[i].plugin,
+                             spec.eval.calibration_seed.value_or(spec.seed), account));
+    });
+  }
 }
 
 }  // namespace mfglab::engine

@@ -29,6 +29,12 @@ struct RunObjects {
 // mfglab::Error naming the plugin that failed.
 RunObjects assemble(const RunSpec& spec, const PluginHost& host, RunContext& ctx);
 
+// Calls calibrate() on every metric that offers "mfglab.metric_calibration/1", with the
+// held-out data of spec.eval.calibration_seed (a second dataset object when that is not the
+// run's own seed); assemble() does this once the metrics exist.
+void calibrate_metrics(const RunSpec& spec, const PluginHost& host, RunContext& ctx, RunObjects& o);
+torch::Tensor calibration_set(const RunSpec& spec, const PluginHost& host, const RunContext& ctx, const RunObjects& o);
+
 // The run's configuration with every plugin's parameter defaults filled in (config.json).
 nlohmann::json resolved_config(const RunSpec& spec, const PluginHost& host);
 

@@ -21,4 +21,19 @@ class EvaluationParams {
 };
 inline constexpr const char* kEvaluationParams = "mfglab.evaluation_params/1";
 
+// "mfglab.metric_calibration/1", offered by metrics with a setting taken from data (mmd's
+// median-heuristic bandwidth). Before a run's first evaluation the engine calls calibrate()
+// once with the calibration set: the held-out data that the experiment's dataset gives
+// for eval.calibration_seed (by default the experiment's first seed), the same for every
+// run, seed and variant that shares the dataset. The metric then measures every run with
+// the same setting, so that values compare across a study. It returns a one-line account
+// of the setting it chose, which the engine writes to the run's log. A metric evaluated
+// without calibration (mfglab metric on sample files) derives the setting from its input.
+class MetricCalibration {
+ public:
+  virtual ~MetricCalibration() = default;
+  virtual std::string calibrate(const torch::Tensor& calibration_set) = 0;
+};
+inline constexpr const char* kMetricCalibration = "mfglab.metric_calibration/1";
+
 }  // namespace mfglab

@@ -293,12 +293,19 @@ inline void tanh_point(T a, T& value, T& slope) {
   slope = T(1) - t * t;
 }
 
+// Clones for x86-64 feature levels where GCC can make them; elsewhere one plain function.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MFGLAB_X86_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MFGLAB_X86_CLONES
+#endif
+
 #define MFGLAB_ACTIVATION_LOOP(name, point)                                                          \
   template <class T>                                                                                 \
   inline void name##_generic(const T* a, T* value, T* slope, int64_t n) {                            \
     for (int64_t i = 0; i < n; ++i) point<T>(a[i], value[i], slope[i]);                              \
   }                                                                                                  \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void name(    \
+  MFGLAB_X86_CLONES inline void name(                                                                \
       const float* a, float* value, float* slope, int64_t n) {                                       \
     for (int64_t i = 0; i < n; ++i) point<float>(a[i], value[i], slope[i]);                          \
   }                                                                                                  \
@@ -308,6 +315,7 @@ inline void tanh_point(T a, T& value, T& slope) {
 MFGLAB_ACTIVATION_LOOP(silu_loop, silu_point)
 MFGLAB_ACTIVATION_LOOP(tanh_loop, tanh_point)
 #undef MFGLAB_ACTIVATION_LOOP
+#undef MFGLAB_X86_CLONES
 
 // act(a) and act'(a): one fused loop for silu and tanh on contiguous float or double, the
 // closed forms of activation_derivatives otherwise.
