@@ -1,0 +1,333 @@
+// Forward-mode jets of an MLP that carry chosen second derivatives in x: each second-order
+// slab is a sum of d_i d_j over a list of pairs (i <= j < d). MLP::fused_jets carries one
+// slab, the Laplacian (every (i, i)); the score PDE's gradient form needs grad(div s),
+// which mixes components, so it carries the whole Hessian, one slab per pair (i <= j).
+//
+// One sweep, one autograd node (detail::SecondOrderSweep) with a hand-written reverse pass,
+// laid out as MLP::fused_jets: the slabs [K, N, w] of a layer are (a, da/dx_1..da/dx_d,
+// [da/dt], second-order slabs) and go through each weight matrix in one matmul. The
+// elementwise work of the activation (forward and reverse) is one loop over blocks of a
+// layer, with act .. act''' computed once per element, instead of dozens of tensor passes.
+// Differentiable once (parameters and input), which is what a training loss needs.
+#pragma once
+
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "mfglab/nn.h"
+
+namespace mfglab::nn {
+
+// Which second derivatives a sweep carries.
+enum class SecondOrderKind : int64_t {
+  laplacian = 0,  // one slab: sum_i d_i d_i
+  hessian = 1,    // d (d + 1) / 2 slabs: d_i d_j for i <= j, in the order of hessian_slab()
+};
+
+// The slab of pair (i, j) (either order) among the Hessian's: row-major upper triangle.
+inline int64_t hessian_slab(int64_t i, int64_t j, int64_t d) {
+  if (i > j) std::swap(i, j);
+  return i * d - i * (i - 1) / 2 + (j - i);
+}
+
+// An MLP's output with its first derivatives and the requested second derivatives in x.
+struct SecondOrderJets {
+  torch::Tensor value;     // [N, m]
+  torch::Tensor jacobian;  // [N, d, m]: jacobian[n][k][j] = d out_j / d x_k
+  torch::Tensor time;      // [N, m], undefined without a time column
+  torch::Tensor second;    // [S, N, m]: one row per second-order slab
+};
+
+namespace detail {
+
+using PairList = std::vector<std::pair<int64_t, int64_t>>;
+
+inline std::vector<PairList> second_order_pairs(SecondOrderKind kind, int64_t d) {
+  std::vector<PairList> slabs;
+  if (kind == SecondOrderKind::laplacian) {
+    PairList all;
+    for (int64_t i = 0; i < d; ++i) all.emplace_back(i, i);
+    slabs.push_back(all);
+  } else {
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = i; j < d; ++j) slabs.push_back({{i, j}});
+  }
+  return slabs;
+}
+
+// act, act', act'', act''' at one point, for the looped activations.
+template <class T>
+inline void silu_point4(T a, T& v, T& d1, T& d2, T& d3) {
+  const T s = T(1) / (T(1) + exp_approx(-a));
+  const T u = s * (T(1) - s), c = T(1) - T(2) * s;
+  v = a * s;
+  d1 = s + v * (T(1) - s);
+  d2 = u * (T(2) + a * c);
+  d3 = u * (c * (T(3) + a * c) - T(2) * a * u);
+}
+template <class T>
+inline void tanh_point4(T a, T& v, T& d1, T& d2, T& d3) {
+  T slope;
+  tanh_point<T>(a, v, slope);
+  d1 = slope;
+  d2 = T(-2) * v * slope;
+  d3 = T(2) * slope * (T(2) * v * v - slope);
+}
+
+template <class T>
+inline void derivs4_body(bool silu, const T* a, T* v, T* d1, T* d2, T* d3, int64_t n) {
+  if (silu)
+    for (int64_t e = 0; e < n; ++e) silu_point4<T>(a[e], v[e], d1[e], d2[e], d3[e]);
+  else
+    for (int64_t e = 0; e < n; ++e) tanh_point4<T>(a[e], v[e], d1[e], d2[e], d3[e]);
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void derivs4_loop(
+    bool silu, const float* a, float* v, float* d1, float* d2, float* d3, int64_t n) {
+  derivs4_body<float>(silu, a, v, d1, d2, d3, n);
+}
+inline void derivs4_loop(bool silu, const double* a, double* v, double* d1, double* d2, double* d3, int64_t n) {
+  derivs4_body<double>(silu, a, v, d1, d2, d3, n);
+}
+
+// (act, act', act'', act''') at a [N, w]: one loop for silu and tanh, closed forms otherwise.
+inline std::vector<torch::Tensor> derivs4(Activation act, const torch::Tensor& a) {
+  const bool loop = (act == Activation::silu || act == Activation::tanh) && a.is_contiguous() &&
+                    a.device().is_cpu() && (a.scalar_type() == torch::kFloat || a.scalar_type() == torch::kDouble);
+  if (!loop) {
+    auto d = activation_derivatives3(act, a);
+    return {activate(act, a).contiguous(), d.first.contiguous(), d.second.contiguous(), d.third.contiguous()};
+  }
+  std::vector<torch::Tensor> out;
+  for (int i = 0; i < 4; ++i) out.push_back(torch::empty_like(a));
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "derivs4", [&] {
+    derivs4_loop(act == Activation::silu, a.data_ptr<scalar_t>(), out[0].data_ptr<scalar_t>(),
+                 out[1].data_ptr<scalar_t>(), out[2].data_ptr<scalar_t>(), out[3].data_ptr<scalar_t>(), a.numel());
+  });
+  return out;
+}
+
+// Elements per block of the slab loops: every slab's block stays in L1.
+constexpr int64_t kJetBlock = 512;
+
+// Through the activation, slabs A -> Z ([K, N, w] each, slab stride `stride`):
+//   Z_0 = act(a),  Z_m = act' da_m,  Z_s = act'' sum_{(i,j) in s} da_i da_j + act' A_s.
+template <class T>
+inline void jet_forward_body(const T* A, T* Z, const T* v, const T* d1, const T* d2, int64_t k,
+                             const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+  for (int64_t b0 = 0; b0 < n; b0 += kJetBlock) {
+    const int64_t nb = std::min(kJetBlock, n - b0);
+    const T* __restrict g1 = d1 + b0;
+    const T* __restrict g2 = d2 + b0;
+    std::memcpy(Z + b0, v + b0, sizeof(T) * nb);
+    for (int64_t m = 1; m <= k; ++m) {
+      const T* __restrict in = A + m * stride + b0;
+      T* __restrict out = Z + m * stride + b0;
+      for (int64_t e = 0; e < nb; ++e) out[e] = g1[e] * in[e];
+    }
+    for (size_t s = 0; s < slabs.size(); ++s) {
+      const int64_t slab = 1 + k + static_cast<int64_t>(s);
+      const T* __restrict in = A + slab * stride + b0;
+      T* __restrict out = Z + slab * stride + b0;
+      T q[kJetBlock];
+      for (int64_t e = 0; e < nb; ++e) q[e] = T(0);
+      for (const auto& [i, j] : slabs[s]) {
+        const T* __restrict ai = A + (1 + i) * stride + b0;
+        const T* __restrict aj = A + (1 + j) * stride + b0;
+        for (int64_t e = 0; e < nb; ++e) q[e] += ai[e] * aj[e];
+      }
+      for (int64_t e = 0; e < nb; ++e) out[e] = g2[e] * q[e] + g1[e] * in[e];
+    }
+  }
+}
+
+// Reverse of jet_forward_body: the gradient gA of the input slabs from the gradient G of
+// the output slabs. With Q_s = sum_{(i,j) in s} da_i da_j,
+//   gA_s = act' G_s
+//   gA_m = act' G_m + act'' sum_s G_s dQ_s/d(da_m)
+//   gA_0 = act' G_0 + act'' (sum_m da_m G_m + sum_s A_s G_s) + act''' sum_s Q_s G_s
+template <class T>
+inline void jet_backward_body(const T* A, const T* G, T* gA, const T* d1, const T* d2, const T* d3, int64_t k,
+                              const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+  const int64_t S = static_cast<int64_t>(slabs.size());
+  for (int64_t b0 = 0; b0 < n; b0 += kJetBlock) {
+    const int64_t nb = std::min(kJetBlock, n - b0);
+    const T* __restrict g1 = d1 + b0;
+    const T* __restrict g2 = d2 + b0;
+    const T* __restrict g3 = d3 + b0;
+    T first[kJetBlock], third[kJetBlock];  // the act'' and act''' sums of gA_0
+    for (int64_t e = 0; e < nb; ++e) first[e] = third[e] = T(0);
+    for (int64_t m = 1; m <= k; ++m) {
+      const T* __restrict a = A + m * stride + b0;
+      const T* __restrict g = G + m * stride + b0;
+      T* __restrict out = gA + m * stride + b0;
+      for (int64_t e = 0; e < nb; ++e) {
+        out[e] = g1[e] * g[e];
+        first[e] += a[e] * g[e];
+      }
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t slab = 1 + k + s;
+      const T* __restrict a = A + slab * stride + b0;
+      const T* __restrict g = G + slab * stride + b0;
+      T* __restrict out = gA + slab * stride + b0;
+      T w[kJetBlock];  // act'' G_s
+      for (int64_t e = 0; e < nb; ++e) {
+        out[e] = g1[e] * g[e];
+        first[e] += a[e] * g[e];
+        w[e] = g2[e] * g[e];
+      }
+      for (const auto& [i, j] : slabs[s]) {
+        const T* __restrict ai = A + (1 + i) * stride + b0;
+        const T* __restrict aj = A + (1 + j) * stride + b0;
+        T* __restrict oi = gA + (1 + i) * stride + b0;
+        T* __restrict oj = gA + (1 + j) * stride + b0;
+        if (i == j) {
+          for (int64_t e = 0; e < nb; ++e) {
+            oi[e] += T(2) * w[e] * ai[e];
+            third[e] += ai[e] * ai[e] * g[e];
+          }
+        } else {
+          for (int64_t e = 0; e < nb; ++e) {
+            oi[e] += w[e] * aj[e];
+            oj[e] += w[e] * ai[e];
+            third[e] += ai[e] * aj[e] * g[e];
+          }
+        }
+      }
+    }
+    const T* __restrict g0 = G + b0;
+    T* __restrict out = gA + b0;
+    for (int64_t e = 0; e < nb; ++e) out[e] = g1[e] * g0[e] + g2[e] * first[e] + g3[e] * third[e];
+  }
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void jet_forward_loop(
+    const float* A, float* Z, const float* v, const float* d1, const float* d2, int64_t k,
+    const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+  jet_forward_body<float>(A, Z, v, d1, d2, k, slabs, stride, n);
+}
+inline void jet_forward_loop(const double* A, double* Z, const double* v, const double* d1, const double* d2,
+                             int64_t k, const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+  jet_forward_body<double>(A, Z, v, d1, d2, k, slabs, stride, n);
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void jet_backward_loop(
+    const float* A, const float* G, float* gA, const float* d1, const float* d2, const float* d3, int64_t k,
+    const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+  jet_backward_body<float>(A, G, gA, d1, d2, d3, k, slabs, stride, n);
+}
+inline void jet_backward_loop(const double* A, const double* G, double* gA, const double* d1, const double* d2,
+                              const double* d3, int64_t k, const std::vector<PairList>& slabs, int64_t stride,
+                              int64_t n) {
+  jet_backward_body<double>(A, G, gA, d1, d2, d3, k, slabs, stride, n);
+}
+
+// The sweep as one autograd node. tensors = (input, W0, b0, W1, b1, ...); returns the
+// output's slabs [K, N, m], K = 1 + cols + S.
+struct SecondOrderSweep : public torch::autograd::Function<SecondOrderSweep> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList tensors, int64_t d,
+                               int64_t activation, int64_t kind) {
+    torch::NoGradGuard no_grad;
+    const auto act = static_cast<Activation>(activation);
+    const auto slabs = second_order_pairs(static_cast<SecondOrderKind>(kind), d);
+    const auto& input = tensors[0];
+    const size_t L = (tensors.size() - 1) / 2;
+    const int64_t n = input.size(0), k = input.size(1), K = 1 + k + static_cast<int64_t>(slabs.size());
+    // Layer 0 is affine in the input: da/dx_m is row m of W0 for every sample, no curvature.
+    const auto& W0 = tensors[1];
+    auto A = torch::empty({K, n, W0.size(1)}, input.options());
+    auto A0 = A[0];
+    torch::addmm_out(A0, tensors[2], input, W0);
+    A.narrow(0, 1, k).copy_(W0.unsqueeze(1));
+    A.narrow(0, 1 + k, K - 1 - k).zero_();
+    std::vector<torch::Tensor> pre, stacks, derivs;  // per hidden layer: A, Z, (act', act'', act''')
+    for (size_t i = 1; i < L; ++i) {
+      auto Z = torch::empty_like(A);
+      auto dv = derivs4(act, A[0]);
+      AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_forward", [&] {
+        jet_forward_loop(A.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), dv[0].data_ptr<scalar_t>(),
+                         dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k, slabs, A[0].numel(),
+                         A[0].numel());
+      });
+      pre.push_back(A);
+      stacks.push_back(Z);
+      derivs.insert(derivs.end(), {dv[1], dv[2], dv[3]});
+      A = torch::mm(Z.view({K * n, -1}), tensors[1 + 2 * i]).view({K, n, -1});
+      A[0].add_(tensors[2 + 2 * i]);
+    }
+    ctx->save_for_backward(std::vector<torch::Tensor>(tensors.begin(), tensors.end()));
+    ctx->saved_data["pre"] = pre;  // intermediates only: the output itself is never saved
+    ctx->saved_data["stacks"] = stacks;
+    ctx->saved_data["derivs"] = derivs;
+    ctx->saved_data["d"] = d;
+    ctx->saved_data["kind"] = kind;
+    return A;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (torch::GradMode::is_enabled())
+      throw Error("second_order_jets is differentiable once; use MLP::jets for higher derivatives");
+    auto saved = ctx->get_saved_variables();
+    auto pre = ctx->saved_data["pre"].toTensorVector();
+    auto stacks = ctx->saved_data["stacks"].toTensorVector();
+    auto derivs = ctx->saved_data["derivs"].toTensorVector();
+    const int64_t d = ctx->saved_data["d"].toInt();
+    const auto slabs = second_order_pairs(static_cast<SecondOrderKind>(ctx->saved_data["kind"].toInt()), d);
+    const auto& input = saved[0];
+    const size_t L = (saved.size() - 1) / 2;
+    const int64_t n = input.size(0), k = input.size(1), K = 1 + k + static_cast<int64_t>(slabs.size());
+    torch::autograd::variable_list out(saved.size() + 3);  // + the three non-tensor arguments
+    if (!grads[0].defined()) return out;
+    auto G = grads[0].contiguous();  // gradient of the current layer's pre-activation slabs
+    for (size_t i = L - 1; i > 0; --i) {
+      const auto& W = saved[1 + 2 * i];
+      auto G2 = G.view({K * n, -1});
+      out[1 + 2 * i] = stacks[i - 1].view({K * n, -1}).t().mm(G2);
+      out[2 + 2 * i] = G[0].sum(0);
+      auto GZ = G2.mm(W.t()).view({K, n, -1});
+      const auto& A = pre[i - 1];
+      auto gA = torch::empty_like(A);
+      const auto* dv = &derivs[3 * (i - 1)];
+      AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_backward", [&] {
+        jet_backward_loop(A.data_ptr<scalar_t>(), GZ.data_ptr<scalar_t>(), gA.data_ptr<scalar_t>(),
+                          dv[0].data_ptr<scalar_t>(), dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k,
+                          slabs, A[0].numel(), A[0].numel());
+      });
+      G = gA;
+    }
+    // Layer 0: a = input W0 + b0, da_m = W0[m]; its second-order slabs are constant zeros.
+    const auto& W0 = saved[1];
+    auto gW0 = input.t().mm(G[0]);
+    gW0.add_(G.narrow(0, 1, k).sum(1));
+    out[1] = gW0;
+    out[2] = G[0].sum(0);
+    if (ctx->needs_input_grad(0)) out[0] = G[0].mm(W0.t());
+    return out;
+  }
+};
+
+}  // namespace detail
+
+// The output of `net` at `input` ([N, d] or [N, d + 1] with time last) with its first
+// derivatives and the second derivatives in x that `kind` asks for, in one sweep.
+inline SecondOrderJets second_order_jets(const MLP& net, const torch::Tensor& input, int64_t d, SecondOrderKind kind) {
+  const auto params = net.parameters();
+  const int64_t cols = input.size(1);
+  if (d < 1 || d > cols || cols > d + 1 || params.empty() || cols != params[0].size(0))
+    throw Error("second_order_jets: the input must have the network's " +
+                std::to_string(params.empty() ? 0 : params[0].size(0)) + " columns: d = " + std::to_string(d) +
+                " space columns and at most one time column");
+  std::vector<torch::Tensor> tensors{input.contiguous()};
+  tensors.insert(tensors.end(), params.begin(), params.end());
+  auto out = detail::SecondOrderSweep::apply(at::TensorList(tensors), d, static_cast<int64_t>(net.activation()),
+                                             static_cast<int64_t>(kind));
+  SecondOrderJets result;
+  result.value = out[0];
+  result.jacobian = out.narrow(0, 1, d).permute({1, 0, 2});
+  if (cols > d) result.time = out[d + 1];
+  result.second = out.narrow(0, 1 + cols, out.size(0) - 1 - cols);
+  return result;
+}
+
+}  // namespace mfglab::nn
