@@ -251,6 +251,7 @@ class Block {
     }
     // Layer 0 (K = d + 1 is tiny: by hand): th_0, u_0 = lc(a_0) and J_0^k = th_0 * K_0[k].
     const T* K0 = net_.K[0];
+    const T* K0J = net_.K0J.data();
     const T* b0 = net_.b[0];
     T* th0 = st.th0.data();
     T* u0 = st.L[1].data();
@@ -265,7 +266,7 @@ class Block {
       T* urow = u0 + r * m;
       for (int j = 0; j < m; ++j) tanh_logcosh(arow[j], arow[j], urow[j]);
       for (int k = 0; k < d; ++k)
-        for (int j = 0; j < m; ++j) J0[(static_cast<size_t>(k) * nb + r) * m + j] = arow[j] * K0[k * m + j];
+        for (int j = 0; j < m; ++j) J0[(static_cast<size_t>(k) * nb + r) * m + j] = arow[j] * K0J[k * m + j];
     }
     // Layers 1..M: [a_i; KJ_i] = [u_{i-1}; J_{i-1}] K_i in one product, then the activation
     // and (i < M) u_i = u_{i-1} + h lc(a_i), J_i = J_{i-1} + h th_i * KJ_i into L_{i+1}.
@@ -350,13 +351,14 @@ class Block {
       }
     }
     T* sg = st.sgn.data();
+    const T* cw = net_.c.data();
     for (int r = 0; r < nb; ++r) {
       T g2 = 0;
-      for (int k = 0; k < d; ++k) g2 += g[r * d1 + k] * g[r * d1 + k];
+      for (int k = 0; k < d; ++k) g2 += cw[k] * (g[r * d1 + k] * g[r * d1 + k]);
       const T kin = g2 / (2 * lambda);
       const T diff = kin - g[r * d1 + d];
       T* o = out + r * zc;
-      for (int k = 0; k < d; ++k) o[k] = -g[r * d1 + k] / lambda;
+      for (int k = 0; k < d; ++k) o[k] = -(cw[k] * g[r * d1 + k]) / lambda;
       o[d] = -tr[r] / lambda;
       o[d + 1] = kin;
       o[d + 2] = std::fabs(diff);
@@ -433,18 +435,21 @@ class Block {
     const T* th0 = st.th0.data();
     const T* z0 = st.z[0].data();
     const T* K0 = net_.K[0];
+    const T* K0J = net_.K0J.data();
     const T* S = net_.S.data();
     T* grad = grad_;
     T* Sbar = grad + net_.offS;
 
     // Output adjoints -> gbar = dl/dg [nb, d+1], trbar = dl/dtr (a scalar here):
-    //   v = -g_x / lambda, kin = |g_x|^2 / (2 lambda): d/dg_x = (-Gv + (GL + sgn GR) g_x) / lambda
+    //   v = -c g_x / lambda, kin = sum c g_x^2 / (2 lambda): d/dg_x = c (-Gv + (GL + sgn GR) g_x) / lambda
     //   res = |kin - g_t|: d/dg_t = -sgn GR;   div = -tr / lambda: trbar = -Gl / lambda.
     T* gbar = gbar_.data();
     const T* sg = st.sgn.data();
+    const T* cw = net_.c.data();
     for (int r = 0; r < nb; ++r) {
       const T rs = GR * sg[r];
-      for (int k = 0; k < d; ++k) gbar[r * d1 + k] = (g[r * d1 + k] * (GL + rs) - Gx[r * d + k]) / lambda;
+      for (int k = 0; k < d; ++k)
+        gbar[r * d1 + k] = cw[k] * (g[r * d1 + k] * (GL + rs) - Gx[r * d + k]) / lambda;
       gbar[r * d1 + d] = -rs;
     }
     const T trbar = -Gl / lambda;
@@ -525,9 +530,10 @@ class Block {
       blas::gemm(false, true, d1 * nb, m, m, T(1), R, m, net_.K[i], m, i < M ? T(1) : T(0), UJ, m);
     }
 
-    // Layer 0: J_0^k = th_0 * K_0[k] (k < d):  thbar_0 += sum_k Jbar_0^k K_0[k],
-    //   K_0bar[k] += colsum(Jbar_0^k * th_0);  the trace's q: K_0bar[k] += 2 trbar K_0[k] * colsum(sech_0 z_0);
-    //   tr_x(S): Sbar_kk += nb trbar.  a_0: abar_0 = thbar_0 sech_0 + th_0 ubar_0,
+    // Layer 0: J_0^k = th_0 * sqrt(c_k) K_0[k] (k < d):  thbar_0 += sum_k Jbar_0^k sqrt(c_k) K_0[k],
+    //   K_0bar[k] += sqrt(c_k) colsum(Jbar_0^k * th_0);
+    //   the trace's q: K_0bar[k] += 2 trbar c_k K_0[k] * colsum(sech_0 z_0);
+    //   sum_k c_k S_kk: Sbar_kk += nb trbar c_k.  a_0: abar_0 = thbar_0 sech_0 + th_0 ubar_0,
     //   K_0bar += s^T abar_0,  b_0bar += colsum abar_0,  sbar += abar_0 K_0^T (x columns).
     T* colsum = row_.data();  // colsum(sech_0 z_0)
     for (int j = 0; j < m; ++j) colsum[j] = 0;
@@ -540,7 +546,7 @@ class Block {
         const T* jb = UJ + off * (k + 1) + r * m;
         T* jt = Y + off * (k + 2) + r * m;
         for (int j = 0; j < m; ++j) {
-          tb[j] += jb[j] * K0[k * m + j];
+          tb[j] += jb[j] * K0J[k * m + j];
           jt[j] = jb[j] * th[j];
         }
       }
@@ -552,7 +558,7 @@ class Block {
       }
       for (int k = 0; k < d; ++k) sbar[r * d1 + k] += dot(ab, K0 + k * m, m);
     }
-    // The stacked product [K_0bar; b_0bar] += X^T Y with X = [[gbar, 0]; [s, 1]; [e_k, 0] for k < d]
+    // The stacked product [K_0bar; b_0bar] += X^T Y with X = [[gbar, 0]; [s, 1]; [sqrt(c_k) e_k, 0] for k < d]
     // ([(2 + d) nb, d + 2]) and Y = [p_0; abar_0; Jbar_0^k * th_0]: gbar^T p_0 + s^T abar_0 +
     // colsum(Jbar_0^k * th_0) into K_0bar's rows, colsum(abar_0) into b_0bar (stored right after).
     T* X = X0_.data();
@@ -561,14 +567,16 @@ class Block {
       for (int c = 0; c < d1; ++c) X[r * xc + c] = gbar[r * d1 + c], X[(nb + r) * xc + c] = s[r * d1 + c];
       X[r * xc + d1] = 0, X[(nb + r) * xc + d1] = 1;
     }
-    for (int k = 0; k < d; ++k)
+    for (int k = 0; k < d; ++k) {
+      const T sck = std::sqrt(net_.c[k]);
       for (int r = 0; r < nb; ++r)
-        for (int c = 0; c < xc; ++c) X[((2 + k) * nb + r) * xc + c] = c == k ? T(1) : T(0);
+        for (int c = 0; c < xc; ++c) X[((2 + k) * nb + r) * xc + c] = c == k ? sck : T(0);
+    }
     T* K0bar = grad + net_.offK[0];  // b_0bar follows at offb[0] = offK[0] + (d + 1) m
     blas::gemm(true, false, xc, m, (2 + d) * nb, T(1), X, xc, Y, m, T(1), K0bar, m);
     for (int k = 0; k < d; ++k) {
-      for (int j = 0; j < m; ++j) K0bar[k * m + j] += 2 * trbar * K0[k * m + j] * colsum[j];
-      Sbar[k * d1 + k] += static_cast<T>(nb) * trbar;
+      for (int j = 0; j < m; ++j) K0bar[k * m + j] += 2 * trbar * (net_.c[k] * K0[k * m + j]) * colsum[j];
+      Sbar[k * d1 + k] += static_cast<T>(nb) * trbar * net_.c[k];
     }
     for (int r = 0; r < nb; ++r)
       for (int k = 0; k < d; ++k) ybar[r * d + k] = sbar[r * d1 + k];

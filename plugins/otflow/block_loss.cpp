@@ -44,6 +44,11 @@ Result run(const Tensor& x_in, const std::vector<Tensor>& params_in, const Block
   net.A = params[2 * M + 3].data_ptr<T>();
   net.r = static_cast<int>(params[2 * M + 3].size(0));
   net.bvec = params[2 * M + 4].data_ptr<T>();
+  if (!st.weights.empty()) {
+    if (static_cast<int64_t>(st.weights.size()) != d)
+      throw Error("block_loss: " + std::to_string(st.weights.size()) + " weights for dimension " + std::to_string(d));
+    for (double c : st.weights) net.c.push_back(static_cast<T>(c));
+  }
   net.prepare();
 
   kernel::Config<T> cfg;
@@ -125,8 +130,9 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
   using Ctx = torch::autograd::AutogradContext;
 
   static variable_list forward(Ctx* ctx, const Tensor& x, at::TensorList params, int64_t steps, double lambda,
-                               double alpha_L, double alpha_C, double alpha_R, int64_t threads) {
-    const BlockLossSettings st{steps, lambda, {alpha_L, alpha_C, alpha_R}, static_cast<int>(threads)};
+                               std::vector<double> weights, double alpha_L, double alpha_C, double alpha_R,
+                               int64_t threads) {
+    const BlockLossSettings st{steps, lambda, weights, {alpha_L, alpha_C, alpha_R}, static_cast<int>(threads)};
     const double ones[3] = {1, 1, 1};
     auto r = dispatch(x, params.vec(), st, ones, true);
     std::vector<Tensor> saved{x};
@@ -135,6 +141,7 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
     ctx->saved_data["grads"] = r.grads;
     ctx->saved_data["steps"] = steps;
     ctx->saved_data["lambda"] = lambda;
+    ctx->saved_data["weights"] = weights;
     ctx->saved_data["alpha_L"] = alpha_L;
     ctx->saved_data["alpha_C"] = alpha_C;
     ctx->saved_data["alpha_R"] = alpha_R;
@@ -157,6 +164,7 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
         for (auto& g : grads) g = g * seed[0];
     } else {
       const BlockLossSettings st{ctx->saved_data["steps"].toInt(), ctx->saved_data["lambda"].toDouble(),
+                                 ctx->saved_data["weights"].toDoubleVector(),
                                  {ctx->saved_data["alpha_L"].toDouble(), ctx->saved_data["alpha_C"].toDouble(),
                                   ctx->saved_data["alpha_R"].toDouble()},
                                  static_cast<int>(ctx->saved_data["threads"].toInt())};
@@ -166,7 +174,7 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
     variable_list out;
     out.emplace_back();  // x: no gradient
     out.insert(out.end(), grads.begin(), grads.end());
-    for (int k = 0; k < 6; ++k) out.emplace_back();  // steps, lambda, alphas, threads
+    for (int k = 0; k < 7; ++k) out.emplace_back();  // steps, lambda, weights, alphas, threads
     return out;
   }
 };
@@ -178,8 +186,8 @@ std::vector<Tensor> block_loss(const Tensor& x, const std::vector<Tensor>& param
   const bool grad = torch::GradMode::is_enabled() &&
                     std::any_of(params.begin(), params.end(), [](const Tensor& p) { return p.requires_grad(); });
   if (grad)
-    return BlockLossFunction::apply(x, at::TensorList(params), st.steps, st.lambda, st.alpha[0], st.alpha[1],
-                                    st.alpha[2], static_cast<int64_t>(st.threads));
+    return BlockLossFunction::apply(x, at::TensorList(params), st.steps, st.lambda, st.weights, st.alpha[0],
+                                    st.alpha[1], st.alpha[2], static_cast<int64_t>(st.threads));
   const double ones[3] = {1, 1, 1};
   auto r = dispatch(x, params, st, ones, false);
   auto opts = x.options();
