@@ -76,7 +76,7 @@ inline void tanh_point4(T a, T& v, T& d1, T& d2, T& d3) {
 }
 
 template <class T>
-inline void derivs4_body(bool silu, const T* a, T* v, T* d1, T* d2, T* d3, int64_t n) {
+__attribute__((always_inline)) inline void derivs4_body(bool silu, const T* a, T* v, T* d1, T* d2, T* d3, int64_t n) {
   if (silu)
     for (int64_t e = 0; e < n; ++e) silu_point4<T>(a[e], v[e], d1[e], d2[e], d3[e]);
   else
@@ -113,7 +113,7 @@ constexpr int64_t kJetBlock = 512;
 // Through the activation, slabs A -> Z ([K, N, w] each, slab stride `stride`):
 //   Z_0 = act(a),  Z_m = act' da_m,  Z_s = act'' sum_{(i,j) in s} da_i da_j + act' A_s.
 template <class T>
-inline void jet_forward_body(const T* A, T* Z, const T* v, const T* d1, const T* d2, int64_t k,
+__attribute__((always_inline)) inline void jet_forward_body(const T* A, T* Z, const T* v, const T* d1, const T* d2, int64_t k,
                              const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
   for (int64_t b0 = 0; b0 < n; b0 += kJetBlock) {
     const int64_t nb = std::min(kJetBlock, n - b0);
@@ -141,14 +141,15 @@ inline void jet_forward_body(const T* A, T* Z, const T* v, const T* d1, const T*
   }
 }
 
-// Reverse of jet_forward_body: the gradient gA of the input slabs from the gradient G of
-// the output slabs. With Q_s = sum_{(i,j) in s} da_i da_j,
+// Reverse of jet_forward_body, in place: G holds the gradient of the output slabs and is
+// overwritten by that of the input slabs. With Q_s = sum_{(i,j) in s} da_i da_j,
 //   gA_s = act' G_s
 //   gA_m = act' G_m + act'' sum_s G_s dQ_s/d(da_m)
 //   gA_0 = act' G_0 + act'' (sum_m da_m G_m + sum_s A_s G_s) + act''' sum_s Q_s G_s
 template <class T>
-inline void jet_backward_body(const T* A, const T* G, T* gA, const T* d1, const T* d2, const T* d3, int64_t k,
-                              const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+__attribute__((always_inline)) inline void jet_backward_body(const T* A, T* G, const T* d1, const T* d2, const T* d3,
+                                                             int64_t k, const std::vector<PairList>& slabs,
+                                                             int64_t stride, int64_t n) {
   const int64_t S = static_cast<int64_t>(slabs.size());
   for (int64_t b0 = 0; b0 < n; b0 += kJetBlock) {
     const int64_t nb = std::min(kJetBlock, n - b0);
@@ -159,46 +160,43 @@ inline void jet_backward_body(const T* A, const T* G, T* gA, const T* d1, const 
     for (int64_t e = 0; e < nb; ++e) first[e] = third[e] = T(0);
     for (int64_t m = 1; m <= k; ++m) {
       const T* __restrict a = A + m * stride + b0;
-      const T* __restrict g = G + m * stride + b0;
-      T* __restrict out = gA + m * stride + b0;
+      T* __restrict g = G + m * stride + b0;
       for (int64_t e = 0; e < nb; ++e) {
-        out[e] = g1[e] * g[e];
         first[e] += a[e] * g[e];
+        g[e] *= g1[e];
       }
     }
     for (int64_t s = 0; s < S; ++s) {
-      const int64_t slab = 1 + k + s;
-      const T* __restrict a = A + slab * stride + b0;
-      const T* __restrict g = G + slab * stride + b0;
-      T* __restrict out = gA + slab * stride + b0;
-      T w[kJetBlock];  // act'' G_s
+      const T* __restrict a = A + (1 + k + s) * stride + b0;
+      T* __restrict g = G + (1 + k + s) * stride + b0;
+      T gs[kJetBlock], w[kJetBlock];  // G_s and act'' G_s, before G_s is overwritten
       for (int64_t e = 0; e < nb; ++e) {
-        out[e] = g1[e] * g[e];
+        gs[e] = g[e];
         first[e] += a[e] * g[e];
         w[e] = g2[e] * g[e];
+        g[e] *= g1[e];
       }
       for (const auto& [i, j] : slabs[s]) {
         const T* __restrict ai = A + (1 + i) * stride + b0;
         const T* __restrict aj = A + (1 + j) * stride + b0;
-        T* __restrict oi = gA + (1 + i) * stride + b0;
-        T* __restrict oj = gA + (1 + j) * stride + b0;
+        T* __restrict oi = G + (1 + i) * stride + b0;
         if (i == j) {
           for (int64_t e = 0; e < nb; ++e) {
             oi[e] += T(2) * w[e] * ai[e];
-            third[e] += ai[e] * ai[e] * g[e];
+            third[e] += ai[e] * ai[e] * gs[e];
           }
         } else {
+          T* __restrict oj = G + (1 + j) * stride + b0;
           for (int64_t e = 0; e < nb; ++e) {
             oi[e] += w[e] * aj[e];
             oj[e] += w[e] * ai[e];
-            third[e] += ai[e] * aj[e] * g[e];
+            third[e] += ai[e] * aj[e] * gs[e];
           }
         }
       }
     }
-    const T* __restrict g0 = G + b0;
-    T* __restrict out = gA + b0;
-    for (int64_t e = 0; e < nb; ++e) out[e] = g1[e] * g0[e] + g2[e] * first[e] + g3[e] * third[e];
+    T* __restrict g0 = G + b0;
+    for (int64_t e = 0; e < nb; ++e) g0[e] = g1[e] * g0[e] + g2[e] * first[e] + g3[e] * third[e];
   }
 }
 
@@ -212,18 +210,23 @@ inline void jet_forward_loop(const double* A, double* Z, const double* v, const 
   jet_forward_body<double>(A, Z, v, d1, d2, k, slabs, stride, n);
 }
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void jet_backward_loop(
-    const float* A, const float* G, float* gA, const float* d1, const float* d2, const float* d3, int64_t k,
+    const float* A, float* G, const float* d1, const float* d2, const float* d3, int64_t k,
     const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
-  jet_backward_body<float>(A, G, gA, d1, d2, d3, k, slabs, stride, n);
+  jet_backward_body<float>(A, G, d1, d2, d3, k, slabs, stride, n);
 }
-inline void jet_backward_loop(const double* A, const double* G, double* gA, const double* d1, const double* d2,
-                              const double* d3, int64_t k, const std::vector<PairList>& slabs, int64_t stride,
-                              int64_t n) {
-  jet_backward_body<double>(A, G, gA, d1, d2, d3, k, slabs, stride, n);
+inline void jet_backward_loop(const double* A, double* G, const double* d1, const double* d2, const double* d3,
+                              int64_t k, const std::vector<PairList>& slabs, int64_t stride, int64_t n) {
+  jet_backward_body<double>(A, G, d1, d2, d3, k, slabs, stride, n);
 }
 
+// Samples per block of the sweep: a block's slabs (K x block x width floats, about 460 KB
+// for K = 7 and width 128) stay in L2 between a layer's matrix product and its elementwise
+// loop, where whole-batch slabs (3.7 MB at 1024 samples) would stream from memory.
+constexpr int64_t kSweepRows = 128;
+
 // The sweep as one autograd node. tensors = (input, W0, b0, W1, b1, ...); returns the
-// output's slabs [K, N, m], K = 1 + cols + S.
+// output's slabs [K, N, m], K = 1 + cols + S. Each block of kSweepRows samples goes
+// through all layers on its own; the weight gradients sum over blocks.
 struct SecondOrderSweep : public torch::autograd::Function<SecondOrderSweep> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList tensors, int64_t d,
                                int64_t activation, int64_t kind) {
@@ -233,27 +236,34 @@ struct SecondOrderSweep : public torch::autograd::Function<SecondOrderSweep> {
     const auto& input = tensors[0];
     const size_t L = (tensors.size() - 1) / 2;
     const int64_t n = input.size(0), k = input.size(1), K = 1 + k + static_cast<int64_t>(slabs.size());
-    // Layer 0 is affine in the input: da/dx_m is row m of W0 for every sample, no curvature.
     const auto& W0 = tensors[1];
-    auto A = torch::empty({K, n, W0.size(1)}, input.options());
-    auto A0 = A[0];
-    torch::addmm_out(A0, tensors[2], input, W0);
-    A.narrow(0, 1, k).copy_(W0.unsqueeze(1));
-    A.narrow(0, 1 + k, K - 1 - k).zero_();
-    std::vector<torch::Tensor> pre, stacks, derivs;  // per hidden layer: A, Z, (act', act'', act''')
-    for (size_t i = 1; i < L; ++i) {
-      auto Z = torch::empty_like(A);
-      auto dv = derivs4(act, A[0]);
-      AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_forward", [&] {
-        jet_forward_loop(A.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), dv[0].data_ptr<scalar_t>(),
-                         dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k, slabs, A[0].numel(),
-                         A[0].numel());
-      });
-      pre.push_back(A);
-      stacks.push_back(Z);
-      derivs.insert(derivs.end(), {dv[1], dv[2], dv[3]});
-      A = torch::mm(Z.view({K * n, -1}), tensors[1 + 2 * i]).view({K, n, -1});
-      A[0].add_(tensors[2 + 2 * i]);
+    auto out = torch::empty({K, n, tensors[tensors.size() - 2].size(1)}, input.options());
+    // Per block, then per hidden layer: the pre-activation slabs A, the activation slabs Z,
+    // and act', act'', act''' at a.
+    std::vector<torch::Tensor> pre, stacks, derivs;
+    for (int64_t r0 = 0; r0 < n; r0 += kSweepRows) {
+      const int64_t nb = std::min(kSweepRows, n - r0);
+      // Layer 0 is affine in the input: da/dx_m is row m of W0 for every sample, no curvature.
+      auto A = torch::empty({K, nb, W0.size(1)}, input.options());
+      auto A0 = A[0];
+      torch::addmm_out(A0, tensors[2], input.narrow(0, r0, nb), W0);
+      A.narrow(0, 1, k).copy_(W0.unsqueeze(1));
+      A.narrow(0, 1 + k, K - 1 - k).zero_();
+      for (size_t i = 1; i < L; ++i) {
+        auto Z = torch::empty_like(A);
+        auto dv = derivs4(act, A[0]);
+        AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_forward", [&] {
+          jet_forward_loop(A.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), dv[0].data_ptr<scalar_t>(),
+                           dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k, slabs, A[0].numel(),
+                           A[0].numel());
+        });
+        pre.push_back(A);
+        stacks.push_back(Z);
+        derivs.insert(derivs.end(), {dv[1], dv[2], dv[3]});
+        A = torch::mm(Z.view({K * nb, -1}), tensors[1 + 2 * i]).view({K, nb, -1});
+        A[0].add_(tensors[2 + 2 * i]);
+      }
+      out.narrow(1, r0, nb).copy_(A);
     }
     ctx->save_for_backward(std::vector<torch::Tensor>(tensors.begin(), tensors.end()));
     ctx->saved_data["pre"] = pre;  // intermediates only: the output itself is never saved
@@ -261,7 +271,7 @@ struct SecondOrderSweep : public torch::autograd::Function<SecondOrderSweep> {
     ctx->saved_data["derivs"] = derivs;
     ctx->saved_data["d"] = d;
     ctx->saved_data["kind"] = kind;
-    return A;
+    return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -275,34 +285,41 @@ struct SecondOrderSweep : public torch::autograd::Function<SecondOrderSweep> {
     const int64_t d = ctx->saved_data["d"].toInt();
     const auto slabs = second_order_pairs(static_cast<SecondOrderKind>(ctx->saved_data["kind"].toInt()), d);
     const auto& input = saved[0];
-    const size_t L = (saved.size() - 1) / 2;
+    const size_t L = (saved.size() - 1) / 2, H = L - 1;  // H hidden layers
     const int64_t n = input.size(0), k = input.size(1), K = 1 + k + static_cast<int64_t>(slabs.size());
     torch::autograd::variable_list out(saved.size() + 3);  // + the three non-tensor arguments
     if (!grads[0].defined()) return out;
-    auto G = grads[0].contiguous();  // gradient of the current layer's pre-activation slabs
-    for (size_t i = L - 1; i > 0; --i) {
-      const auto& W = saved[1 + 2 * i];
-      auto G2 = G.view({K * n, -1});
-      out[1 + 2 * i] = stacks[i - 1].view({K * n, -1}).t().mm(G2);
-      out[2 + 2 * i] = G[0].sum(0);
-      auto GZ = G2.mm(W.t()).view({K, n, -1});
-      const auto& A = pre[i - 1];
-      auto gA = torch::empty_like(A);
-      const auto* dv = &derivs[3 * (i - 1)];
-      AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_backward", [&] {
-        jet_backward_loop(A.data_ptr<scalar_t>(), GZ.data_ptr<scalar_t>(), gA.data_ptr<scalar_t>(),
-                          dv[0].data_ptr<scalar_t>(), dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k,
-                          slabs, A[0].numel(), A[0].numel());
-      });
-      G = gA;
-    }
-    // Layer 0: a = input W0 + b0, da_m = W0[m]; its second-order slabs are constant zeros.
+    for (size_t p = 1; p < saved.size(); ++p) out[p] = torch::zeros_like(saved[p]);
+    const bool input_grad = ctx->needs_input_grad(0);
+    if (input_grad) out[0] = torch::empty_like(input);
     const auto& W0 = saved[1];
-    auto gW0 = input.t().mm(G[0]);
-    gW0.add_(G.narrow(0, 1, k).sum(1));
-    out[1] = gW0;
-    out[2] = G[0].sum(0);
-    if (ctx->needs_input_grad(0)) out[0] = G[0].mm(W0.t());
+    int64_t block = 0;
+    for (int64_t r0 = 0; r0 < n; r0 += kSweepRows, ++block) {
+      const int64_t nb = std::min(kSweepRows, n - r0);
+      // Gradient of the current layer's pre-activation slabs, this block's rows.
+      auto G = grads[0].narrow(1, r0, nb).contiguous();
+      for (size_t i = L - 1; i > 0; --i) {
+        const size_t h = block * H + (i - 1);  // this block's hidden layer i - 1
+        const auto& W = saved[1 + 2 * i];
+        auto G2 = G.view({K * nb, -1});
+        out[1 + 2 * i].addmm_(stacks[h].view({K * nb, -1}).t(), G2);
+        out[2 + 2 * i].add_(G[0].sum(0));
+        auto GZ = G2.mm(W.t()).view({K, nb, -1});
+        const auto& A = pre[h];
+        const auto* dv = &derivs[3 * h];
+        AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_backward", [&] {
+          jet_backward_loop(A.data_ptr<scalar_t>(), GZ.data_ptr<scalar_t>(),
+                            dv[0].data_ptr<scalar_t>(), dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k,
+                            slabs, A[0].numel(), A[0].numel());
+        });
+        G = GZ;
+      }
+      // Layer 0: a = input W0 + b0, da_m = W0[m]; its second-order slabs are constant zeros.
+      out[1].addmm_(input.narrow(0, r0, nb).t(), G[0]);
+      out[1].add_(G.narrow(0, 1, k).sum(1));
+      out[2].add_(G[0].sum(0));
+      if (input_grad) out[0].narrow(0, r0, nb).copy_(G[0].mm(W0.t()));
+    }
     return out;
   }
 };
