@@ -247,7 +247,7 @@ TEST_CASE("sgm with a potential network: score derivatives and both penalty form
       ctx.data_dim = 2;
       auto model = host().create_as<mfglab::Model>(
           "sgm", MFGLAB_KIND_MODEL,
-          json{{"width", 16}, {"depth", 2}, {"parameterization", "potential"}, {"process", process}, {"activation", activation}},
+          json{{"width", 16}, {"depth", 3}, {"parameterization", "potential"}, {"process", process}, {"activation", activation}},
           ctx);
       auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
       REQUIRE(sd != nullptr);
@@ -284,8 +284,10 @@ TEST_CASE("sgm with a potential network: score derivatives and both penalty form
           auto g_slow = torch::autograd::grad({expected}, params, {}, false, false, /*allow_unused=*/true);
           for (size_t p = 0; p < params.size(); ++p) {
             INFO("parameter " << p);
-            REQUIRE(g_fast[p].defined() == g_slow[p].defined());
-            if (g_slow[p].defined()) CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+            if (g_slow[p].defined())
+              CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+            else if (g_fast[p].defined())  // the sweep returns zeros for it
+              CHECK(g_fast[p].abs().max().item<double>() == 0);
           }
           CHECK_FALSE(g_slow.back().defined());
         }

@@ -379,15 +379,31 @@ class Sgm final : public mfglab::Model,
   }
 
   // The potential's score derivatives: s = -grad_x net / sigma needs the net's derivatives up
-  // to third order. One forward sweep of jets (MLP::jets: grad net, d_t net, Lap net, plain
-  // operations so that they can be differentiated again), then d + 1 reverse passes through
-  // that sweep: row j of the Hessian with d_t d_j net from grad_x(d_j net), and grad(Lap net),
-  // the Laplacian of the score up to its sign and scale. Autograd alone would need
+  // to third order: grad_x net, its Hessian, d_t grad_x net and grad(Lap net) (the
+  // Laplacian of the score up to its sign and scale). silu and tanh networks get them from
+  // one sweep of third-order jets with a hand-written reverse pass. Other activations: one
+  // sweep of MLP::jets (grad net, d_t net, Lap net, plain operations that can be
+  // differentiated again), then d + 1 reverse passes through it (row j of the Hessian with
+  // d_t d_j net from grad_x(d_j net), and grad(Lap net)). Autograd alone would need
   // 1 + d + d^2 nested passes, the last ones third order.
   mfglab::ScoreDerivativeValues potential_derivatives(const torch::Tensor& x, const torch::Tensor& t) {
     check_batch(x);
     torch::AutoGradMode grad_on(true);
     auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
+    if (mfglab::nn::detail::looped(net_.activation(), x)) {
+      // silu and tanh: all of it in one sweep of third-order jets (mfglab/hessian_jets.h).
+      const int64_t n = x.size(0), k = d_ + 1;
+      auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
+                                                mfglab::nn::SecondOrderKind::potential);
+      std::vector<int64_t> hess, time;
+      for (int64_t i = 0; i < d_; ++i) {
+        for (int64_t j = 0; j < d_; ++j) hess.push_back(mfglab::nn::hessian_slab(i, j, k));
+        time.push_back(mfglab::nn::hessian_slab(i, d_, k));
+      }
+      auto second = jets.second.squeeze(2).t();  // [N, S]
+      return scaled_derivatives(tc, jets.jacobian.squeeze(2), second.index_select(1, torch::tensor(hess)).view({n, d_, d_}),
+                                second.index_select(1, torch::tensor(time)), jets.third.squeeze(2).t());
+    }
     auto input = torch::cat({x.detach(), tc}, 1).requires_grad_();
     auto jets = net_.jets(input, d_);  // output width 1
     // (zeros where a derivative does not reach the input, as with relu's second derivative)
