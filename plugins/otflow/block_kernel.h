@@ -131,4 +131,38 @@ MFGLAB_OTFLOW_RUN_BLOCKS(float);
 }  // namespace avx2
 #endif
 
+// grad_s Phi and the whole Hess_xx Phi of n points s [n, d+1] (for Hamiltonians without a
+// closed form: otflow then takes H's own derivatives by autograd), and the vector-Jacobian
+// product of both. With c_i = sech_i * z_i,
+//   Hess_kl = sum_j c_0j K_0[k, j] K_0[l, j] + sum_{i>=1} h sum_j c_ij P_i^k_j P_i^l_j + S_kl,
+//   J_0^k = th_0 * K_0[k],  P_i^k = J_{i-1}^k K_i,  J_i^k = J_{i-1}^k + h th_i * P_i^k
+// (the unweighted J of the block kernel). The forward keeps what the reverse needs in a tape.
+template <class T>
+struct Tape {
+  T *th, *z, *u, *J, *P;  // th_0..M, z_0..M-1, u_0..M-1 [n, m]; J_0..M-1, P_1..M [d, n, m]
+  static size_t size(const Net<T>& net, int64_t n) {
+    const size_t nm = static_cast<size_t>(n) * net.m, M = net.M, d = net.d;
+    return (M + 1) * nm + 2 * M * nm + M * d * nm + (M + 1) * d * nm;
+  }
+  Tape(const Net<T>& net, int64_t n, T* base) {
+    const size_t nm = static_cast<size_t>(n) * net.m, M = net.M, d = net.d;
+    th = base, z = th + (M + 1) * nm, u = z + M * nm, J = u + M * nm, P = J + M * d * nm;
+  }
+};
+// grad [n, d+1], hess [n, d, d]; the reverse takes gbar, hbar of those shapes, writes sbar
+// [n, d+1] and adds the parameter adjoints into pgrad (Net offsets; S's slot holds dl/dS).
+#define MFGLAB_OTFLOW_HESSIAN(T)                                                                          \
+  void hessian_forward(const Net<T>& net, const T* s, int n, const Tape<T>& tape, T* grad, T* hess);    \
+  void hessian_backward(const Net<T>& net, const T* s, int n, const Tape<T>& tape, const T* gbar,        \
+                        const T* hbar, T* sbar, T* pgrad)
+namespace generic {
+MFGLAB_OTFLOW_HESSIAN(float);
+MFGLAB_OTFLOW_HESSIAN(double);
+}  // namespace generic
+#if defined(__x86_64__)
+namespace avx2 {
+MFGLAB_OTFLOW_HESSIAN(float);
+}  // namespace avx2
+#endif
+
 }  // namespace mfglab::otflow::kernel

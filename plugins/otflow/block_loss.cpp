@@ -25,13 +25,10 @@ struct Result {
   std::vector<Tensor> grads;  // one per parameter; empty unless asked for
 };
 
+// The kernel's view of Potential::parameters() (contiguous, kept alive by the caller), with
+// trace weights c (empty: all 1).
 template <class T>
-Result run(const Tensor& x_in, const std::vector<Tensor>& params_in, const BlockLossSettings& st,
-           const double seed[3], bool want_grad) {
-  auto x = x_in.contiguous();
-  std::vector<Tensor> params;
-  for (const auto& p : params_in) params.push_back(p.detach().contiguous());
-  const int64_t n = x.size(0), d = x.size(1);
+kernel::Net<T> make_net(const std::vector<Tensor>& params, int64_t d, const std::vector<double>& c) {
   const int M = static_cast<int>(params.size()) / 2 - 3;
   kernel::Net<T> net;
   net.d = static_cast<int>(d), net.m = static_cast<int>(params[0].size(1)), net.M = M;
@@ -44,12 +41,46 @@ Result run(const Tensor& x_in, const std::vector<Tensor>& params_in, const Block
   net.A = params[2 * M + 3].data_ptr<T>();
   net.r = static_cast<int>(params[2 * M + 3].size(0));
   net.bvec = params[2 * M + 4].data_ptr<T>();
-  if (!st.weights.empty()) {
-    if (static_cast<int64_t>(st.weights.size()) != d)
-      throw Error("block_loss: " + std::to_string(st.weights.size()) + " weights for dimension " + std::to_string(d));
-    for (double c : st.weights) net.c.push_back(static_cast<T>(c));
+  if (!c.empty()) {
+    if (static_cast<int64_t>(c.size()) != d)
+      throw Error("block_loss: " + std::to_string(c.size()) + " weights for dimension " + std::to_string(d));
+    for (double ck : c) net.c.push_back(static_cast<T>(ck));
   }
   net.prepare();
+  return net;
+}
+
+// Potential::parameters()' gradients from the kernel's flat gradient g (Net offsets; S's slot
+// holds dl/dS: dl/dA = A (Sbar + Sbar^T); c gets zeros).
+template <class T>
+std::vector<Tensor> unflatten(const kernel::Net<T>& net, std::vector<T>& g, const std::vector<Tensor>& params) {
+  const int M = net.M;
+  const int64_t d = net.d;
+  auto opts = params[0].options();
+  auto piece = [&](int64_t offset, at::IntArrayRef shape) {
+    return torch::from_blob(g.data() + offset, shape, opts).clone();
+  };
+  std::vector<Tensor> out;
+  for (int i = 0; i <= M; ++i) {
+    out.push_back(piece(net.offK[i], params[2 * i].sizes()));
+    out.push_back(piece(net.offb[i], params[2 * i + 1].sizes()));
+  }
+  out.push_back(piece(net.offw, params[2 * M + 2].sizes()));
+  auto Sbar = piece(net.offS, {d + 1, d + 1});
+  out.push_back(torch::mm(params[2 * M + 3], Sbar + Sbar.t()));
+  out.push_back(piece(net.offbvec, params[2 * M + 4].sizes()));
+  out.push_back(torch::zeros_like(params[2 * M + 5]));
+  return out;
+}
+
+template <class T>
+Result run(const Tensor& x_in, const std::vector<Tensor>& params_in, const BlockLossSettings& st,
+           const double seed[3], bool want_grad) {
+  auto x = x_in.contiguous();
+  std::vector<Tensor> params;
+  for (const auto& p : params_in) params.push_back(p.detach().contiguous());
+  const int64_t n = x.size(0), d = x.size(1);
+  auto net = make_net<T>(params, d, st.weights);
 
   kernel::Config<T> cfg;
   cfg.steps = static_cast<int>(st.steps);
@@ -99,20 +130,7 @@ Result run(const Tensor& x_in, const std::vector<Tensor>& params_in, const Block
   std::vector<T> g(net.size, T(0));
   for (const auto& s : slots)
     for (int64_t e = 0; e < net.size; ++e) g[e] += s.grad[e];
-  auto opts = params[0].options();
-  auto piece = [&](int64_t offset, at::IntArrayRef shape) {
-    return torch::from_blob(g.data() + offset, shape, opts).clone();
-  };
-  for (int i = 0; i <= M; ++i) {
-    out.grads.push_back(piece(net.offK[i], params[2 * i].sizes()));
-    out.grads.push_back(piece(net.offb[i], params[2 * i + 1].sizes()));
-  }
-  out.grads.push_back(piece(net.offw, params[2 * M + 2].sizes()));
-  // S = A^T A: dl/dA = A (Sbar + Sbar^T).
-  auto Sbar = piece(net.offS, {d + 1, d + 1});
-  out.grads.push_back(torch::mm(params[2 * M + 3], Sbar + Sbar.t()));
-  out.grads.push_back(piece(net.offbvec, params[2 * M + 4].sizes()));
-  out.grads.push_back(torch::zeros_like(params[2 * M + 5]));  // c
+  out.grads = unflatten(net, g, params);
   return out;
 }
 
@@ -179,7 +197,95 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
   }
 };
 
+// grad and Hessian by the sweep of block_kernel.h: forward into a tape, reverse from it.
+template <class T>
+std::vector<Tensor> hessian_forward(const Tensor& s, const std::vector<Tensor>& params, Tensor& tape) {
+  const int64_t n = s.size(0), d = s.size(1) - 1;
+  auto net = make_net<T>(params, d, {});
+  tape = torch::empty({static_cast<int64_t>(kernel::Tape<T>::size(net, n))}, s.options());
+  kernel::Tape<T> tp(net, n, tape.data_ptr<T>());
+  auto grad = torch::empty({n, d + 1}, s.options()), hess = torch::empty({n, d, d}, s.options());
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx2) {
+      kernel::avx2::hessian_forward(net, s.data_ptr<T>(), static_cast<int>(n), tp, grad.data_ptr<T>(),
+                                    hess.data_ptr<T>());
+      return {grad, hess};
+    }
+  }
+#endif
+  kernel::generic::hessian_forward(net, s.data_ptr<T>(), static_cast<int>(n), tp, grad.data_ptr<T>(),
+                                   hess.data_ptr<T>());
+  return {grad, hess};
+}
+
+template <class T>
+std::vector<Tensor> hessian_backward(const Tensor& s, const std::vector<Tensor>& params, const Tensor& tape,
+                                     const Tensor& gbar, const Tensor& hbar) {
+  const int64_t n = s.size(0), d = s.size(1) - 1;
+  auto net = make_net<T>(params, d, {});
+  kernel::Tape<T> tp(net, n, const_cast<T*>(tape.data_ptr<T>()));
+  auto sbar = torch::empty({n, d + 1}, s.options());
+  std::vector<T> g(net.size, T(0));
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx2) {
+      kernel::avx2::hessian_backward(net, s.data_ptr<T>(), static_cast<int>(n), tp, gbar.data_ptr<T>(),
+                                     hbar.data_ptr<T>(), sbar.data_ptr<T>(), g.data());
+      auto out = unflatten(net, g, params);
+      out.insert(out.begin(), sbar);
+      return out;
+    }
+  }
+#endif
+  kernel::generic::hessian_backward(net, s.data_ptr<T>(), static_cast<int>(n), tp, gbar.data_ptr<T>(),
+                                    hbar.data_ptr<T>(), sbar.data_ptr<T>(), g.data());
+  auto out = unflatten(net, g, params);
+  out.insert(out.begin(), sbar);
+  return out;
+}
+
+struct HessianFunction : public torch::autograd::Function<HessianFunction> {
+  using Ctx = torch::autograd::AutogradContext;
+
+  static variable_list forward(Ctx* ctx, const Tensor& s_in, at::TensorList params_in) {
+    auto s = s_in.detach().contiguous();
+    std::vector<Tensor> params;
+    for (const auto& p : params_in) params.push_back(p.detach().contiguous());
+    Tensor tape;
+    auto out = s.scalar_type() == torch::kFloat32 ? hessian_forward<float>(s, params, tape)
+                                                  : hessian_forward<double>(s, params, tape);
+    ctx->saved_data["s"] = s;
+    ctx->saved_data["params"] = params;
+    ctx->saved_data["tape"] = tape;
+    return out;
+  }
+
+  static variable_list backward(Ctx* ctx, variable_list upstream) {
+    if (torch::GradMode::is_enabled())
+      throw Error("otflow's closed-form Hessian is differentiable once; set the model's fused: false "
+                  "for higher derivatives");
+    auto s = ctx->saved_data["s"].toTensor();
+    auto params = ctx->saved_data["params"].toTensorVector();
+    auto tape = ctx->saved_data["tape"].toTensor();
+    const int64_t n = s.size(0), d = s.size(1) - 1;
+    auto gbar = upstream[0].defined() ? upstream[0].contiguous() : torch::zeros({n, d + 1}, s.options());
+    auto hbar = upstream[1].defined() ? upstream[1].contiguous() : torch::zeros({n, d, d}, s.options());
+    return s.scalar_type() == torch::kFloat32 ? hessian_backward<float>(s, params, tape, gbar, hbar)
+                                              : hessian_backward<double>(s, params, tape, gbar, hbar);
+  }
+};
+
 }  // namespace
+
+std::vector<Tensor> gradient_hessian(const Tensor& s, const std::vector<Tensor>& params) {
+  if (s.dim() != 2 || s.size(1) < 2) throw Error("gradient_hessian: expected points [N, d+1]");
+  if (s.scalar_type() != torch::kFloat32 && s.scalar_type() != torch::kFloat64)
+    throw Error("otflow's closed-form Hessian needs float32 or float64");
+  return HessianFunction::apply(s, at::TensorList(params));
+}
 
 std::vector<Tensor> block_loss(const Tensor& x, const std::vector<Tensor>& params, const BlockLossSettings& st) {
   if (x.dim() != 2 || x.size(0) < 1) throw Error("block_loss: expected a non-empty batch [N, d]");

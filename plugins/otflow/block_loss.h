@@ -26,4 +26,9 @@ struct BlockLossSettings {
 std::vector<torch::Tensor> block_loss(const torch::Tensor& x, const std::vector<torch::Tensor>& params,
                                       const BlockLossSettings& settings);
 
+// grad_s Phi [N, d+1] and Hess_xx Phi [N, d, d] at the points s = (x, t) [N, d+1] for the
+// potential whose Potential::parameters() are params (float32 or float64, as s), by the
+// hand-written sweep of block_kernel.h, one thread. Differentiable once in s and params.
+std::vector<torch::Tensor> gradient_hessian(const torch::Tensor& s, const std::vector<torch::Tensor>& params);
+
 }  // namespace mfglab::otflow

@@ -316,14 +316,17 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
     return {grad, hess + AtA.narrow(0, 0, d_).narrow(1, 0, d_)};
   }
 
-  // Any Hamiltonian, network derivatives in closed form: with v = -dH/dp(x, p) at p = grad_x Phi,
+  // Any Hamiltonian, grad_s Phi and Hess_xx Phi by the hand-written sweep (block_loss.h; its
+  // autograd twin is gradient_hessian above): with v = -dH/dp(x, p) at p = grad_x Phi,
   //   div v = sum_i dv_i/dx_i|_p + sum_ij dv_i/dp_j (Hess_xx Phi)_ji,
   // where dv/dx|_p and dv/dp come from autograd through H's own small graph (d backward passes
   // over [N, d] tensors, never through the network). When training, those derivatives keep
   // their graphs, so the parameter gradient reaches the network through p and the paths x.
   Tensor hessian_rhs(const Tensor& x_in, double t) {
     const bool training = torch::GradMode::is_enabled();
-    auto [grad, hess] = gradient_hessian(torch::constant_pad_nd(x_in, {0, 1}, t));
+    auto gh = mfglab::otflow::gradient_hessian(torch::constant_pad_nd(x_in, {0, 1}, t), parameters());
+    const auto& grad = gh[0];
+    const auto& hess = gh[1];
     torch::AutoGradMode grad_on(true);
     // Fresh nodes for x and p: the derivatives w.r.t. them are H's partial ones (a clone of
     // x is not where grad_x Phi came from, so no path through the network reaches it).
