@@ -67,45 +67,67 @@ inline std::vector<PairList> second_order_pairs(SecondOrderKind kind, int64_t d,
 }
 
 // act, act', act'', act''' at one point, for the looped activations.
-// act and its first four derivatives at one point, for the looped activations. silu = a s
+// act and its first three derivatives at one point, for the looped activations. silu = a s
 // with u = s (1 - s), c = 1 - 2 s: s' = u, s'' = u c, s''' = u (c^2 - 2 u), s'''' = u c (c^2 - 8 u),
 // and silu^(n) = a s^(n) + n s^(n-1). tanh with p = 1 - tanh^2: p' = -2 tanh p.
 template <class T>
-inline void silu_point5(T a, T& v, T& d1, T& d2, T& d3, T& d4) {
+inline void silu_point4(T a, T& v, T& d1, T& d2, T& d3) {
   const T s = T(1) / (T(1) + exp_approx(-a));
   const T u = s * (T(1) - s), c = T(1) - T(2) * s;
   v = a * s;
   d1 = s + v * (T(1) - s);
   d2 = u * (T(2) + a * c);
   d3 = u * (c * (T(3) + a * c) - T(2) * a * u);
-  d4 = u * (T(4) * (c * c - T(2) * u) + a * c * (c * c - T(8) * u));
 }
 template <class T>
-inline void tanh_point5(T a, T& v, T& d1, T& d2, T& d3, T& d4) {
+inline void tanh_point4(T a, T& v, T& d1, T& d2, T& d3) {
   T slope;
   tanh_point<T>(a, v, slope);
   d1 = slope;
   d2 = T(-2) * v * slope;
   d3 = T(2) * slope * (T(2) * v * v - slope);
-  d4 = T(8) * v * slope * (T(2) * slope - v * v);
+}
+// act'''' alone: only the third-order sweep needs it, and a separate loop keeps both
+// loops vectorised (GCC gives up on one loop with six arrays).
+template <class T>
+inline T silu_fourth(T a) {
+  const T s = T(1) / (T(1) + exp_approx(-a));
+  const T u = s * (T(1) - s), c = T(1) - T(2) * s;
+  return u * (T(4) * (c * c - T(2) * u) + a * c * (c * c - T(8) * u));
+}
+template <class T>
+inline T tanh_fourth(T a) {
+  T v, slope;
+  tanh_point<T>(a, v, slope);
+  return T(8) * v * slope * (T(2) * slope - v * v);
 }
 
 template <class T>
-__attribute__((always_inline)) inline void derivs5_body(bool silu, const T* a, T* v, T* d1, T* d2, T* d3, T* d4,
-                                                        int64_t n) {
+__attribute__((always_inline)) inline void derivs4_body(bool silu, const T* a, T* v, T* d1, T* d2, T* d3, int64_t n) {
   if (silu)
-    for (int64_t e = 0; e < n; ++e) silu_point5<T>(a[e], v[e], d1[e], d2[e], d3[e], d4[e]);
+    for (int64_t e = 0; e < n; ++e) silu_point4<T>(a[e], v[e], d1[e], d2[e], d3[e]);
   else
-    for (int64_t e = 0; e < n; ++e) tanh_point5<T>(a[e], v[e], d1[e], d2[e], d3[e], d4[e]);
+    for (int64_t e = 0; e < n; ++e) tanh_point4<T>(a[e], v[e], d1[e], d2[e], d3[e]);
 }
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void derivs5_loop(
-    bool silu, const float* a, float* v, float* d1, float* d2, float* d3, float* d4, int64_t n) {
-  derivs5_body<float>(silu, a, v, d1, d2, d3, d4, n);
+template <class T>
+__attribute__((always_inline)) inline void fourth_body(bool silu, const T* a, T* d4, int64_t n) {
+  if (silu)
+    for (int64_t e = 0; e < n; ++e) d4[e] = silu_fourth<T>(a[e]);
+  else
+    for (int64_t e = 0; e < n; ++e) d4[e] = tanh_fourth<T>(a[e]);
 }
-inline void derivs5_loop(bool silu, const double* a, double* v, double* d1, double* d2, double* d3, double* d4,
-                         int64_t n) {
-  derivs5_body<double>(silu, a, v, d1, d2, d3, d4, n);
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void derivs4_loop(
+    bool silu, const float* a, float* v, float* d1, float* d2, float* d3, int64_t n) {
+  derivs4_body<float>(silu, a, v, d1, d2, d3, n);
 }
+inline void derivs4_loop(bool silu, const double* a, double* v, double* d1, double* d2, double* d3, int64_t n) {
+  derivs4_body<double>(silu, a, v, d1, d2, d3, n);
+}
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) inline void fourth_loop(
+    bool silu, const float* a, float* d4, int64_t n) {
+  fourth_body<float>(silu, a, d4, n);
+}
+inline void fourth_loop(bool silu, const double* a, double* d4, int64_t n) { fourth_body<double>(silu, a, d4, n); }
 
 // Whether the activation's loops (and so the third-order sweep) apply to tensors like a.
 inline bool looped(Activation act, const torch::Tensor& a) {
@@ -113,20 +135,26 @@ inline bool looped(Activation act, const torch::Tensor& a) {
          (a.scalar_type() == torch::kFloat || a.scalar_type() == torch::kDouble);
 }
 
-// (act, act', act'', act''', act'''') at a [N, w]: one loop for silu and tanh; closed forms
-// otherwise, where act'''' is not needed (kinds laplacian and hessian) and repeats act'''.
-inline std::vector<torch::Tensor> derivs5(Activation act, const torch::Tensor& a) {
+// (act, act', act'', act''', act'''') at a [N, w]: loops for silu and tanh (act'''' only when
+// `fourth`); closed forms otherwise, where act'''' is not needed and repeats act'''.
+inline std::vector<torch::Tensor> derivs5(Activation act, const torch::Tensor& a, bool fourth) {
   if (!looped(act, a) || !a.is_contiguous()) {
     auto d = activation_derivatives3(act, a);
     auto third = d.third.contiguous();
     return {activate(act, a).contiguous(), d.first.contiguous(), d.second.contiguous(), third, third};
   }
   std::vector<torch::Tensor> out;
-  for (int i = 0; i < 5; ++i) out.push_back(torch::empty_like(a));
+  for (int i = 0; i < 4; ++i) out.push_back(torch::empty_like(a));
+  const bool silu = act == Activation::silu;
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "derivs5", [&] {
-    derivs5_loop(act == Activation::silu, a.data_ptr<scalar_t>(), out[0].data_ptr<scalar_t>(),
-                 out[1].data_ptr<scalar_t>(), out[2].data_ptr<scalar_t>(), out[3].data_ptr<scalar_t>(),
-                 out[4].data_ptr<scalar_t>(), a.numel());
+    derivs4_loop(silu, a.data_ptr<scalar_t>(), out[0].data_ptr<scalar_t>(), out[1].data_ptr<scalar_t>(),
+                 out[2].data_ptr<scalar_t>(), out[3].data_ptr<scalar_t>(), a.numel());
+    if (fourth) {
+      out.push_back(torch::empty_like(a));
+      fourth_loop(silu, a.data_ptr<scalar_t>(), out[4].data_ptr<scalar_t>(), a.numel());
+    } else {
+      out.push_back(out[3]);
+    }
   });
   return out;
 }
@@ -403,7 +431,7 @@ struct SecondOrderSweep : public torch::autograd::Function<SecondOrderSweep> {
       A.narrow(0, 1 + k, K - 1 - k).zero_();
       for (size_t i = 1; i < L; ++i) {
         auto Z = torch::empty_like(A);
-        auto dv = derivs5(act, A[0]);
+        auto dv = derivs5(act, A[0], third > 0);
         AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "second_order_forward", [&] {
           jet_forward_loop(A.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), dv[0].data_ptr<scalar_t>(),
                            dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), k, slabs, A[0].numel(),
