@@ -613,6 +613,8 @@ void run_blocks_impl(const Net<T>& net, const Config<T>& cfg, const T* x, int64_
 }
 
 // ---- grad_s Phi and Hess_xx Phi of a batch and their reverse (block_kernel.h) ----
+// The loops over j touch element j of distinct arrays only; ivdep tells GCC so, which it cannot
+// prove for this many pointers and would otherwise leave some loops scalar.
 
 // Per-thread scratch arrays of the Hessian sweep, kept between calls (fresh pages each call
 // cost more than the arithmetic at these sizes). Slot k holds at least n elements.
@@ -634,9 +636,12 @@ void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& t
   for (int r = 0; r < n; ++r) {
     T* th = tp.th + static_cast<size_t>(r) * m;
     T* u = tp.u + static_cast<size_t>(r) * m;
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) th[j] = net.b[0][j];
     for (int k = 0; k < d1; ++k)
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) th[j] += s[r * d1 + k] * K0[k * m + j];
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) tanh_logcosh(th[j], th[j], u[j]);
   }
   // a_i = u_{i-1} K_i + b_i, th_i, u_i = u_{i-1} + h lc(a_i) (i < M).
@@ -651,12 +656,14 @@ void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& t
       const T* up = uprev + static_cast<size_t>(r) * m;
       if (unext) {
         T* un = unext + static_cast<size_t>(r) * m;
+        #pragma GCC ivdep
         for (int j = 0; j < m; ++j) {
           T lc;
           tanh_logcosh(a[j] + bi[j], a[j], lc);
           un[j] = up[j] + h * lc;
         }
       } else {
+        #pragma GCC ivdep
         for (int j = 0; j < m; ++j) {
           T lc;
           tanh_logcosh(a[j] + bi[j], a[j], lc);
@@ -672,6 +679,7 @@ void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& t
     for (int r = 0; r < n; ++r) {
       const size_t o = static_cast<size_t>(r) * m;
       const T* zi = i == M ? net.w : tp.z + i * nm + o;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) y[o + j] = th[o + j] * zi[j], zprev[o + j] = zi[j];
     }
     blas::gemm(false, true, n, m, m, h, y, m, net.K[i], m, T(1), zprev, m);
@@ -681,6 +689,7 @@ void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& t
   for (int r = 0; r < n; ++r) {
     const T* th = tp.th + static_cast<size_t>(r) * m;
     const T* z = tp.z + static_cast<size_t>(r) * m;
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) p0[j] = th[j] * z[j];
     for (int c = 0; c < d1; ++c) {
       T gc = net.bvec[c];
@@ -692,6 +701,7 @@ void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& t
   for (int k = 0; k < d; ++k)
     for (int r = 0; r < n; ++r) {
       const size_t o = static_cast<size_t>(r) * m;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) tp.J[k * nm + o + j] = tp.th[o + j] * K0[k * m + j];
     }
   for (int i = 1; i <= M; ++i) {
@@ -716,9 +726,11 @@ void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& t
       const T* th = tp.th + i * nm + o;
       const T* z = i == M ? net.w : tp.z + i * nm + o;
       const T hi = i == 0 ? T(1) : h;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) c[j] = (T(1) - th[j] * th[j]) * z[j] * hi;
       for (int k = 0; k < d; ++k) {
         const T* Pk = i == 0 ? K0 + k * m : tp.P + ((i - 1) * d + k) * nm + o;
+        #pragma GCC ivdep
         for (int j = 0; j < m; ++j) cp[j] = c[j] * Pk[j];
         for (int l = k; l < d; ++l) {
           const T* Pl = i == 0 ? K0 + l * m : tp.P + ((i - 1) * d + l) * nm + o;
@@ -764,12 +776,15 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
     }
     const T* th0 = tp.th + o;
     const T* z0 = tp.z + o;
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) pb[j] = 0;
     for (int c = 0; c < d1; ++c)
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) {
         pb[j] += gb[c] * K0[c * m + j];
         K0bar[c * m + j] += gb[c] * th0[j] * z0[j];
       }
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) thbar[o + j] += pb[j] * z0[j], zbar[o + j] += pb[j] * th0[j];
     // Layer i's Hessian term h_i sum_j c_ij sum_kl W_kl P^k_j P^l_j (P_0^k = K_0[k], h_0 = 1):
     //   cbar_ij = h_i sum_kl W_kl P^k_j P^l_j;  c = sech * z: thbar -= 2 th z cbar, zbar += sech cbar;
@@ -778,17 +793,20 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
       const T* th = tp.th + i * nm + o;
       const T* z = i == M ? net.w : tp.z + i * nm + o;
       const T hi = i == 0 ? T(1) : h;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) q[j] = 0;
       for (int k = 0; k < d; ++k) {
         const T* Pk = i == 0 ? K0 + k * m : tp.P + ((i - 1) * d + k) * nm + o;
         for (int l = 0; l < d; ++l) {
           const T* Pl = i == 0 ? K0 + l * m : tp.P + ((i - 1) * d + l) * nm + o;
           const T wkl = hi * W[k * d + l];
+          #pragma GCC ivdep
           for (int j = 0; j < m; ++j) q[j] += wkl * Pk[j] * Pl[j];
         }
       }
       T* tb = thbar + i * nm + o;
       T* zb = zbar + i * nm + o;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) {
         const T sech = T(1) - th[j] * th[j];
         tb[j] += -2 * th[j] * z[j] * q[j];
@@ -799,6 +817,7 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
         for (int k = 0; k < d; ++k)
           for (int l = 0; l < d; ++l) {
             const T wkl = W[k * d + l];
+            #pragma GCC ivdep
             for (int j = 0; j < m; ++j) K0bar[k * m + j] += cz[j] * wkl * K0[l * m + j];
           }
     }
@@ -817,20 +836,25 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
         for (int l = 0; l < d; ++l) W[k * d + l] = (hb[k * d + l] + hb[l * d + k]) / 2;
       const T* z = i == M ? net.w : tp.z + i * nm + o;
       const T* t = th + o;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) cz[j] = 2 * h * (T(1) - t[j] * t[j]) * z[j];
       T* tb = thbar + i * nm + o;
       for (int k = 0; k < d; ++k) {
         T* pb = Pbar + k * nm + o;
+        #pragma GCC ivdep
         for (int j = 0; j < m; ++j) pb[j] = 0;
         for (int l = 0; l < d; ++l) {
           const T wkl = W[k * d + l];
           const T* pl = P + l * nm + o;
+          #pragma GCC ivdep
           for (int j = 0; j < m; ++j) pb[j] += wkl * pl[j];
         }
+        #pragma GCC ivdep
         for (int j = 0; j < m; ++j) pb[j] *= cz[j];
         if (i < M) {
           const T* jb = Jbar + k * nm + o;
           const T* pk = P + k * nm + o;
+          #pragma GCC ivdep
           for (int j = 0; j < m; ++j) {
             pb[j] += h * t[j] * jb[j];
             tb[j] += h * jb[j] * pk[j];
@@ -849,6 +873,7 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
       const T* jb = Jbar + k * nm + o;
       const T* t = tp.th + o;
       T* tb = thbar + o;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) {
         tb[j] += jb[j] * K0[k * m + j];
         K0bar[k * m + j] += jb[j] * t[j];
@@ -864,6 +889,7 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
     for (int r = 0; r < n; ++r) {
       const size_t o = static_cast<size_t>(r) * m;
       const T* z = i == M ? net.w : tp.z + i * nm + o;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) y[o + j] = th[o + j] * z[j];
     }
     blas::gemm(false, false, n, m, m, h, zb, m, net.K[i], m, T(0), ybar, m);
@@ -873,6 +899,7 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
       const T* z = i == M ? net.w : tp.z + i * nm + o;
       T* tb = thbar + i * nm + o;
       T* zn = zbar + i * nm + o;
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) {
         tb[j] += ybar[o + j] * z[j];
         zn[j] += zb[o + j] + ybar[o + j] * th[o + j];
@@ -880,6 +907,7 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
     }
   }
   for (int r = 0; r < n; ++r)
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) pgrad[net.offw + j] += zbar[M * nm + static_cast<size_t>(r) * m + j];
   // Activations, layers M..1: abar_i = thbar_i sech_i (+ h ubar_i th_i), K_ibar += u_{i-1}^T abar_i,
   // b_ibar += colsum abar_i, ubar_{i-1} = ubar_i + abar_i K_i^T (u_M is not used).
@@ -891,18 +919,21 @@ void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& 
       abar[e] = thbar[i * nm + e] * (T(1) - th[e] * th[e]) + (i < M ? h * ubar[e] * th[e] : T(0));
     blas::gemm(true, false, m, m, n, T(1), tp.u + (i - 1) * nm, m, abar, m, T(1), pgrad + net.offK[i], m);
     for (int r = 0; r < n; ++r)
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) pgrad[net.offb[i] + j] += abar[static_cast<size_t>(r) * m + j];
     blas::gemm(false, true, n, m, m, T(1), abar, m, net.K[i], m, i < M ? T(1) : T(0), ubar, m);
   }
   // Layer 0: abar_0 = thbar_0 sech_0 + ubar_0 th_0; K_0bar += s^T abar_0, b_0bar += colsum, sbar += abar_0 K_0^T.
   for (int r = 0; r < n; ++r) {
     const size_t o = static_cast<size_t>(r) * m;
+    #pragma GCC ivdep
     for (int j = 0; j < m; ++j) {
       const T t = tp.th[o + j];
       abar[o + j] = thbar[o + j] * (T(1) - t * t) + ubar[o + j] * t;
       pgrad[net.offb[0] + j] += abar[o + j];
     }
     for (int c = 0; c < d1; ++c) {
+      #pragma GCC ivdep
       for (int j = 0; j < m; ++j) K0bar[c * m + j] += s[r * d1 + c] * abar[o + j];
       sbar[r * d1 + c] += dot(abar + o, K0 + c * m, m);
     }

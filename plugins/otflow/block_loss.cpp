@@ -1,6 +1,7 @@
 #include "block_loss.h"
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <type_traits>
 
@@ -197,26 +198,44 @@ struct BlockLossFunction : public torch::autograd::Function<BlockLossFunction> {
   }
 };
 
-// grad and Hessian by the sweep of block_kernel.h: forward into a tape, reverse from it.
+// grad and Hessian by the sweep of block_kernel.h, in blocks of kBlock rows so that each
+// block's intermediates stay in cache: forward into a tape (one region per block), reverse
+// from it. Rows are independent; the parameter adjoints add up over the blocks in order.
+template <class T>
+void for_blocks(int64_t n, const std::function<void(int64_t, int)>& f) {
+  for (int64_t lo = 0; lo < n; lo += kBlock) f(lo / kBlock, static_cast<int>(std::min<int64_t>(kBlock, n - lo)));
+}
+
+template <class T>
+bool has_avx2() {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return std::is_same_v<T, float> && avx2;
+#else
+  return false;
+#endif
+}
+
 template <class T>
 std::vector<Tensor> hessian_forward(const Tensor& s, const std::vector<Tensor>& params, Tensor& tape) {
   const int64_t n = s.size(0), d = s.size(1) - 1;
   auto net = make_net<T>(params, d, {});
-  tape = torch::empty({static_cast<int64_t>(kernel::Tape<T>::size(net, n))}, s.options());
-  kernel::Tape<T> tp(net, n, tape.data_ptr<T>());
+  const int64_t per_block = static_cast<int64_t>(kernel::Tape<T>::size(net, kBlock));
+  tape = torch::empty({(n + kBlock - 1) / kBlock * per_block}, s.options());
   auto grad = torch::empty({n, d + 1}, s.options()), hess = torch::empty({n, d, d}, s.options());
+  const T* sp = s.data_ptr<T>();
+  T *gp = grad.data_ptr<T>(), *hp = hess.data_ptr<T>(), *tb = tape.data_ptr<T>();
+  for_blocks<T>(n, [&](int64_t b, int nb) {
+    const int64_t lo = b * kBlock;
+    kernel::Tape<T> tp(net, nb, tb + b * per_block);
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if constexpr (std::is_same_v<T, float>) {
-    if (avx2) {
-      kernel::avx2::hessian_forward(net, s.data_ptr<T>(), static_cast<int>(n), tp, grad.data_ptr<T>(),
-                                    hess.data_ptr<T>());
-      return {grad, hess};
+    if constexpr (std::is_same_v<T, float>) {
+      if (has_avx2<T>())
+        return kernel::avx2::hessian_forward(net, sp + lo * (d + 1), nb, tp, gp + lo * (d + 1), hp + lo * d * d);
     }
-  }
 #endif
-  kernel::generic::hessian_forward(net, s.data_ptr<T>(), static_cast<int>(n), tp, grad.data_ptr<T>(),
-                                   hess.data_ptr<T>());
+    kernel::generic::hessian_forward(net, sp + lo * (d + 1), nb, tp, gp + lo * (d + 1), hp + lo * d * d);
+  });
   return {grad, hess};
 }
 
@@ -225,23 +244,25 @@ std::vector<Tensor> hessian_backward(const Tensor& s, const std::vector<Tensor>&
                                      const Tensor& gbar, const Tensor& hbar) {
   const int64_t n = s.size(0), d = s.size(1) - 1;
   auto net = make_net<T>(params, d, {});
-  kernel::Tape<T> tp(net, n, const_cast<T*>(tape.data_ptr<T>()));
+  const int64_t per_block = static_cast<int64_t>(kernel::Tape<T>::size(net, kBlock));
   auto sbar = torch::empty({n, d + 1}, s.options());
   std::vector<T> g(net.size, T(0));
+  const T *sp = s.data_ptr<T>(), *gb = gbar.data_ptr<T>(), *hb = hbar.data_ptr<T>();
+  T* tb = const_cast<T*>(tape.data_ptr<T>());
+  T* sb = sbar.data_ptr<T>();
+  for_blocks<T>(n, [&](int64_t b, int nb) {
+    const int64_t lo = b * kBlock;
+    kernel::Tape<T> tp(net, nb, tb + b * per_block);
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if constexpr (std::is_same_v<T, float>) {
-    if (avx2) {
-      kernel::avx2::hessian_backward(net, s.data_ptr<T>(), static_cast<int>(n), tp, gbar.data_ptr<T>(),
-                                     hbar.data_ptr<T>(), sbar.data_ptr<T>(), g.data());
-      auto out = unflatten(net, g, params);
-      out.insert(out.begin(), sbar);
-      return out;
+    if constexpr (std::is_same_v<T, float>) {
+      if (has_avx2<T>())
+        return kernel::avx2::hessian_backward(net, sp + lo * (d + 1), nb, tp, gb + lo * (d + 1), hb + lo * d * d,
+                                              sb + lo * (d + 1), g.data());
     }
-  }
 #endif
-  kernel::generic::hessian_backward(net, s.data_ptr<T>(), static_cast<int>(n), tp, gbar.data_ptr<T>(),
-                                    hbar.data_ptr<T>(), sbar.data_ptr<T>(), g.data());
+    kernel::generic::hessian_backward(net, sp + lo * (d + 1), nb, tp, gb + lo * (d + 1), hb + lo * d * d,
+                                      sb + lo * (d + 1), g.data());
+  });
   auto out = unflatten(net, g, params);
   out.insert(out.begin(), sbar);
   return out;
