@@ -13,8 +13,8 @@
 //   quadratic, isotropic or diagonal (H = sum_k p_k^2 / (2 lambda_k)): v, div v = -sum_k
 //     Hess_kk / lambda_k and the costs in closed form; the training loss and its gradient come
 //     from a hand-written kernel (block_loss.h, block_kernel.h);
-//   any other H: grad_x Phi and the whole Hess_xx Phi in closed form, and only H's own
-//     derivatives by autograd: div v = sum_i dv_i/dx_i|_p + sum_ij dv_i/dp_j Hess_ji, with
+//   any other H: grad_x Phi and the whole Hess_xx Phi in closed form (a hand-written sweep,
+//     block_loss.h gradient_hessian), and only H's own derivatives by autograd: div v = sum_i dv_i/dx_i|_p + sum_ij dv_i/dp_j Hess_ji, with
 //     v = -dH/dp(x, p) (fused: false: autograd through the network instead, d backward passes).
 // Value field: Phi, the value function of the weighted cost alpha_L L + alpha_C KL divided by
 // alpha_L; the weights are offered as mfglab.objective_weights/1, so that Phi's terminal
