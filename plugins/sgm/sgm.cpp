@@ -307,15 +307,16 @@ class Sgm final : public mfglab::Model,
   double t_min() const override { return eps_; }
   double t_max() const override { return proc_.T; }
 
-  // ScoreDerivatives (score network only): s = -net([x, t]) / sigma(t), so J and Lap s are the
-  // net's, divided by -sigma, and d_t s = -(d_t net - net sigma' / sigma) / sigma with
+  // ScoreDerivatives. A score network gives them from one sweep of second_order_jets with the
+  // Laplacian slab: s = -net([x, t]) / sigma(t), so J and Lap s are the net's, divided by -sigma, and d_t s = -(d_t net - net sigma' / sigma) / sigma with
   // sigma' = k sigma + g^2 / (2 sigma) (from (sigma^2)' = 2 k sigma^2 + g^2, every process).
   mfglab::ScoreDerivativeValues score_derivatives(const torch::Tensor& x, const torch::Tensor& t) override {
     if (param_ == Parameterization::potential) return potential_derivatives(x, t);
     check_batch(x);
     auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
-    auto jets = net_.fused_jets(torch::cat({x.detach(), tc}, 1), d_);
-    return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, jets.laplacian);
+    auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
+                                              mfglab::nn::SecondOrderKind::laplacian);
+    return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, jets.second[0]);
   }
 
   // ScoreDerivatives2. With a score network grad(div s) needs every mixed second derivative
