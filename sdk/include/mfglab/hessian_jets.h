@@ -159,7 +159,9 @@ inline std::vector<torch::Tensor> derivs5(Activation act, const torch::Tensor& a
   return out;
 }
 
-// Elements per block of the slab loops: every slab's block stays in L1.
+// Elements per block of the slab loops: every slab's block stays in L1. Every loop over a
+// block's elements reads and writes element e only (the slabs are disjoint or the same
+// array): "#pragma GCC ivdep" says so where GCC would otherwise give up or test at run time.
 constexpr int64_t kJetBlock = 512;
 
 // Through the activation, slabs A -> Z ([K, N, w] each, slab stride `stride`):
@@ -175,6 +177,7 @@ __attribute__((always_inline)) inline void jet_forward_body(const T* A, T* Z, co
     for (int64_t m = 1; m <= k; ++m) {
       const T* __restrict in = A + m * stride + b0;
       T* __restrict out = Z + m * stride + b0;
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) out[e] = g1[e] * in[e];
     }
     for (size_t s = 0; s < slabs.size(); ++s) {
@@ -182,12 +185,15 @@ __attribute__((always_inline)) inline void jet_forward_body(const T* A, T* Z, co
       const T* __restrict in = A + slab * stride + b0;
       T* __restrict out = Z + slab * stride + b0;
       T q[kJetBlock];
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) q[e] = T(0);
       for (const auto& [i, j] : slabs[s]) {
         const T* __restrict ai = A + (1 + i) * stride + b0;
         const T* __restrict aj = A + (1 + j) * stride + b0;
+        #pragma GCC ivdep
         for (int64_t e = 0; e < nb; ++e) q[e] += ai[e] * aj[e];
       }
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) out[e] = g2[e] * q[e] + g1[e] * in[e];
     }
   }
@@ -209,10 +215,12 @@ __attribute__((always_inline)) inline void jet_backward_body(const T* A, T* G, c
     const T* __restrict g2 = d2 + b0;
     const T* __restrict g3 = d3 + b0;
     T first[kJetBlock], third[kJetBlock];  // the act'' and act''' sums of gA_0
+    #pragma GCC ivdep
     for (int64_t e = 0; e < nb; ++e) first[e] = third[e] = T(0);
     for (int64_t m = 1; m <= k; ++m) {
       const T* __restrict a = A + m * stride + b0;
       T* __restrict g = G + m * stride + b0;
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) {
         first[e] += a[e] * g[e];
         g[e] *= g1[e];
@@ -222,6 +230,7 @@ __attribute__((always_inline)) inline void jet_backward_body(const T* A, T* G, c
       const T* __restrict a = A + (1 + k + s) * stride + b0;
       T* __restrict g = G + (1 + k + s) * stride + b0;
       T gs[kJetBlock], w[kJetBlock];  // G_s and act'' G_s, before G_s is overwritten
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) {
         gs[e] = g[e];
         first[e] += a[e] * g[e];
@@ -233,12 +242,14 @@ __attribute__((always_inline)) inline void jet_backward_body(const T* A, T* G, c
         const T* __restrict aj = A + (1 + j) * stride + b0;
         T* __restrict oi = G + (1 + i) * stride + b0;
         if (i == j) {
+          #pragma GCC ivdep
           for (int64_t e = 0; e < nb; ++e) {
             oi[e] += T(2) * w[e] * ai[e];
             third[e] += ai[e] * ai[e] * gs[e];
           }
         } else {
           T* __restrict oj = G + (1 + j) * stride + b0;
+          #pragma GCC ivdep
           for (int64_t e = 0; e < nb; ++e) {
             oi[e] += w[e] * aj[e];
             oj[e] += w[e] * ai[e];
@@ -248,6 +259,7 @@ __attribute__((always_inline)) inline void jet_backward_body(const T* A, T* G, c
       }
     }
     T* __restrict g0 = G + b0;
+    #pragma GCC ivdep
     for (int64_t e = 0; e < nb; ++e) g0[e] = g1[e] * g0[e] + g2[e] * first[e] + g3[e] * third[e];
   }
 }
@@ -286,10 +298,12 @@ __attribute__((always_inline)) inline void jet3_forward_body(const T* A, T* Z, c
     const T* __restrict g2 = d2 + b0;
     const T* __restrict g3 = d3 + b0;
     T sq[kJetBlock], lap[kJetBlock];
+    #pragma GCC ivdep
     for (int64_t e = 0; e < nb; ++e) sq[e] = lap[e] = T(0);
     for (int64_t i = 0; i < d; ++i) {
       const T* __restrict ai = A + (1 + i) * stride + b0;
       const T* __restrict aii = A + pair(i, i) * stride + b0;
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) {
         sq[e] += ai[e] * ai[e];
         lap[e] += aii[e];
@@ -300,12 +314,15 @@ __attribute__((always_inline)) inline void jet3_forward_body(const T* A, T* Z, c
       const T* __restrict at = A + (1 + k + S + kk) * stride + b0;
       T* __restrict out = Z + (1 + k + S + kk) * stride + b0;
       T m[kJetBlock];
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) m[e] = T(0);
       for (int64_t i = 0; i < d; ++i) {
         const T* __restrict ai = A + (1 + i) * stride + b0;
         const T* __restrict aik = A + pair(i, kk) * stride + b0;
+        #pragma GCC ivdep
         for (int64_t e = 0; e < nb; ++e) m[e] += aik[e] * ai[e];
       }
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e)
         out[e] = g3[e] * ak[e] * sq[e] + g2[e] * (T(2) * m[e] + ak[e] * lap[e]) + g1[e] * at[e];
     }
@@ -330,10 +347,12 @@ __attribute__((always_inline)) inline void jet3_backward_body(const T* A, T* G, 
     const T* __restrict g3 = d3 + b0;
     const T* __restrict g4 = d4 + b0;
     T sq[kJetBlock], lap[kJetBlock];
+    #pragma GCC ivdep
     for (int64_t e = 0; e < nb; ++e) sq[e] = lap[e] = T(0);
     for (int64_t i = 0; i < d; ++i) {
       const T* __restrict ai = A + (1 + i) * stride + b0;
       const T* __restrict aii = A + pair(i, i) * stride + b0;
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) {
         sq[e] += ai[e] * ai[e];
         lap[e] += aii[e];
@@ -345,6 +364,7 @@ __attribute__((always_inline)) inline void jet3_backward_body(const T* A, T* G, 
       const T* __restrict at = A + (1 + k + S + kk) * stride + b0;
       T* __restrict gt = G + (1 + k + S + kk) * stride + b0;
       T m[kJetBlock], c2[kJetBlock], c3[kJetBlock];  // M_k, act'' G_Tk, act''' G_Tk
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) {
         m[e] = T(0);
         c2[e] = g2[e] * gt[e];
@@ -355,6 +375,7 @@ __attribute__((always_inline)) inline void jet3_backward_body(const T* A, T* G, 
         const T* __restrict aik = A + pair(i, kk) * stride + b0;
         T* __restrict gi = G + (1 + i) * stride + b0;
         T* __restrict gik = G + pair(i, kk) * stride + b0;
+        #pragma GCC ivdep
         for (int64_t e = 0; e < nb; ++e) {
           m[e] += aik[e] * ai[e];
           gi[e] += T(2) * (c3[e] * ak[e] * ai[e] + c2[e] * aik[e]);
@@ -363,9 +384,11 @@ __attribute__((always_inline)) inline void jet3_backward_body(const T* A, T* G, 
       }
       for (int64_t i = 0; i < d; ++i) {
         T* __restrict gii = G + pair(i, i) * stride + b0;
+        #pragma GCC ivdep
         for (int64_t e = 0; e < nb; ++e) gii[e] += c2[e] * ak[e];
       }
       T* __restrict gk = G + (1 + kk) * stride + b0;
+      #pragma GCC ivdep
       for (int64_t e = 0; e < nb; ++e) {
         gk[e] += c3[e] * sq[e] + c2[e] * lap[e];
         g0[e] += gt[e] * (g4[e] * ak[e] * sq[e] + g3[e] * (T(2) * m[e] + ak[e] * lap[e]) + g2[e] * at[e]);
