@@ -8,6 +8,9 @@
 //       mean test NLL after N iterations over seeds, both implementations.
 //   --unfused: mfglab through autograd's graph of the closed-form sweep instead of the
 //       hand-written block kernel (otflow's "fused": false), for comparing the two.
+//   --hamiltonian NAME [--ham-params JSON]: mfglab with that Hamiltonian plugin (default: none,
+//       OT-Flow's own quadratic); --times FILE writes mfglab's per-iteration seconds of the
+//       last run as {"iter_s": [...]} (bench/otflow_hamiltonian_bench.sh reads it).
 //
 // Setup as DESIGN.md's OT-Flow reference: 8gaussians, batch 2048, width 32, 2 layers, 8 RK4
 // steps, alphas (1, 100, 5), Adam lr 0.1 halved every 100 iterations.
@@ -23,6 +26,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -62,6 +66,9 @@ struct Options {
   bool run_ref = true;
   bool accuracy = false;
   bool fused = true;
+  std::string hamiltonian;         // plugin name; empty: none
+  json ham_params = json::object();
+  std::string times;               // where to write the last run's step times
 };
 
 struct MfgResult {
@@ -80,12 +87,17 @@ MfgResult run_mfglab(const Options& o, int threads, int iters, uint64_t seed, bo
                                               json{{"name", "8gaussians"}, {"train_size", 100000}, {"test_size", 20000}}, ctx);
   auto train = data->train().contiguous(), test = data->test().contiguous();
   ctx.data_dim = 2;
+  std::unique_ptr<mfglab::Hamiltonian> H;
+  if (!o.hamiltonian.empty()) {
+    H = host.create_as<mfglab::Hamiltonian>(o.hamiltonian, MFGLAB_KIND_HAMILTONIAN, o.ham_params, ctx);
+    ctx.hamiltonian = H.get();
+  }
   auto model = host.create_as<mfglab::Model>("otflow", MFGLAB_KIND_MODEL,
                                              json{{"width", 32}, {"layers", 2}, {"steps", 8}, {"fused", o.fused}}, ctx);
   auto params = model->parameters();
   torch::optim::Adam adam(params, torch::optim::AdamOptions(0.1));
   torch::Generator g = ctx.generator;
-  std::vector<double> step, fwd, bwd;
+  std::vector<double> step, fwd, bwd, every;
   for (int it = 0; it < iters; ++it) {
     const double lr = 0.1 * std::pow(0.5, it / 100);
     for (auto& group : adam.param_groups()) group.options().set_lr(lr);
@@ -99,7 +111,11 @@ MfgResult run_mfglab(const Options& o, int threads, int iters, uint64_t seed, bo
     total.backward();
     adam.step();
     const double s = seconds_since(t0);
+    every.push_back(s);
     if (it >= o.warmup) step.push_back(s), fwd.push_back(f), bwd.push_back(s - f);
+  }
+  if (!o.times.empty()) {
+    std::ofstream(o.times) << json{{"iter_s", every}}.dump() << "\n";
   }
   MfgResult r{median(step), median(fwd), median(bwd), 0};
   if (eval) {
@@ -156,9 +172,13 @@ int main(int argc, char** argv) {
     else if (a == "--no-ref") o.run_ref = false;
     else if (a == "--accuracy") o.accuracy = true;
     else if (a == "--unfused") o.fused = false;
+    else if (a == "--hamiltonian") o.hamiltonian = next();
+    else if (a == "--ham-params") o.ham_params = json::parse(next());
+    else if (a == "--times") o.times = next();
     else {
       std::cerr << "usage: otflow_bench [--iters N] [--threads 1,2] [--repeats R] [--ref PATH] [--python EXE] "
-                   "[--no-ref] [--unfused] [--accuracy [--seeds S]]\n";
+                   "[--no-ref] [--unfused] [--hamiltonian NAME [--ham-params JSON]] [--times FILE] "
+                   "[--accuracy [--seeds S]]\n";
       return 2;
     }
   }
@@ -182,7 +202,9 @@ int main(int argc, char** argv) {
   }
   std::cout << "OT-Flow, 8gaussians, batch " << o.batch << ", width 32, 2 layers, 8 RK4 steps, " << o.iters
             << " iterations (median after " << o.warmup << " warm-up), mfglab "
-            << (o.fused ? "block kernel" : "autograd RHS") << "\n";
+            << (o.fused ? "fused" : "unfused (autograd RHS)") << ", Hamiltonian "
+            << (o.hamiltonian.empty() ? std::string("none (quadratic, lambda 1)") : o.hamiltonian + " " + o.ham_params.dump())
+            << "\n";
   for (int r = 0; r < o.repeats; ++r) {
     for (int t : o.threads) {
       auto m = run_mfglab(o, t, o.iters, 0, false);

@@ -1,6 +1,9 @@
-// MLP::jets (forward-mode first and second derivatives, mfglab/nn.h) against reverse-mode
-// autograd in float64, for every activation; and the score_pde penalty computed from the
-// sgm model's "mfglab.score_derivatives/1" capability against the autograd path.
+// MLP::jets (forward-mode first and second derivatives, mfglab/nn.h) and
+// second_order_jets (mfglab/hessian_jets.h) against reverse-mode autograd in float64, for
+// every activation; and the score_pde penalty computed from the sgm model's
+// "mfglab.score_derivatives/1" and "/2" capabilities against the autograd path, in both
+// forms of the residual.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -9,6 +12,7 @@
 #include <catch2/catch.hpp>
 #include <ATen/Parallel.h>
 
+#include <mfglab/hessian_jets.h>
 #include <mfglab/nn.h>
 #include <mfglab/score_pde.h>
 #include <mfglab/sdk.h>
@@ -44,6 +48,21 @@ mfglab::nn::Jets reverse_mode(const mfglab::nn::MLP& net, const Tensor& input_in
     lap.push_back(l);
   }
   return {out, torch::stack(jac, 2), torch::stack(lap, 1), torch::stack(time, 1)};
+}
+
+// Every second derivative of net(input) in its first d columns by autograd, [N, d, d, m]
+// (hessian[n][i][j][c] = d_i d_j out_c), kept differentiable.
+Tensor reverse_hessian(const mfglab::nn::MLP& net, const Tensor& input, int64_t d) {
+  auto out = net.forward(input);
+  std::vector<Tensor> per_output;
+  for (int64_t c = 0; c < out.size(1); ++c) {
+    auto g = torch::autograd::grad({out.select(1, c).sum()}, {input}, {}, true, true)[0];
+    std::vector<Tensor> rows;
+    for (int64_t i = 0; i < d; ++i)
+      rows.push_back(torch::autograd::grad({g.select(1, i).sum()}, {input}, {}, true, true)[0].narrow(1, 0, d));
+    per_output.push_back(torch::stack(rows, 1));  // [N, d, d]
+  }
+  return torch::stack(per_output, 3);
 }
 
 mfglab::engine::PluginHost& host() {
@@ -215,19 +234,156 @@ TEST_CASE("sgm score derivatives and the score_pde penalty agree with autograd",
     }
 }
 
-TEST_CASE("sgm with a potential network offers no score derivatives but an hjb residual", "[jets]") {
+TEST_CASE("sgm with a potential network: score derivatives and both penalty forms agree with autograd",
+          "[jets][score_pde]") {
+  at::set_num_threads(1);
+  namespace pde = mfglab::score_pde;
+  for (std::string process : {"vp", "ve"})
+    for (std::string activation : {"silu", "tanh", "gelu"}) {
+      INFO("process " << process << ", activation " << activation);
+      mfglab::RunContext ctx;
+      ctx.generator = at::make_generator<at::CPUGeneratorImpl>(6);
+      ctx.dtype = torch::kFloat64;
+      ctx.data_dim = 2;
+      auto model = host().create_as<mfglab::Model>(
+          "sgm", MFGLAB_KIND_MODEL,
+          json{{"width", 16}, {"depth", 3}, {"parameterization", "potential"}, {"process", process}, {"activation", activation}},
+          ctx);
+      auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
+      REQUIRE(sd != nullptr);
+      REQUIRE(mfglab::capability<mfglab::ScoreDerivatives>(model.get(), mfglab::kScoreDerivatives) != nullptr);
+      auto batch = torch::randn({48, 2}, at::make_generator<at::CPUGeneratorImpl>(7), torch::kFloat64);
+      auto c = model->collocation(batch);
+      for (auto second : {mfglab::ScoreSecondOrder::laplacian, mfglab::ScoreSecondOrder::grad_div}) {
+        INFO((second == mfglab::ScoreSecondOrder::laplacian ? "Laplacian" : "grad(div s)"));
+        REQUIRE(sd->offers(second));
+        auto fast = sd->score_derivatives(c.x, c.t, second);
+        auto slow = pde::autograd_derivatives(*model, c.x, c.t, second);
+        CHECK(rel_error(fast.score, slow.score) < 1e-12);
+        CHECK(rel_error(fast.jacobian, slow.jacobian) < 1e-10);
+        CHECK(rel_error(fast.laplacian, slow.laplacian) < 1e-10);
+        CHECK(rel_error(fast.time, slow.time) < 1e-10);
+      }
+
+      for (std::string form : {"lap", "grad"})
+        for (std::string norm : {"l2", "l1"}) {
+          INFO("form " << form << ", norm " << norm);
+          auto second = form == "grad" ? pde::SecondOrder::grad_div : pde::SecondOrder::laplacian;
+          auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER,
+                                                          json{{"norm", norm}, {"form", form}}, ctx);
+          ctx.generator.set_current_seed(5);
+          auto penalty = reg->penalty(*model, batch);
+          ctx.generator.set_current_seed(5);
+          auto c2 = model->collocation(batch);
+          auto r = pde::residual(*model, c2.x, c2.t, pde::autograd_derivatives(*model, c2.x, c2.t, second));
+          auto expected = norm == "l2" ? r.square().sum(1).mean() : r.abs().sum(1).mean();
+          CHECK(std::abs(penalty.item<double>() - expected.item<double>()) <= 1e-10 * std::abs(expected.item<double>()));
+          // The output bias shifts the potential only: no gradient reaches it on either path.
+          auto params = model->parameters();
+          auto g_fast = torch::autograd::grad({penalty}, params, {}, false, false, /*allow_unused=*/true);
+          auto g_slow = torch::autograd::grad({expected}, params, {}, false, false, /*allow_unused=*/true);
+          for (size_t p = 0; p < params.size(); ++p) {
+            INFO("parameter " << p);
+            if (g_slow[p].defined())
+              CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+            else if (g_fast[p].defined())  // the sweep returns zeros for it
+              CHECK(g_fast[p].abs().max().item<double>() == 0);
+          }
+          CHECK_FALSE(g_slow.back().defined());
+        }
+
+      auto* hr = mfglab::capability<mfglab::HjbResidual>(model.get(), mfglab::kHjbResidual);
+      REQUIRE(hr != nullptr);
+      auto expected = pde::residual(*model, c.x, c.t, pde::autograd_derivatives(*model, c.x, c.t)).norm(2, 1);
+      CHECK(rel_error(hr->hjb_residual(c.x, c.t), expected) < 1e-10);
+    }
+}
+
+namespace {
+
+// Whether the autograd graph behind `t` holds a node whose name contains `part` (the fast
+// paths are custom nodes: this tells which path a penalty took).
+bool graph_has(const Tensor& t, const std::string& part) {
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  std::vector<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    auto* node = todo.back();
+    todo.pop_back();
+    if (node == nullptr || std::find(seen.begin(), seen.end(), node) != seen.end()) continue;
+    seen.push_back(node);
+    if (node->name().find(part) != std::string::npos) return true;
+    for (const auto& edge : node->next_edges()) todo.push_back(edge.function.get());
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("sgm grad(div s) from jets and the grad-form score_pde penalty agree with autograd", "[jets][score_pde]") {
+  at::set_num_threads(1);
+  namespace pde = mfglab::score_pde;
+  for (std::string process : {"vp", "subvp", "ve", "ou"})
+    for (std::string activation : {"silu", "tanh", "gelu"}) {
+      INFO("process " << process << ", activation " << activation);
+      mfglab::RunContext ctx;
+      ctx.generator = at::make_generator<at::CPUGeneratorImpl>(8);
+      ctx.dtype = torch::kFloat64;
+      ctx.data_dim = 2;
+      auto model = host().create_as<mfglab::Model>(
+          "sgm", MFGLAB_KIND_MODEL, json{{"width", 32}, {"depth", 3}, {"process", process}, {"activation", activation}}, ctx);
+      auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
+      REQUIRE(sd != nullptr);
+      REQUIRE(sd->offers(mfglab::ScoreSecondOrder::grad_div));
+      REQUIRE(sd->offers(mfglab::ScoreSecondOrder::laplacian));
+      auto batch = torch::randn({96, 2}, at::make_generator<at::CPUGeneratorImpl>(9), torch::kFloat64);
+      auto c = model->collocation(batch);
+
+      auto fast = sd->score_derivatives(c.x, c.t, mfglab::ScoreSecondOrder::grad_div);
+      auto slow = pde::autograd_derivatives(*model, c.x, c.t, pde::SecondOrder::grad_div);
+      CHECK(rel_error(fast.score, slow.score) < 1e-12);
+      CHECK(rel_error(fast.jacobian, slow.jacobian) < 1e-10);
+      CHECK(rel_error(fast.laplacian, slow.laplacian) < 1e-10);  // grad(div s)
+      CHECK(rel_error(fast.time, slow.time) < 1e-10);
+      // On a network score grad(div s) is not Lap s: the check above is not the Laplacian's.
+      auto lap = sd->score_derivatives(c.x, c.t, mfglab::ScoreSecondOrder::laplacian);
+      CHECK(rel_error(lap.laplacian, fast.laplacian) > 1e-3);
+
+      for (std::string norm : {"l2", "l1"}) {
+        INFO("norm " << norm);
+        auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER,
+                                                        json{{"norm", norm}, {"form", "grad"}}, ctx);
+        ctx.generator.set_current_seed(5);
+        auto penalty = reg->penalty(*model, batch);
+        CHECK(graph_has(penalty, "SecondOrderSweep"));  // the fast path was taken
+        ctx.generator.set_current_seed(5);
+        auto c2 = model->collocation(batch);
+        auto r = pde::residual(*model, c2.x, c2.t, pde::autograd_derivatives(*model, c2.x, c2.t, pde::SecondOrder::grad_div));
+        auto expected = norm == "l2" ? r.square().sum(1).mean() : r.abs().sum(1).mean();
+        CHECK_FALSE(graph_has(expected, "SecondOrderSweep"));
+        CHECK(std::abs(penalty.item<double>() - expected.item<double>()) <= 1e-10 * std::abs(expected.item<double>()));
+        auto params = model->parameters();
+        auto g_fast = torch::autograd::grad({penalty}, params);
+        auto g_slow = torch::autograd::grad({expected}, params);
+        for (size_t p = 0; p < params.size(); ++p) {
+          INFO("parameter " << p);
+          CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+        }
+      }
+    }
+}
+
+TEST_CASE("sgm above the Hessian's dimension bound: the grad form falls back to autograd", "[jets][score_pde]") {
   mfglab::RunContext ctx;
-  ctx.generator = at::make_generator<at::CPUGeneratorImpl>(6);
+  ctx.generator = at::make_generator<at::CPUGeneratorImpl>(12);
   ctx.dtype = torch::kFloat64;
-  ctx.data_dim = 2;
-  auto model = host().create_as<mfglab::Model>("sgm", MFGLAB_KIND_MODEL,
-                                               json{{"width", 16}, {"depth", 2}, {"parameterization", "potential"}}, ctx);
-  CHECK(mfglab::capability<mfglab::ScoreDerivatives>(model.get(), mfglab::kScoreDerivatives) == nullptr);
-  auto* hr = mfglab::capability<mfglab::HjbResidual>(model.get(), mfglab::kHjbResidual);
-  REQUIRE(hr != nullptr);
-  auto x = torch::randn({16, 2}, at::make_generator<at::CPUGeneratorImpl>(7), torch::kFloat64);
-  auto t = torch::full({16, 1}, 0.5, torch::kFloat64);
-  auto r = hr->hjb_residual(x, t);
-  CHECK(r.sizes() == torch::IntArrayRef({16}));
-  CHECK(torch::isfinite(r).all().item<bool>());
+  ctx.data_dim = 5;
+  auto model = host().create_as<mfglab::Model>("sgm", MFGLAB_KIND_MODEL, json{{"width", 16}, {"depth", 2}}, ctx);
+  auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
+  REQUIRE(sd != nullptr);
+  CHECK(sd->offers(mfglab::ScoreSecondOrder::laplacian));
+  CHECK_FALSE(sd->offers(mfglab::ScoreSecondOrder::grad_div));
+  auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER, json{{"form", "grad"}}, ctx);
+  auto penalty = reg->penalty(*model, torch::randn({16, 5}, at::make_generator<at::CPUGeneratorImpl>(13), torch::kFloat64));
+  CHECK_FALSE(graph_has(penalty, "SecondOrderSweep"));
+  CHECK(std::isfinite(penalty.item<double>()));
 }

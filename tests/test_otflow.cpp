@@ -1,17 +1,21 @@
 // The otflow model and the lp Hamiltonian against autograd, quadrature and duality:
 // closed-form derivatives of the potential, the density from the augmented flow (total mass,
 // change of variables, invertibility), the Hamiltonians' controls and Legendre duality, the
-// block kernel's loss and gradient against the autograd path, and a short training run on 8gaussians.
+// block kernel's loss and gradient against the autograd path (isotropic and diagonal quadratic H),
+// the general-H path against autograd through the network, and a short training run on 8gaussians.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <catch2/catch.hpp>
 #include <ATen/Parallel.h>
 #include <torch/optim.h>
 
+#include <mfglab/capabilities_mfg.h>
 #include <mfglab/sdk.h>
 
 #include "plugin_host.h"
@@ -385,4 +389,169 @@ TEST_CASE("otflow: the block kernel refuses a non-finite state", "[otflow][fused
   auto terms = a.model->loss(torch::ones({20, 2}));
   CHECK_THROWS_WITH(torch::autograd::grad({terms[0].value}, a.model->parameters(), {}, true, /*create_graph=*/true),
                     Catch::Contains("differentiable once"));
+}
+
+namespace {
+
+// Anisotropic quadratic H(p) = sum_k p_k^2 / (2 lambda_k), written as any Hamiltonian would be,
+// without the structure capability: otflow cannot know its form and takes the general path.
+class UndeclaredDiagonal final : public mfglab::Hamiltonian {
+ public:
+  explicit UndeclaredDiagonal(std::vector<double> l) : lambdas_(std::move(l)) {}
+  torch::Tensor hamiltonian(const torch::Tensor&, const torch::Tensor& p) override {
+    return (p.square() / row(p)).sum(1) * 0.5;
+  }
+  torch::Tensor optimal_control(const torch::Tensor&, const torch::Tensor& p) override { return -p / row(p); }
+  torch::Tensor running_cost(const torch::Tensor&, const torch::Tensor& v) override {
+    return (v.square() * row(v)).sum(1) * 0.5;
+  }
+
+ private:
+  torch::Tensor row(const torch::Tensor& y) const { return torch::tensor(lambdas_, y.options()).unsqueeze(0); }
+  std::vector<double> lambdas_;
+};
+
+// H(x, p) = |p|^2 / (2 l(x)), l(x) = 1 + tanh(x_0)^2 / 2: the control depends on x at fixed p,
+// so div v has a term dv_i/dx_i|_p.
+class StateDependent final : public mfglab::Hamiltonian {
+ public:
+  torch::Tensor hamiltonian(const torch::Tensor& x, const torch::Tensor& p) override {
+    return p.square().sum(1) / (2 * l(x));
+  }
+  torch::Tensor optimal_control(const torch::Tensor& x, const torch::Tensor& p) override {
+    return -p / l(x).unsqueeze(1);
+  }
+  torch::Tensor running_cost(const torch::Tensor& x, const torch::Tensor& v) override {
+    return 0.5 * l(x) * v.square().sum(1);
+  }
+
+ private:
+  static torch::Tensor l(const torch::Tensor& x) { return 1 + 0.5 * torch::tanh(x.select(1, 0)).square(); }
+};
+
+// An otflow model (float64) whose Hamiltonian is H (not owned; may be null).
+std::unique_ptr<mfglab::Model> otflow_with(mfglab::engine::PluginHost& host, mfglab::Hamiltonian* H, const json& params,
+                                           int64_t d) {
+  mfglab::RunContext ctx;
+  ctx.generator = at::make_generator<at::CPUGeneratorImpl>(12);
+  ctx.dtype = torch::kFloat64;
+  ctx.data_dim = d;
+  ctx.hamiltonian = H;
+  auto m = host.create_as<mfglab::Model>("otflow", MFGLAB_KIND_MODEL, params, ctx);
+  gentle(*m, 2);
+  return m;
+}
+
+// Terms and gradients (for upstream gradients (1, 1, 1), then unequal ones) agree to 1e-10
+// relative: float64 rounding only.
+void same_results(mfglab::Model& a, mfglab::Model& b, const torch::Tensor& batch) {
+  const double ones[3] = {1, 1, 1}, mixed[3] = {2.0, -0.5, 0.3};
+  for (const double* w : {ones, mixed}) {
+    auto ea = evaluate(a, batch, w), eb = evaluate(b, batch, w);
+    for (int k = 0; k < 3; ++k) {
+      INFO("term " << k << ": " << ea.terms[k] << " vs " << eb.terms[k]);
+      CHECK(std::abs(ea.terms[k] - eb.terms[k]) <= 1e-10 * std::abs(eb.terms[k]));
+    }
+    REQUIRE(ea.grads.size() == eb.grads.size());
+    for (size_t i = 0; i < ea.grads.size(); ++i) {
+      const double scale = eb.grads[i].abs().max().item<double>();
+      const double err = (ea.grads[i] - eb.grads[i]).abs().max().item<double>();
+      INFO("gradient " << i << ": max |difference| " << err << ", max |gradient| " << scale);
+      CHECK(err <= 1e-10 * scale);
+    }
+  }
+}
+
+json otflow_params(int width, int layers, bool fused) {
+  return json{{"width", width}, {"layers", layers}, {"steps", 3},     {"alpha_L", 0.7},
+              {"alpha_C", 3.0}, {"alpha_R", 2.5},   {"fused", fused}};
+}
+
+}  // namespace
+
+TEST_CASE("quadratic and diagonal_quadratic declare their structure; lp does not", "[otflow][hamiltonian]") {
+  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  mfglab::RunContext ctx;
+  ctx.data_dim = 3;
+  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 0.5}}, ctx);
+  auto s = mfglab::hamiltonian_structure(quad.get(), 3);
+  CHECK(s.kind == mfglab::HamiltonianKind::isotropic_quadratic);
+  CHECK(s.lambdas == std::vector<double>{0.5, 0.5, 0.5});
+  auto diag = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
+                                                  json{{"lambda", {0.5, 2.0, 3.0}}}, ctx);
+  s = mfglab::hamiltonian_structure(diag.get(), 3);
+  CHECK(s.kind == mfglab::HamiltonianKind::diagonal_quadratic);
+  CHECK(s.lambdas == std::vector<double>{0.5, 2.0, 3.0});
+  auto lp = host.create_as<mfglab::Hamiltonian>("lp", MFGLAB_KIND_HAMILTONIAN, json{{"p", 1.5}}, ctx);
+  CHECK(mfglab::hamiltonian_structure(lp.get(), 3).kind == mfglab::HamiltonianKind::general);
+  CHECK(mfglab::hamiltonian_structure(nullptr, 3).kind == mfglab::HamiltonianKind::general);
+  // diagonal_quadratic's values are what it declares.
+  torch::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+  auto x = torch::randn({20, 3}, g, torch::kFloat64), p = torch::randn({20, 3}, g, torch::kFloat64);
+  auto l = torch::tensor({0.5, 2.0, 3.0}, torch::kFloat64);
+  CHECK(max_rel(diag->hamiltonian(x, p), (p.square() / l).sum(1) / 2) < 1e-15);
+  CHECK(max_rel(diag->optimal_control(x, p), -p / l) < 1e-15);
+  CHECK(max_rel(diag->running_cost(x, p), (p.square() * l).sum(1) / 2) < 1e-15);
+  // One lambda for every dimension; the wrong count is refused.
+  auto one = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 2.0}}, ctx);
+  CHECK(mfglab::hamiltonian_structure(one.get(), 3).lambdas == std::vector<double>{2.0, 2.0, 2.0});
+  CHECK_THROWS_WITH(host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
+                                                        json{{"lambda", {1.0, 2.0}}}, ctx),
+                    Catch::Contains("dimension 3"));
+}
+
+TEST_CASE("otflow: the diagonal-quadratic block kernel has its autograd twin's loss terms and gradient",
+          "[otflow][fused]") {
+  // 300 samples: full blocks and a partial one; d = 2, width 32 is the kernel's unrolled variant.
+  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  struct Case { int64_t d; int layers; int width; json lambda; };
+  for (const Case& c : {Case{2, 2, 32, {0.5, 2.0}}, Case{3, 3, 8, {0.7, 1.3, 2.5}}}) {
+    INFO("d " << c.d << ", layers " << c.layers << ", width " << c.width << ", lambda " << c.lambda.dump());
+    mfglab::RunContext ctx;
+    ctx.data_dim = c.d;
+    auto H = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
+                                                 json{{"lambda", c.lambda}}, ctx);
+    auto batch = torch::randn({300, c.d}, at::make_generator<at::CPUGeneratorImpl>(6), torch::kFloat64);
+    auto kernel = otflow_with(host, H.get(), otflow_params(c.width, c.layers, true), c.d);
+    auto twin = otflow_with(host, H.get(), otflow_params(c.width, c.layers, false), c.d);
+    same_results(*kernel, *twin, batch);
+    // The same Hamiltonian undeclared: the general path (closed-form Hessian, autograd through H).
+    UndeclaredDiagonal plain(c.lambda.get<std::vector<double>>());
+    auto general = otflow_with(host, &plain, otflow_params(c.width, c.layers, true), c.d);
+    same_results(*general, *kernel, batch);
+  }
+  // Equal lambdas are the isotropic case: the same results as quadratic's.
+  mfglab::RunContext ctx;
+  ctx.data_dim = 2;
+  auto diag = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
+                                                  json{{"lambda", {0.5, 0.5}}}, ctx);
+  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 0.5}}, ctx);
+  auto batch = torch::randn({50, 2}, at::make_generator<at::CPUGeneratorImpl>(8), torch::kFloat64);
+  same_results(*otflow_with(host, diag.get(), otflow_params(8, 2, true), 2),
+               *otflow_with(host, quad.get(), otflow_params(8, 2, true), 2), batch);
+}
+
+TEST_CASE("otflow: the general-Hamiltonian path has its autograd twin's loss terms, gradient and density",
+          "[otflow]") {
+  // fused: the closed-form Hessian with autograd through H only; not fused: autograd through
+  // the network (d backward passes). lp with p = 1.5, an x-dependent H, and an undeclared
+  // isotropic quadratic (found by probing) against the declared one.
+  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  mfglab::RunContext ctx;
+  ctx.data_dim = 2;
+  auto lp = host.create_as<mfglab::Hamiltonian>("lp", MFGLAB_KIND_HAMILTONIAN, json{{"p", 1.5}}, ctx);
+  StateDependent state;
+  auto batch = torch::randn({150, 2}, at::make_generator<at::CPUGeneratorImpl>(6), torch::kFloat64);
+  for (mfglab::Hamiltonian* H : {static_cast<mfglab::Hamiltonian*>(lp.get()), static_cast<mfglab::Hamiltonian*>(&state)}) {
+    INFO((H == lp.get() ? "lp p = 1.5" : "x-dependent H"));
+    auto fast = otflow_with(host, H, otflow_params(8, 3, true), 2);
+    auto twin = otflow_with(host, H, otflow_params(8, 3, false), 2);
+    same_results(*fast, *twin, batch);
+    torch::NoGradGuard no_grad;  // the evaluation paths too
+    CHECK(max_rel(fast->log_prob(batch), twin->log_prob(batch)) < 1e-10);
+  }
+  UndeclaredDiagonal iso({0.5, 0.5});
+  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 0.5}}, ctx);
+  same_results(*otflow_with(host, &iso, otflow_params(8, 2, true), 2),
+               *otflow_with(host, quad.get(), otflow_params(8, 2, true), 2), batch);
 }

@@ -5,5 +5,12 @@
 #if defined(__x86_64__)
 namespace mfglab::otflow::kernel::avx2 {
 MFGLAB_OTFLOW_RUN_BLOCKS(float) { run_blocks_impl(net, cfg, x, n, B, first, stride, slots); }
+void hessian_forward(const Net<float>& net, const float* s, int n, const Tape<float>& tape, float* grad, float* hess) {
+  hessian_forward_impl(net, s, n, tape, grad, hess);
+}
+void hessian_backward(const Net<float>& net, const float* s, int n, const Tape<float>& tape, const float* gbar,
+                      const float* hbar, float* sbar, float* pgrad) {
+  hessian_backward_impl(net, s, n, tape, gbar, hbar, sbar, pgrad);
+}
 }  // namespace mfglab::otflow::kernel::avx2
 #endif

@@ -251,6 +251,7 @@ class Block {
     }
     // Layer 0 (K = d + 1 is tiny: by hand): th_0, u_0 = lc(a_0) and J_0^k = th_0 * K_0[k].
     const T* K0 = net_.K[0];
+    const T* K0J = net_.K0J.data();
     const T* b0 = net_.b[0];
     T* th0 = st.th0.data();
     T* u0 = st.L[1].data();
@@ -265,7 +266,7 @@ class Block {
       T* urow = u0 + r * m;
       for (int j = 0; j < m; ++j) tanh_logcosh(arow[j], arow[j], urow[j]);
       for (int k = 0; k < d; ++k)
-        for (int j = 0; j < m; ++j) J0[(static_cast<size_t>(k) * nb + r) * m + j] = arow[j] * K0[k * m + j];
+        for (int j = 0; j < m; ++j) J0[(static_cast<size_t>(k) * nb + r) * m + j] = arow[j] * K0J[k * m + j];
     }
     // Layers 1..M: [a_i; KJ_i] = [u_{i-1}; J_{i-1}] K_i in one product, then the activation
     // and (i < M) u_i = u_{i-1} + h lc(a_i), J_i = J_{i-1} + h th_i * KJ_i into L_{i+1}.
@@ -350,13 +351,14 @@ class Block {
       }
     }
     T* sg = st.sgn.data();
+    const T* cw = net_.c.data();
     for (int r = 0; r < nb; ++r) {
       T g2 = 0;
-      for (int k = 0; k < d; ++k) g2 += g[r * d1 + k] * g[r * d1 + k];
+      for (int k = 0; k < d; ++k) g2 += cw[k] * (g[r * d1 + k] * g[r * d1 + k]);
       const T kin = g2 / (2 * lambda);
       const T diff = kin - g[r * d1 + d];
       T* o = out + r * zc;
-      for (int k = 0; k < d; ++k) o[k] = -g[r * d1 + k] / lambda;
+      for (int k = 0; k < d; ++k) o[k] = -(cw[k] * g[r * d1 + k]) / lambda;
       o[d] = -tr[r] / lambda;
       o[d + 1] = kin;
       o[d + 2] = std::fabs(diff);
@@ -433,18 +435,21 @@ class Block {
     const T* th0 = st.th0.data();
     const T* z0 = st.z[0].data();
     const T* K0 = net_.K[0];
+    const T* K0J = net_.K0J.data();
     const T* S = net_.S.data();
     T* grad = grad_;
     T* Sbar = grad + net_.offS;
 
     // Output adjoints -> gbar = dl/dg [nb, d+1], trbar = dl/dtr (a scalar here):
-    //   v = -g_x / lambda, kin = |g_x|^2 / (2 lambda): d/dg_x = (-Gv + (GL + sgn GR) g_x) / lambda
+    //   v = -c g_x / lambda, kin = sum c g_x^2 / (2 lambda): d/dg_x = c (-Gv + (GL + sgn GR) g_x) / lambda
     //   res = |kin - g_t|: d/dg_t = -sgn GR;   div = -tr / lambda: trbar = -Gl / lambda.
     T* gbar = gbar_.data();
     const T* sg = st.sgn.data();
+    const T* cw = net_.c.data();
     for (int r = 0; r < nb; ++r) {
       const T rs = GR * sg[r];
-      for (int k = 0; k < d; ++k) gbar[r * d1 + k] = (g[r * d1 + k] * (GL + rs) - Gx[r * d + k]) / lambda;
+      for (int k = 0; k < d; ++k)
+        gbar[r * d1 + k] = cw[k] * (g[r * d1 + k] * (GL + rs) - Gx[r * d + k]) / lambda;
       gbar[r * d1 + d] = -rs;
     }
     const T trbar = -Gl / lambda;
@@ -525,9 +530,10 @@ class Block {
       blas::gemm(false, true, d1 * nb, m, m, T(1), R, m, net_.K[i], m, i < M ? T(1) : T(0), UJ, m);
     }
 
-    // Layer 0: J_0^k = th_0 * K_0[k] (k < d):  thbar_0 += sum_k Jbar_0^k K_0[k],
-    //   K_0bar[k] += colsum(Jbar_0^k * th_0);  the trace's q: K_0bar[k] += 2 trbar K_0[k] * colsum(sech_0 z_0);
-    //   tr_x(S): Sbar_kk += nb trbar.  a_0: abar_0 = thbar_0 sech_0 + th_0 ubar_0,
+    // Layer 0: J_0^k = th_0 * sqrt(c_k) K_0[k] (k < d):  thbar_0 += sum_k Jbar_0^k sqrt(c_k) K_0[k],
+    //   K_0bar[k] += sqrt(c_k) colsum(Jbar_0^k * th_0);
+    //   the trace's q: K_0bar[k] += 2 trbar c_k K_0[k] * colsum(sech_0 z_0);
+    //   sum_k c_k S_kk: Sbar_kk += nb trbar c_k.  a_0: abar_0 = thbar_0 sech_0 + th_0 ubar_0,
     //   K_0bar += s^T abar_0,  b_0bar += colsum abar_0,  sbar += abar_0 K_0^T (x columns).
     T* colsum = row_.data();  // colsum(sech_0 z_0)
     for (int j = 0; j < m; ++j) colsum[j] = 0;
@@ -540,7 +546,7 @@ class Block {
         const T* jb = UJ + off * (k + 1) + r * m;
         T* jt = Y + off * (k + 2) + r * m;
         for (int j = 0; j < m; ++j) {
-          tb[j] += jb[j] * K0[k * m + j];
+          tb[j] += jb[j] * K0J[k * m + j];
           jt[j] = jb[j] * th[j];
         }
       }
@@ -552,7 +558,7 @@ class Block {
       }
       for (int k = 0; k < d; ++k) sbar[r * d1 + k] += dot(ab, K0 + k * m, m);
     }
-    // The stacked product [K_0bar; b_0bar] += X^T Y with X = [[gbar, 0]; [s, 1]; [e_k, 0] for k < d]
+    // The stacked product [K_0bar; b_0bar] += X^T Y with X = [[gbar, 0]; [s, 1]; [sqrt(c_k) e_k, 0] for k < d]
     // ([(2 + d) nb, d + 2]) and Y = [p_0; abar_0; Jbar_0^k * th_0]: gbar^T p_0 + s^T abar_0 +
     // colsum(Jbar_0^k * th_0) into K_0bar's rows, colsum(abar_0) into b_0bar (stored right after).
     T* X = X0_.data();
@@ -561,14 +567,16 @@ class Block {
       for (int c = 0; c < d1; ++c) X[r * xc + c] = gbar[r * d1 + c], X[(nb + r) * xc + c] = s[r * d1 + c];
       X[r * xc + d1] = 0, X[(nb + r) * xc + d1] = 1;
     }
-    for (int k = 0; k < d; ++k)
+    for (int k = 0; k < d; ++k) {
+      const T sck = std::sqrt(net_.c[k]);
       for (int r = 0; r < nb; ++r)
-        for (int c = 0; c < xc; ++c) X[((2 + k) * nb + r) * xc + c] = c == k ? T(1) : T(0);
+        for (int c = 0; c < xc; ++c) X[((2 + k) * nb + r) * xc + c] = c == k ? sck : T(0);
+    }
     T* K0bar = grad + net_.offK[0];  // b_0bar follows at offb[0] = offK[0] + (d + 1) m
     blas::gemm(true, false, xc, m, (2 + d) * nb, T(1), X, xc, Y, m, T(1), K0bar, m);
     for (int k = 0; k < d; ++k) {
-      for (int j = 0; j < m; ++j) K0bar[k * m + j] += 2 * trbar * K0[k * m + j] * colsum[j];
-      Sbar[k * d1 + k] += static_cast<T>(nb) * trbar;
+      for (int j = 0; j < m; ++j) K0bar[k * m + j] += 2 * trbar * (net_.c[k] * K0[k * m + j]) * colsum[j];
+      Sbar[k * d1 + k] += static_cast<T>(nb) * trbar * net_.c[k];
     }
     for (int r = 0; r < nb; ++r)
       for (int k = 0; k < d; ++k) ybar[r * d + k] = sbar[r * d1 + k];
@@ -601,6 +609,334 @@ void run_blocks_impl(const Net<T>& net, const Config<T>& cfg, const T* x, int64_
   } else {
     Block<T> block(net, cfg, B);
     loop(block);
+  }
+}
+
+// ---- grad_s Phi and Hess_xx Phi of a batch and their reverse (block_kernel.h) ----
+// The loops over j touch element j of distinct arrays only; ivdep tells GCC so, which it cannot
+// prove for this many pointers and would otherwise leave some loops scalar.
+
+// Per-thread scratch arrays of the Hessian sweep, kept between calls (fresh pages each call
+// cost more than the arithmetic at these sizes). Slot k holds at least n elements.
+template <class T>
+T* scratch(int k, size_t n, bool zero) {
+  thread_local std::vector<T> slots[8];
+  if (slots[k].size() < n) slots[k].resize(n);
+  if (zero) std::fill_n(slots[k].data(), n, T(0));
+  return slots[k].data();
+}
+
+template <class T>
+void hessian_forward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& tp, T* grad, T* hess) {
+  const int d = net.d, d1 = d + 1, m = net.m, M = net.M;
+  const T h = net.h;
+  const size_t nm = static_cast<size_t>(n) * m;
+  const T* K0 = net.K[0];
+  // a_0 = s K_0 + b_0 (K = d + 1 is tiny: by hand); th_0, u_0 = lc(a_0).
+  for (int r = 0; r < n; ++r) {
+    T* th = tp.th + static_cast<size_t>(r) * m;
+    T* u = tp.u + static_cast<size_t>(r) * m;
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) th[j] = net.b[0][j];
+    for (int k = 0; k < d1; ++k)
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) th[j] += s[r * d1 + k] * K0[k * m + j];
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) tanh_logcosh(th[j], th[j], u[j]);
+  }
+  // a_i = u_{i-1} K_i + b_i, th_i, u_i = u_{i-1} + h lc(a_i) (i < M).
+  for (int i = 1; i <= M; ++i) {
+    T* th = tp.th + i * nm;
+    const T* uprev = tp.u + (i - 1) * nm;
+    blas::gemm(false, false, n, m, m, T(1), uprev, m, net.K[i], m, T(0), th, m);
+    const T* bi = net.b[i];
+    T* unext = i < M ? tp.u + i * nm : nullptr;
+    for (int r = 0; r < n; ++r) {
+      T* a = th + static_cast<size_t>(r) * m;
+      const T* up = uprev + static_cast<size_t>(r) * m;
+      if (unext) {
+        T* un = unext + static_cast<size_t>(r) * m;
+        #pragma GCC ivdep
+        for (int j = 0; j < m; ++j) {
+          T lc;
+          tanh_logcosh(a[j] + bi[j], a[j], lc);
+          un[j] = up[j] + h * lc;
+        }
+      } else {
+        #pragma GCC ivdep
+        for (int j = 0; j < m; ++j) {
+          T lc;
+          tanh_logcosh(a[j] + bi[j], a[j], lc);
+        }
+      }
+    }
+  }
+  // z_M = w, z_{i-1} = z_i + h (th_i * z_i) K_i^T.
+  T* y = scratch<T>(0, nm, false);
+  for (int i = M; i >= 1; --i) {
+    const T* th = tp.th + i * nm;
+    T* zprev = tp.z + (i - 1) * nm;
+    for (int r = 0; r < n; ++r) {
+      const size_t o = static_cast<size_t>(r) * m;
+      const T* zi = i == M ? net.w : tp.z + i * nm + o;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) y[o + j] = th[o + j] * zi[j], zprev[o + j] = zi[j];
+    }
+    blas::gemm(false, true, n, m, m, h, y, m, net.K[i], m, T(1), zprev, m);
+  }
+  // g = s S + b + (th_0 * z_0) K_0^T.
+  std::vector<T> p0(m);
+  for (int r = 0; r < n; ++r) {
+    const T* th = tp.th + static_cast<size_t>(r) * m;
+    const T* z = tp.z + static_cast<size_t>(r) * m;
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) p0[j] = th[j] * z[j];
+    for (int c = 0; c < d1; ++c) {
+      T gc = net.bvec[c];
+      for (int k = 0; k < d1; ++k) gc += s[r * d1 + k] * net.S[k * d1 + c];
+      grad[r * d1 + c] = gc + dot(p0.data(), K0 + c * m, m);
+    }
+  }
+  // J_0^k = th_0 * K_0[k]; P_i = J_{i-1} K_i; J_i = J_{i-1} + h th_i * P_i.
+  for (int k = 0; k < d; ++k)
+    for (int r = 0; r < n; ++r) {
+      const size_t o = static_cast<size_t>(r) * m;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) tp.J[k * nm + o + j] = tp.th[o + j] * K0[k * m + j];
+    }
+  for (int i = 1; i <= M; ++i) {
+    const T* Jprev = tp.J + (i - 1) * d * nm;
+    T* P = tp.P + (i - 1) * d * nm;
+    blas::gemm(false, false, d * n, m, m, T(1), Jprev, m, net.K[i], m, T(0), P, m);
+    if (i < M) {
+      const T* th = tp.th + i * nm;
+      T* J = tp.J + i * d * nm;
+      for (int k = 0; k < d; ++k)
+        for (size_t e = 0; e < nm; ++e) J[k * nm + e] = Jprev[k * nm + e] + h * th[e] * P[k * nm + e];
+    }
+  }
+  // Hess_kl = sum_j c_0j K_0[k, j] K_0[l, j] + sum_i h c_i . (P_i^k * P_i^l) + S_kl.
+  std::vector<T> c(m), cp(m);
+  for (int r = 0; r < n; ++r) {
+    const size_t o = static_cast<size_t>(r) * m;
+    T* H = hess + static_cast<size_t>(r) * d * d;
+    for (int k = 0; k < d; ++k)
+      for (int l = 0; l < d; ++l) H[k * d + l] = net.S[k * d1 + l];
+    for (int i = 0; i <= M; ++i) {
+      const T* th = tp.th + i * nm + o;
+      const T* z = i == M ? net.w : tp.z + i * nm + o;
+      const T hi = i == 0 ? T(1) : h;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) c[j] = (T(1) - th[j] * th[j]) * z[j] * hi;
+      for (int k = 0; k < d; ++k) {
+        const T* Pk = i == 0 ? K0 + k * m : tp.P + ((i - 1) * d + k) * nm + o;
+        #pragma GCC ivdep
+        for (int j = 0; j < m; ++j) cp[j] = c[j] * Pk[j];
+        for (int l = k; l < d; ++l) {
+          const T* Pl = i == 0 ? K0 + l * m : tp.P + ((i - 1) * d + l) * nm + o;
+          const T acc = dot(cp.data(), Pl, m);
+          H[k * d + l] += acc;
+          if (l != k) H[l * d + k] += acc;
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void hessian_backward_impl(const Net<T>& net, const T* s, int n, const Tape<T>& tp, const T* gbar, const T* hbar,
+                           T* sbar, T* pgrad) {
+  const int d = net.d, d1 = d + 1, m = net.m, M = net.M;
+  const T h = net.h;
+  const size_t nm = static_cast<size_t>(n) * m;
+  const T* K0 = net.K[0];
+  T* Sbar = pgrad + net.offS;
+  T* K0bar = pgrad + net.offK[0];
+  T* thbar = scratch<T>(0, (M + 1) * nm, true);
+  T* zbar = scratch<T>(1, (M + 1) * nm, true);  // zbar_M: per sample, summed into wbar
+  std::vector<T> W(d * d), pb(m), q(m), cz(m);
+  // g and the direct Hessian terms. W = (hbar + hbar^T) / 2 for the products P^k P^l.
+  for (int r = 0; r < n; ++r) {
+    const size_t o = static_cast<size_t>(r) * m;
+    const T* gb = gbar + r * d1;
+    const T* hb = hbar + static_cast<size_t>(r) * d * d;
+    for (int k = 0; k < d; ++k)
+      for (int l = 0; l < d; ++l) {
+        W[k * d + l] = (hb[k * d + l] + hb[l * d + k]) / 2;
+        Sbar[k * d1 + l] += hb[k * d + l];
+      }
+    for (int c = 0; c < d1; ++c) {
+      pgrad[net.offbvec + c] += gb[c];
+      T acc = 0;
+      for (int k = 0; k < d1; ++k) {
+        Sbar[k * d1 + c] += s[r * d1 + k] * gb[c];
+        acc += gb[k] * net.S[c * d1 + k];
+      }
+      sbar[r * d1 + c] = acc;
+    }
+    const T* th0 = tp.th + o;
+    const T* z0 = tp.z + o;
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) pb[j] = 0;
+    for (int c = 0; c < d1; ++c)
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) {
+        pb[j] += gb[c] * K0[c * m + j];
+        K0bar[c * m + j] += gb[c] * th0[j] * z0[j];
+      }
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) thbar[o + j] += pb[j] * z0[j], zbar[o + j] += pb[j] * th0[j];
+    // Layer i's Hessian term h_i sum_j c_ij sum_kl W_kl P^k_j P^l_j (P_0^k = K_0[k], h_0 = 1):
+    //   cbar_ij = h_i sum_kl W_kl P^k_j P^l_j;  c = sech * z: thbar -= 2 th z cbar, zbar += sech cbar;
+    //   layer 0: K_0bar[k] += 2 c_0 * sum_l W_kl K_0[l] (layers i >= 1: Pbar in the sweep below).
+    for (int i = 0; i <= M; ++i) {
+      const T* th = tp.th + i * nm + o;
+      const T* z = i == M ? net.w : tp.z + i * nm + o;
+      const T hi = i == 0 ? T(1) : h;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) q[j] = 0;
+      for (int k = 0; k < d; ++k) {
+        const T* Pk = i == 0 ? K0 + k * m : tp.P + ((i - 1) * d + k) * nm + o;
+        for (int l = 0; l < d; ++l) {
+          const T* Pl = i == 0 ? K0 + l * m : tp.P + ((i - 1) * d + l) * nm + o;
+          const T wkl = hi * W[k * d + l];
+          #pragma GCC ivdep
+          for (int j = 0; j < m; ++j) q[j] += wkl * Pk[j] * Pl[j];
+        }
+      }
+      T* tb = thbar + i * nm + o;
+      T* zb = zbar + i * nm + o;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) {
+        const T sech = T(1) - th[j] * th[j];
+        tb[j] += -2 * th[j] * z[j] * q[j];
+        zb[j] += sech * q[j];
+        cz[j] = 2 * sech * z[j];
+      }
+      if (i == 0)
+        for (int k = 0; k < d; ++k)
+          for (int l = 0; l < d; ++l) {
+            const T wkl = W[k * d + l];
+            #pragma GCC ivdep
+            for (int j = 0; j < m; ++j) K0bar[k * m + j] += cz[j] * wkl * K0[l * m + j];
+          }
+    }
+  }
+  // Jacobian recursion, layers M..1: Pbar_i^k = 2 h c_i * sum_l W_kl P_i^l (+ h th_i * Jbar_i^k),
+  // thbar_i += h sum_k Jbar_i^k * P_i^k (i < M), K_ibar += J_{i-1}^T Pbar_i, Jbar_{i-1} = Jbar_i + Pbar_i K_i^T.
+  T* Pbar = scratch<T>(2, d * nm, false);
+  T* Jbar = scratch<T>(3, d * nm, true);
+  for (int i = M; i >= 1; --i) {
+    const T* th = tp.th + i * nm;
+    const T* P = tp.P + (i - 1) * d * nm;
+    for (int r = 0; r < n; ++r) {
+      const size_t o = static_cast<size_t>(r) * m;
+      const T* hb = hbar + static_cast<size_t>(r) * d * d;
+      for (int k = 0; k < d; ++k)
+        for (int l = 0; l < d; ++l) W[k * d + l] = (hb[k * d + l] + hb[l * d + k]) / 2;
+      const T* z = i == M ? net.w : tp.z + i * nm + o;
+      const T* t = th + o;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) cz[j] = 2 * h * (T(1) - t[j] * t[j]) * z[j];
+      T* tb = thbar + i * nm + o;
+      for (int k = 0; k < d; ++k) {
+        T* pb = Pbar + k * nm + o;
+        #pragma GCC ivdep
+        for (int j = 0; j < m; ++j) pb[j] = 0;
+        for (int l = 0; l < d; ++l) {
+          const T wkl = W[k * d + l];
+          const T* pl = P + l * nm + o;
+          #pragma GCC ivdep
+          for (int j = 0; j < m; ++j) pb[j] += wkl * pl[j];
+        }
+        #pragma GCC ivdep
+        for (int j = 0; j < m; ++j) pb[j] *= cz[j];
+        if (i < M) {
+          const T* jb = Jbar + k * nm + o;
+          const T* pk = P + k * nm + o;
+          #pragma GCC ivdep
+          for (int j = 0; j < m; ++j) {
+            pb[j] += h * t[j] * jb[j];
+            tb[j] += h * jb[j] * pk[j];
+          }
+        }
+      }
+    }
+    blas::gemm(true, false, m, m, d * n, T(1), tp.J + (i - 1) * d * nm, m, Pbar, m, T(1),
+               pgrad + net.offK[i], m);
+    blas::gemm(false, true, d * n, m, m, T(1), Pbar, m, net.K[i], m, i < M ? T(1) : T(0), Jbar, m);
+  }
+  // J_0^k = th_0 * K_0[k]: thbar_0 += sum_k Jbar_0^k * K_0[k], K_0bar[k] += colsum(Jbar_0^k * th_0).
+  for (int k = 0; k < d; ++k)
+    for (int r = 0; r < n; ++r) {
+      const size_t o = static_cast<size_t>(r) * m;
+      const T* jb = Jbar + k * nm + o;
+      const T* t = tp.th + o;
+      T* tb = thbar + o;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) {
+        tb[j] += jb[j] * K0[k * m + j];
+        K0bar[k * m + j] += jb[j] * t[j];
+      }
+    }
+  // z recursion, i = 1..M: z_{i-1} = z_i + h y_i K_i^T, y_i = th_i * z_i:
+  //   ybar = h zbar_{i-1} K_i, K_ibar += h zbar_{i-1}^T y_i, thbar_i += ybar z_i, zbar_i += zbar_{i-1} + ybar th_i.
+  T* ybar = scratch<T>(4, nm, false);
+  T* y = scratch<T>(5, nm, false);
+  for (int i = 1; i <= M; ++i) {
+    const T* th = tp.th + i * nm;
+    const T* zb = zbar + (i - 1) * nm;
+    for (int r = 0; r < n; ++r) {
+      const size_t o = static_cast<size_t>(r) * m;
+      const T* z = i == M ? net.w : tp.z + i * nm + o;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) y[o + j] = th[o + j] * z[j];
+    }
+    blas::gemm(false, false, n, m, m, h, zb, m, net.K[i], m, T(0), ybar, m);
+    blas::gemm(true, false, m, m, n, h, zb, m, y, m, T(1), pgrad + net.offK[i], m);
+    for (int r = 0; r < n; ++r) {
+      const size_t o = static_cast<size_t>(r) * m;
+      const T* z = i == M ? net.w : tp.z + i * nm + o;
+      T* tb = thbar + i * nm + o;
+      T* zn = zbar + i * nm + o;
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) {
+        tb[j] += ybar[o + j] * z[j];
+        zn[j] += zb[o + j] + ybar[o + j] * th[o + j];
+      }
+    }
+  }
+  for (int r = 0; r < n; ++r)
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) pgrad[net.offw + j] += zbar[M * nm + static_cast<size_t>(r) * m + j];
+  // Activations, layers M..1: abar_i = thbar_i sech_i (+ h ubar_i th_i), K_ibar += u_{i-1}^T abar_i,
+  // b_ibar += colsum abar_i, ubar_{i-1} = ubar_i + abar_i K_i^T (u_M is not used).
+  T* abar = scratch<T>(6, nm, false);
+  T* ubar = scratch<T>(7, nm, true);
+  for (int i = M; i >= 1; --i) {
+    const T* th = tp.th + i * nm;
+    for (size_t e = 0; e < nm; ++e)
+      abar[e] = thbar[i * nm + e] * (T(1) - th[e] * th[e]) + (i < M ? h * ubar[e] * th[e] : T(0));
+    blas::gemm(true, false, m, m, n, T(1), tp.u + (i - 1) * nm, m, abar, m, T(1), pgrad + net.offK[i], m);
+    for (int r = 0; r < n; ++r)
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) pgrad[net.offb[i] + j] += abar[static_cast<size_t>(r) * m + j];
+    blas::gemm(false, true, n, m, m, T(1), abar, m, net.K[i], m, i < M ? T(1) : T(0), ubar, m);
+  }
+  // Layer 0: abar_0 = thbar_0 sech_0 + ubar_0 th_0; K_0bar += s^T abar_0, b_0bar += colsum, sbar += abar_0 K_0^T.
+  for (int r = 0; r < n; ++r) {
+    const size_t o = static_cast<size_t>(r) * m;
+    #pragma GCC ivdep
+    for (int j = 0; j < m; ++j) {
+      const T t = tp.th[o + j];
+      abar[o + j] = thbar[o + j] * (T(1) - t * t) + ubar[o + j] * t;
+      pgrad[net.offb[0] + j] += abar[o + j];
+    }
+    for (int c = 0; c < d1; ++c) {
+      #pragma GCC ivdep
+      for (int j = 0; j < m; ++j) K0bar[c * m + j] += s[r * d1 + c] * abar[o + j];
+      sbar[r * d1 + c] += dot(abar + o, K0 + c * m, m);
+    }
   }
 }
 

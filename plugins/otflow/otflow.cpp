@@ -8,13 +8,21 @@
 //             d/dt [x, l, L, R] = [v, div v, L(x, v), | -d_t Phi + H(x, grad_x Phi) |]
 // Loss terms  L = alpha_L mean L(1),  C = alpha_C mean(1/2 |x(1)|^2 + d/2 log 2 pi - l(1)),
 //             R = alpha_R mean R(1).
-// grad_s Phi and tr(Hess_xx Phi) come in closed form (see the header). For a quadratic H the
-// training loss and its gradient come from a hand-written kernel (block_loss.h, block_kernel.h).
+// grad_s Phi and tr(Hess_xx Phi) come in closed form (see the header). The Hamiltonian's form
+// comes from its mfglab.hamiltonian_structure/1 capability (or, without one, from probing it):
+//   quadratic, isotropic or diagonal (H = sum_k p_k^2 / (2 lambda_k)): v, div v = -sum_k
+//     Hess_kk / lambda_k and the costs in closed form; the training loss and its gradient come
+//     from a hand-written kernel (block_loss.h, block_kernel.h);
+//   any other H: grad_x Phi and the whole Hess_xx Phi in closed form (a hand-written sweep,
+//     block_loss.h gradient_hessian), and only H's own derivatives by autograd: div v = sum_i dv_i/dx_i|_p + sum_ij dv_i/dp_j Hess_ji, with
+//     v = -dH/dp(x, p) (fused: false: autograd through the network instead, d backward passes).
 // Value field: Phi, the value function of the weighted cost alpha_L L + alpha_C KL divided by
 // alpha_L; the weights are offered as mfglab.objective_weights/1, so that Phi's terminal
 // condition (alpha_C / alpha_L)(1 + log rho_1 - log N) can be checked (hjb_terminal).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -91,10 +99,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
     const int64_t width = params.integer("width");
     if (width < 1) throw Error("width (" + std::to_string(width) + ") must be at least 1");
     potential_ = Potential(d_, width, layers, generator_, options_);
-    // Without a Hamiltonian in the experiment: OT-Flow's own, quadratic with lambda = 1.
-    lambda_ = H_ ? quadratic_lambda(*H_, d_) : 1.0;
-    if (H_ && lambda_ == 0)
-      ctx.info("otflow: non-quadratic Hamiltonian; div v by autograd (exact, d backward passes)");
+    choose_path(ctx);
   }
 
   void* capability(const char* id) override {
@@ -115,9 +120,10 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
     if (batch.dim() != 2 || batch.size(1) != d_)
       throw Error("expected a batch of shape [N, " + std::to_string(d_) + "], got " + shape(batch));
     auto x = batch.to(options_);
-    if (lambda_ > 0 && fused_ && !x.requires_grad()) {
+    if (path_ != Path::general && fused_ && !x.requires_grad()) {
       // Quadratic H: the whole objective and its gradient by the block kernel.
-      auto t = mfglab::otflow::block_loss(x, parameters(), {steps_, lambda_, {alpha_L_, alpha_C_, alpha_R_}, threads_});
+      auto t = mfglab::otflow::block_loss(x, parameters(),
+                                          {steps_, lambda_, weights_, {alpha_L_, alpha_C_, alpha_R_}, threads_});
       return {{"L", t[0]}, {"C", t[1]}, {"R", t[2]}};
     }
     auto t = terms(x);
@@ -143,7 +149,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
 
   Tensor velocity(const Tensor& x, const Tensor& t) override {
     auto gx = gradient(x, t).narrow(1, 0, d_);
-    return lambda_ > 0 ? gx * (-1.0 / lambda_) : H_->optimal_control(x.to(options_), gx);
+    return path_ != Path::general ? control(gx) : H_->optimal_control(x.to(options_), gx);
   }
 
   double horizon() const override { return kT; }
@@ -172,7 +178,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   Tensor hjb_residual(const Tensor& x, const Tensor& t) override {
     auto grad = gradient(x, t);
     auto gx = grad.narrow(1, 0, d_);
-    auto H = lambda_ > 0 ? gx.square().sum(1) * (0.5 / lambda_) : H_->hamiltonian(x.to(options_), gx);
+    auto H = path_ != Path::general ? kinetic(gx).squeeze(1) : H_->hamiltonian(x.to(options_), gx);
     return (H - grad.select(1, d_)).abs();
   }
   std::string hjb_equation() const override { return "-d_t Phi + H(x, grad Phi)"; }
@@ -215,20 +221,130 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   // otherwise z = x -> v.
   Tensor rhs(const Tensor& z, double t, bool augmented) {
     auto x = augmented ? z.narrow(1, 0, d_) : z;
-    if (lambda_ > 0) {  // quadratic: everything in closed form
-      auto der = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), augmented);
-      auto gx = der.grad.narrow(1, 0, d_);
-      auto v = gx * (-1.0 / lambda_);
-      if (!augmented) return v;
-      auto kinetic = gx.square().sum(1, true) * (0.5 / lambda_);  // L(v) = H(grad Phi)
-      auto residual = (kinetic - der.grad.narrow(1, d_, 1)).abs();
-      return torch::cat({v, der.trace.unsqueeze(1) * (-1.0 / lambda_), kinetic, residual}, 1);
-    }
+    auto s = torch::constant_pad_nd(x, {0, 1}, t);
     if (!augmented) {
-      auto gx = potential_.derivatives(torch::constant_pad_nd(x, {0, 1}, t), false).grad.narrow(1, 0, d_);
-      return H_->optimal_control(x, gx);
+      auto gx = potential_.derivatives(s, false).grad.narrow(1, 0, d_);
+      return path_ != Path::general ? control(gx) : H_->optimal_control(x, gx);
     }
-    return generic_rhs(x, t);
+    if (path_ == Path::isotropic) {  // everything in closed form
+      auto der = potential_.derivatives(s, true);
+      auto gx = der.grad.narrow(1, 0, d_);
+      auto kin = kinetic(gx);  // L(v) = H(grad Phi)
+      auto residual = (kin - der.grad.narrow(1, d_, 1)).abs();
+      return torch::cat({control(gx), der.trace.unsqueeze(1) * (-1.0 / lambda_), kin, residual}, 1);
+    }
+    if (path_ == Path::diagonal) {  // the same with the weighted trace sum_k Hess_kk / lambda_k
+      auto [grad, hess] = gradient_hessian(s);
+      auto gx = grad.narrow(1, 0, d_);
+      auto kin = kinetic(gx);
+      auto residual = (kin - grad.narrow(1, d_, 1)).abs();
+      auto div = -(hess.diagonal(0, 1, 2) * inv_lambda_).sum(1, true);
+      return torch::cat({control(gx), div, kin, residual}, 1);
+    }
+    return fused_ ? hessian_rhs(x, t) : generic_rhs(x, t);
+  }
+
+  // Which closed forms H allows: its declared structure, else what probing finds.
+  void choose_path(const mfglab::RunContext& ctx) {
+    if (!H_) {  // without a Hamiltonian in the experiment: OT-Flow's own, quadratic with lambda = 1
+      path_ = Path::isotropic, lambda_ = 1.0;
+      return;
+    }
+    auto st = mfglab::hamiltonian_structure(H_, d_);
+    for (double l : st.lambdas)
+      if (!(l > 0) || !std::isfinite(l))
+        throw Error("the Hamiltonian declares a quadratic form with lambda = " + std::to_string(l) +
+                    "; every lambda must be a finite number > 0");
+    const bool equal = std::all_of(st.lambdas.begin(), st.lambdas.end(), [&](double l) { return l == st.lambdas[0]; });
+    if (st.kind != mfglab::HamiltonianKind::general && equal) {
+      path_ = Path::isotropic, lambda_ = st.lambdas[0];
+    } else if (st.kind == mfglab::HamiltonianKind::diagonal_quadratic) {
+      // The kernel's form sum_k c_k p_k^2 / (2 lambda) with lambda = 1, c_k = 1 / lambda_k.
+      path_ = Path::diagonal, lambda_ = 1.0;
+      for (double l : st.lambdas) weights_.push_back(1.0 / l);
+      inv_lambda_ = torch::tensor(weights_, torch::kFloat64).to(options_);
+    } else if ((lambda_ = quadratic_lambda(*H_, d_)) > 0) {
+      path_ = Path::isotropic;  // undeclared, but probing shows |p|^2 / (2 lambda)
+    } else {
+      path_ = Path::general;
+      ctx.info(fused_ ? "otflow: general Hamiltonian; Hess_xx Phi in closed form, autograd through H only"
+                      : "otflow: general Hamiltonian; div v by autograd through the network (d backward passes)");
+    }
+  }
+
+  // Quadratic paths: v = -grad H and H itself, from grad_x Phi [N, d] ([N, d] and [N, 1]).
+  Tensor control(const Tensor& gx) const {
+    return path_ == Path::diagonal ? -(gx * inv_lambda_) : gx * (-1.0 / lambda_);
+  }
+  Tensor kinetic(const Tensor& gx) const {
+    return path_ == Path::diagonal ? (gx.square() * inv_lambda_).sum(1, true) * 0.5
+                                   : gx.square().sum(1, true) * (0.5 / lambda_);
+  }
+
+  // grad_s Phi [N, d+1] and the whole Hess_xx Phi [N, d, d] in closed form, as plain tensor ops
+  // (differentiable in the parameters): the sweep of <mfglab/potential.h>, with
+  //   Hess_xx = sum_{i=0..M} h_i KJ_i^T diag(sech_i * z_i) KJ_i + S_xx,
+  // KJ_0 = K_0's x rows (h_0 = 1), KJ_i = J_{i-1} K_i, J_i = J_{i-1} + h th_i * KJ_i (i >= 1).
+  std::pair<Tensor, Tensor> gradient_hessian(const Tensor& s) const {
+    const auto P = potential_.parameters();  // K_0, b_0, .., K_M, b_M, w, A, b, c
+    const int64_t M = static_cast<int64_t>(P.size()) / 2 - 3;
+    const double h = 1.0 / static_cast<double>(M);
+    std::vector<Tensor> th(M + 1), z(M + 1);
+    auto a = torch::addmm(P[1], s, P[0]);
+    th[0] = torch::tanh(a);
+    Tensor u = mfglab::nn::log_cosh(a);
+    for (int64_t i = 1; i <= M; ++i) {
+      a = torch::addmm(P[2 * i + 1], u, P[2 * i]);
+      th[i] = torch::tanh(a);
+      if (i < M) u = torch::add(u, mfglab::nn::log_cosh(a), h);
+    }
+    z[M] = P[2 * M + 2];
+    for (int64_t i = M; i >= 1; --i) z[i - 1] = torch::addmm(z[i], th[i] * z[i], P[2 * i].t(), 1.0, h);
+    const auto& A = P[2 * M + 3];
+    auto AtA = torch::mm(A.t(), A);
+    auto grad = torch::addmm(torch::addmm(P[2 * M + 4], s, AtA), th[0] * z[0], P[0].t());
+    auto Kx = P[0].narrow(0, 0, d_);                                      // [d, m]
+    auto c0 = ((1 - th[0].square()) * z[0]).unsqueeze(1);                // [N, 1, m]
+    auto hess = torch::matmul(c0 * Kx, Kx.t());                          // [N, d, d]
+    auto J = th[0].unsqueeze(1) * Kx;                                     // [N, d, m]: du_0/dx_k
+    for (int64_t i = 1; i <= M; ++i) {
+      auto KJ = torch::matmul(J, P[2 * i]);                               // [N, d, m]
+      auto ci = ((1 - th[i].square()) * z[i]).unsqueeze(1);
+      hess = torch::baddbmm(hess, ci * KJ, KJ.transpose(1, 2), 1.0, h);
+      if (i < M) J = J + h * th[i].unsqueeze(1) * KJ;
+    }
+    return {grad, hess + AtA.narrow(0, 0, d_).narrow(1, 0, d_)};
+  }
+
+  // Any Hamiltonian, grad_s Phi and Hess_xx Phi by the hand-written sweep (block_loss.h; its
+  // autograd twin is gradient_hessian above): with v = -dH/dp(x, p) at p = grad_x Phi,
+  //   div v = sum_i dv_i/dx_i|_p + sum_ij dv_i/dp_j (Hess_xx Phi)_ji,
+  // where dv/dx|_p and dv/dp come from autograd through H's own small graph (d backward passes
+  // over [N, d] tensors, never through the network). When training, those derivatives keep
+  // their graphs, so the parameter gradient reaches the network through p and the paths x.
+  Tensor hessian_rhs(const Tensor& x_in, double t) {
+    const bool training = torch::GradMode::is_enabled();
+    auto gh = mfglab::otflow::gradient_hessian(torch::constant_pad_nd(x_in, {0, 1}, t), parameters());
+    const auto& grad = gh[0];
+    const auto& hess = gh[1];
+    torch::AutoGradMode grad_on(true);
+    // Fresh nodes for x and p: the derivatives w.r.t. them are H's partial ones (a clone of
+    // x is not where grad_x Phi came from, so no path through the network reaches it).
+    auto x = training && x_in.requires_grad() ? x_in.clone() : x_in.detach().requires_grad_();
+    auto gx = grad.narrow(1, 0, d_);
+    auto p = training && gx.requires_grad() ? gx : gx.detach().requires_grad_();
+    auto v = H_->optimal_control(x, p);
+    Tensor div;
+    for (int64_t i = 0; i < d_; ++i) {
+      auto g = torch::autograd::grad({v.select(1, i).sum()}, {x, p}, {}, true, training, /*allow_unused=*/true);
+      auto term = g[1].defined() ? (g[1] * hess.select(2, i)).sum(1) : torch::zeros({x.size(0)}, x.options());
+      if (g[0].defined()) term = term + g[0].select(1, i);
+      div = div.defined() ? div + term : term;
+    }
+    auto cost = H_->running_cost(x, v);
+    auto residual = (H_->hamiltonian(x, p) - grad.select(1, d_)).abs();
+    auto out = torch::cat({v, div.unsqueeze(1), cost.unsqueeze(1), residual.unsqueeze(1)}, 1);
+    return training ? out : out.detach();
   }
 
   // Any Hamiltonian: v = -dH/dp(x, grad Phi) and its exact divergence by d backward passes
@@ -288,11 +404,15 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
   int64_t steps_, eval_steps_;
   double alpha_L_, alpha_C_, alpha_R_;
   int threads_;
-  bool fused_;                  // quadratic H: the block kernel instead of autograd's graph
+  bool fused_;                  // quadratic H: the block kernel; other H: the closed-form Hessian
   torch::Generator generator_;  // shares the run generator's state
   torch::TensorOptions options_;
   mfglab::Hamiltonian* H_;      // the experiment's; not owned; null: quadratic, lambda = 1
-  double lambda_ = 0;           // > 0 when H is quadratic (closed-form path)
+  enum class Path { isotropic, diagonal, general };
+  Path path_ = Path::general;
+  double lambda_ = 0;             // quadratic paths: the kernel's lambda (diagonal: 1)
+  std::vector<double> weights_;   // diagonal: c_k = 1 / lambda_k; else empty
+  Tensor inv_lambda_;             // diagonal: 1 / lambda_k, [d]
   Potential potential_;
 };
 
@@ -310,4 +430,5 @@ MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.0.0",
               mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0),
               mfglab::bool_param("fused", true, "quadratic H: the training loss and its gradient by a hand-written "
                                  "kernel on blocks of samples (false: autograd through the closed-form sweep, "
-                                 "one thread; same values)"))
+                                 "one thread); other H: Hess_xx Phi in closed form and autograd through H only "
+                                 "(false: autograd through the network). Same values either way"))

@@ -1,10 +1,14 @@
 // Quadratic Hamiltonian: running cost L(v) = lambda/2 |v|^2, its Legendre dual
 // H(p) = sup_v { -p.v - L(v) } = |p|^2 / (2 lambda), optimal control v* = -p / lambda.
+// It declares that form (mfglab.hamiltonian_structure/1), so that models can use closed forms.
+#include <cstring>
+
+#include <mfglab/capabilities_mfg.h>
 #include <mfglab/plugin.h>
 
 namespace {
 
-class Quadratic final : public mfglab::Hamiltonian {
+class Quadratic final : public mfglab::Hamiltonian, public mfglab::HamiltonianStructure {
  public:
   Quadratic(const mfglab::Params& params, const mfglab::RunContext&)
       : lambda_(params.number("lambda")) {}
@@ -18,6 +22,13 @@ class Quadratic final : public mfglab::Hamiltonian {
   torch::Tensor running_cost(const torch::Tensor&, const torch::Tensor& v) override {
     return 0.5 * lambda_ * v.pow(2).sum(1);
   }
+
+  void* capability(const char* id) override {
+    if (std::strcmp(id, mfglab::kHamiltonianStructure) == 0) return static_cast<mfglab::HamiltonianStructure*>(this);
+    return nullptr;
+  }
+  mfglab::HamiltonianKind kind() const override { return mfglab::HamiltonianKind::isotropic_quadratic; }
+  double lambda(int64_t) const override { return lambda_; }
 
  private:
   double lambda_;

@@ -20,9 +20,9 @@
 // grad |s|^2 holds for any s.) The grad form needs one backward pass for grad(div s)
 // instead of d^2 for the Laplacian.
 //
-// The score's derivatives come from the model's "mfglab.score_derivatives/1" capability
-// when it offers one (form lap: one fused forward sweep in sgm), else from reverse-mode
-// autograd with create_graph; either way the penalty's parameter gradient flows through
+// The score's derivatives come from the model's "mfglab.score_derivatives/2" capability
+// when it offers the form's second-order term (sgm: one fused forward sweep of jets, for
+// either form), else "/1" (form lap), else from reverse-mode autograd with create_graph; either way the penalty's parameter gradient flows through
 // all the derivatives. The residual itself is mfglab/score_pde.h, shared with the models'
 // "mfglab.hjb_residual/1". The drift's derivatives are taken by autograd (cheap: its graph
 // is tiny), so any model drift works, not only the linear VP one.
@@ -80,11 +80,8 @@ class ScorePde final : public mfglab::Regularizer {
   // r = s_t - rhs at the points (x [N, d], t [N, 1]), [N, d].
   Tensor residual(mfglab::Model& model, const Tensor& x, const Tensor& t) {
     namespace pde = mfglab::score_pde;
-    if (form_ == "lap")
-      if (auto* fast = mfglab::capability<mfglab::ScoreDerivatives>(&model, mfglab::kScoreDerivatives))
-        return pde::residual(model, x, t, fast->score_derivatives(x, t));
     auto second = form_ == "grad" ? pde::SecondOrder::grad_div : pde::SecondOrder::laplacian;
-    return pde::residual(model, x, t, pde::autograd_derivatives(model, x, t, second));
+    return pde::residual(model, x, t, pde::derivatives(model, x, t, second));
   }
 
   std::string norm_, points_, form_;
@@ -94,7 +91,7 @@ class ScorePde final : public mfglab::Regularizer {
 
 }  // namespace
 
-MFGLAB_PLUGIN(ScorePde, MFGLAB_KIND_REGULARIZER, "score_pde", "1.0.0",
+MFGLAB_PLUGIN(ScorePde, MFGLAB_KIND_REGULARIZER, "score_pde", "1.1.0",
               "Score-PDE (HJB) residual s_t + grad(div f) + grad(f.s) - g^2/2 (Lap s + 2 J s) of the model's score",
               "score,collocation(points=data)",
               mfglab::choice_param("norm", "l1", "l1|l2",

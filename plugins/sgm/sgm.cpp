@@ -32,7 +32,9 @@
 #include <utility>
 #include <vector>
 
+#include <mfglab/capabilities_score.h>
 #include <mfglab/evaluation.h>
+#include <mfglab/hessian_jets.h>
 #include <mfglab/nn.h>
 #include <mfglab/plugin.h>
 #include <mfglab/score_pde.h>
@@ -73,10 +75,13 @@ E pick(const std::string& what, const std::string& value,
 // Also offers its noising marginals as the "mfglab.forward_process/1" capability, so
 // metrics and regularizers can compare the learned score with a dataset's exact one; its
 // score PDE's residual as "mfglab.hjb_residual/1"; and, with a score network, the score's
-// derivatives in closed form as "mfglab.score_derivatives/1" (one forward sweep of jets).
+// derivatives in closed form as "mfglab.score_derivatives/1" and "/2" (one forward sweep of
+// jets; /2 also gives grad(div s) for the residual's gradient form; with a potential
+// network, jets and d + 1 reverse passes through them).
 class Sgm final : public mfglab::Model,
                   public mfglab::ForwardProcess,
                   public mfglab::ScoreDerivatives,
+                  public mfglab::ScoreDerivatives2,
                   public mfglab::HjbResidual,
                   public mfglab::EvaluationParams {
  public:
@@ -148,9 +153,8 @@ class Sgm final : public mfglab::Model,
     if (std::strcmp(id, mfglab::kForwardProcess) == 0) return static_cast<mfglab::ForwardProcess*>(this);
     if (std::strcmp(id, mfglab::kEvaluationParams) == 0) return static_cast<mfglab::EvaluationParams*>(this);
     if (std::strcmp(id, mfglab::kHjbResidual) == 0) return static_cast<mfglab::HjbResidual*>(this);
-    // A potential network would need third derivatives: the regularizer falls back to autograd.
-    if (std::strcmp(id, mfglab::kScoreDerivatives) == 0 && param_ == Parameterization::score)
-      return static_cast<mfglab::ScoreDerivatives*>(this);
+    if (std::strcmp(id, mfglab::kScoreDerivatives) == 0) return static_cast<mfglab::ScoreDerivatives*>(this);
+    if (std::strcmp(id, mfglab::kScoreDerivatives2) == 0) return static_cast<mfglab::ScoreDerivatives2*>(this);
     return nullptr;
   }
 
@@ -303,31 +307,52 @@ class Sgm final : public mfglab::Model,
   double t_min() const override { return eps_; }
   double t_max() const override { return proc_.T; }
 
-  // ScoreDerivatives (score network only): s = -net([x, t]) / sigma(t), so J and Lap s are the
-  // net's, divided by -sigma, and d_t s = -(d_t net - net sigma' / sigma) / sigma with
+  // ScoreDerivatives. A score network gives them from one sweep of second_order_jets with the
+  // Laplacian slab: s = -net([x, t]) / sigma(t), so J and Lap s are the net's, divided by -sigma, and d_t s = -(d_t net - net sigma' / sigma) / sigma with
   // sigma' = k sigma + g^2 / (2 sigma) (from (sigma^2)' = 2 k sigma^2 + g^2, every process).
   mfglab::ScoreDerivativeValues score_derivatives(const torch::Tensor& x, const torch::Tensor& t) override {
-    if (param_ != Parameterization::score)
-      throw Error("sgm computes score derivatives in closed form only with parameterization \"score\"");
+    if (param_ == Parameterization::potential) return potential_derivatives(x, t);
     check_batch(x);
     auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
-    auto jets = net_.fused_jets(torch::cat({x.detach(), tc}, 1), d_);
-    auto sigma = proc_.sigma(tc);
-    auto inv = 1.0 / sigma;  // [N, 1]
-    auto dlog_sigma = proc_.drift_coef(tc) + 0.5 * proc_.g2(tc) * inv.square();  // sigma' / sigma
-    mfglab::ScoreDerivativeValues v;
-    v.score = -jets.value * inv;
-    v.jacobian = -jets.jacobian * inv.unsqueeze(2);
-    v.laplacian = -jets.laplacian * inv;
-    v.time = (jets.value * dlog_sigma - jets.time) * inv;
-    return v;
+    auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
+                                              mfglab::nn::SecondOrderKind::laplacian);
+    return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, jets.second[0]);
+  }
+
+  // ScoreDerivatives2. With a score network grad(div s) needs every mixed second derivative
+  // of the network, d (d + 1) / 2 slabs in the sweep: up to kHessianJetsMaxDim; beyond,
+  // autograd's d + 1 reverse passes cost less. With a potential both terms are the same,
+  // grad(Lap U) (J is a Hessian, symmetric).
+  static constexpr int64_t kHessianJetsMaxDim = 4;
+  bool offers(mfglab::ScoreSecondOrder second) const override {
+    return param_ == Parameterization::potential || second == mfglab::ScoreSecondOrder::laplacian ||
+           d_ <= kHessianJetsMaxDim;
+  }
+  mfglab::ScoreDerivativeValues score_derivatives(const torch::Tensor& x, const torch::Tensor& t,
+                                                  mfglab::ScoreSecondOrder second) override {
+    if (second == mfglab::ScoreSecondOrder::laplacian || param_ == Parameterization::potential)
+      return score_derivatives(x, t);
+    if (!offers(second))
+      throw Error("sgm computes grad(div s) in closed form only up to d = " + std::to_string(kHessianJetsMaxDim) +
+                  " (this model has d = " + std::to_string(d_) + ")");
+    check_batch(x);
+    auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
+    auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
+                                              mfglab::nn::SecondOrderKind::hessian);
+    // grad(div net)_j = sum_i d_j d_i net_i: one gather of the Hessian slabs' entries.
+    const int64_t n = x.size(0), S = jets.second.size(0);
+    std::vector<int64_t> index;
+    for (int64_t j = 0; j < d_; ++j)
+      for (int64_t i = 0; i < d_; ++i) index.push_back(mfglab::nn::hessian_slab(i, j, d_) * d_ + i);
+    auto flat = jets.second.permute({1, 0, 2}).reshape({n, S * d_});
+    auto grad_div = flat.index_select(1, torch::tensor(index)).view({n, d_, d_}).sum(2);
+    return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, grad_div);
   }
 
   // HjbResidual: |r|_2 of the score PDE's residual (mfglab/score_pde.h, Laplacian form).
   torch::Tensor hjb_residual(const torch::Tensor& x, const torch::Tensor& t) override {
     auto tc = column(t, x.size(0)).to(x.scalar_type());
-    auto derivatives = param_ == Parameterization::score ? score_derivatives(x, tc)
-                                                         : mfglab::score_pde::autograd_derivatives(*this, x, tc);
+    auto derivatives = mfglab::score_pde::derivatives(*this, x, tc, mfglab::score_pde::SecondOrder::laplacian);
     return mfglab::score_pde::residual(*this, x, tc, derivatives).norm(2, 1);
   }
   std::string hjb_equation() const override { return "d_t s + grad(div f) + grad(f.s) - g^2/2 (Lap s + 2 J s)"; }
@@ -352,6 +377,65 @@ class Sgm final : public mfglab::Model,
     torch::mul_out(xt, x0, proc_.alpha(t));
     xt.addcmul_(proc_.sigma(t), z);
     return {input, z};
+  }
+
+  // The potential's score derivatives: s = -grad_x net / sigma needs the net's derivatives up
+  // to third order: grad_x net, its Hessian, d_t grad_x net and grad(Lap net) (the
+  // Laplacian of the score up to its sign and scale). silu and tanh networks get them from
+  // one sweep of third-order jets with a hand-written reverse pass. Other activations: one
+  // sweep of MLP::jets (grad net, d_t net, Lap net, plain operations that can be
+  // differentiated again), then d + 1 reverse passes through it (row j of the Hessian with
+  // d_t d_j net from grad_x(d_j net), and grad(Lap net)). Autograd alone would need
+  // 1 + d + d^2 nested passes, the last ones third order.
+  mfglab::ScoreDerivativeValues potential_derivatives(const torch::Tensor& x, const torch::Tensor& t) {
+    check_batch(x);
+    torch::AutoGradMode grad_on(true);
+    auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
+    if (mfglab::nn::detail::looped(net_.activation(), x)) {
+      // silu and tanh: all of it in one sweep of third-order jets (mfglab/hessian_jets.h).
+      const int64_t n = x.size(0), k = d_ + 1;
+      auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
+                                                mfglab::nn::SecondOrderKind::potential);
+      std::vector<int64_t> hess, time;
+      for (int64_t i = 0; i < d_; ++i) {
+        for (int64_t j = 0; j < d_; ++j) hess.push_back(mfglab::nn::hessian_slab(i, j, k));
+        time.push_back(mfglab::nn::hessian_slab(i, d_, k));
+      }
+      auto second = jets.second.squeeze(2).t();  // [N, S]
+      return scaled_derivatives(tc, jets.jacobian.squeeze(2), second.index_select(1, torch::tensor(hess)).view({n, d_, d_}),
+                                second.index_select(1, torch::tensor(time)), jets.third.squeeze(2).t());
+    }
+    auto input = torch::cat({x.detach(), tc}, 1).requires_grad_();
+    auto jets = net_.jets(input, d_);  // output width 1
+    // (zeros where a derivative does not reach the input, as with relu's second derivative)
+    using mfglab::score_pde::grads;
+    auto ones = torch::ones({x.size(0), 1}, input.options());
+    std::vector<torch::Tensor> hess_rows, time_rows;
+    for (int64_t j = 0; j < d_; ++j) {
+      auto g = grads(jets.jacobian.select(1, j), {input}, ones)[0];
+      hess_rows.push_back(g.narrow(1, 0, d_));
+      time_rows.push_back(g.narrow(1, d_, 1));
+    }
+    auto grad_lap = grads(jets.laplacian, {input}, ones)[0].narrow(1, 0, d_);
+    return scaled_derivatives(tc, jets.jacobian.squeeze(2), torch::stack(hess_rows, 2), torch::cat(time_rows, 1),
+                              grad_lap);
+  }
+
+  // The score's derivatives from the network's (value [N, d], jacobian [N, d, d], time and
+  // a second-order term [N, d]): s = -net / sigma, so J and the second-order terms are the
+  // net's divided by -sigma, and d_t s = -(d_t net - net sigma' / sigma) / sigma with
+  // sigma' = k sigma + g^2 / (2 sigma).
+  mfglab::ScoreDerivativeValues scaled_derivatives(const torch::Tensor& tc, const torch::Tensor& value,
+                                                   const torch::Tensor& jacobian, const torch::Tensor& time,
+                                                   const torch::Tensor& second) {
+    auto inv = 1.0 / proc_.sigma(tc);  // [N, 1]
+    auto dlog_sigma = proc_.drift_coef(tc) + 0.5 * proc_.g2(tc) * inv.square();  // sigma' / sigma
+    mfglab::ScoreDerivativeValues v;
+    v.score = -value * inv;
+    v.jacobian = -jacobian * inv.unsqueeze(2);
+    v.laplacian = -second * inv;
+    v.time = (value * dlog_sigma - time) * inv;
+    return v;
   }
 
   // eps_hat = -sigma(t) score at (x, t [N, 1]). For the potential it is grad_x net, kept
@@ -442,7 +526,7 @@ class Sgm final : public mfglab::Model,
 
 // Only the potential parameterization has a value function (U with s = grad U); the
 // manifest says so, and validation refuses "value" needs of the score parameterization.
-MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.1.0",
+MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.2.0",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
               "score,log_prob,value(parameterization=potential),collocation",

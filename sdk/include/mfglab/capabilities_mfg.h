@@ -1,6 +1,9 @@
-// Optional capabilities of the MFG view of a model (Plugin::capability), beside those
-// declared in <mfglab/sdk.h>. Header-only; include it next to <mfglab/sdk.h>.
+// Optional capabilities of the MFG view of a model or a Hamiltonian (Plugin::capability),
+// beside those declared in <mfglab/sdk.h>. Header-only; include it next to <mfglab/sdk.h>.
 #pragma once
+
+#include <cstdint>
+#include <vector>
 
 #include "mfglab/sdk.h"
 
@@ -39,6 +42,48 @@ inline ObjectiveWeightValues objective_weights(Plugin* model) {
   if (auto* w = capability<ObjectiveWeights>(model, kObjectiveWeights))
     return {w->running_cost_weight(), w->terminal_cost_weight()};
   return {};
+}
+
+// "mfglab.hamiltonian_structure/1", offered by Hamiltonians that know their own form, so that
+// a model can take a closed-form path instead of differentiating H. The kinds:
+//
+//   isotropic_quadratic   H(x, p) = |p|^2 / (2 lambda),           v* = -p / lambda
+//   diagonal_quadratic    H(x, p) = sum_i p_i^2 / (2 lambda_i),   v*_i = -p_i / lambda_i
+//   general               anything else (the same as not offering the capability)
+//
+// with running cost L(v) = sum_i lambda_i v_i^2 / 2 and no dependence on x. lambda(i) is
+// lambda_i for dimension i (the same for every i when isotropic); every lambda_i > 0. A
+// Hamiltonian offers it from capability():
+//
+//   void* capability(const char* id) override {
+//     return std::strcmp(id, mfglab::kHamiltonianStructure) == 0
+//                ? static_cast<mfglab::HamiltonianStructure*>(this) : nullptr;
+//   }
+//
+// The declaration is a promise about values: a model may use it or not, and its results must
+// agree either way up to rounding.
+enum class HamiltonianKind : int { general = 0, isotropic_quadratic = 1, diagonal_quadratic = 2 };
+class HamiltonianStructure {
+ public:
+  virtual ~HamiltonianStructure() = default;
+  virtual HamiltonianKind kind() const = 0;
+  virtual double lambda(int64_t i) const = 0;  // lambda_i > 0; unused for general
+};
+inline constexpr const char* kHamiltonianStructure = "mfglab.hamiltonian_structure/1";
+
+// The structure of H in dimension d: its capability's, or general when it has none (or H is
+// null). lambdas has d entries unless the kind is general.
+struct HamiltonianStructureValues {
+  HamiltonianKind kind = HamiltonianKind::general;
+  std::vector<double> lambdas;
+};
+inline HamiltonianStructureValues hamiltonian_structure(Plugin* H, int64_t d) {
+  HamiltonianStructureValues out;
+  auto* s = capability<HamiltonianStructure>(H, kHamiltonianStructure);
+  if (!s || s->kind() == HamiltonianKind::general) return out;
+  out.kind = s->kind();
+  for (int64_t i = 0; i < d; ++i) out.lambdas.push_back(s->lambda(i));
+  return out;
 }
 
 }  // namespace mfglab

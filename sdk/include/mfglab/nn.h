@@ -495,6 +495,8 @@ class MLP {
     return result;
   }
 
+  Activation activation() const { return activation_; }
+
   std::vector<torch::Tensor> parameters() const {
     std::vector<torch::Tensor> out;
     for (size_t i = 0; i < weights_.size(); ++i) {

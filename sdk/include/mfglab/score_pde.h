@@ -15,6 +15,7 @@
 
 #include <vector>
 
+#include "mfglab/capabilities_score.h"
 #include "mfglab/sdk.h"
 
 namespace mfglab::score_pde {
@@ -43,7 +44,7 @@ inline torch::Tensor unit(const torch::Tensor& like, int64_t j) {
   return e;
 }
 
-enum class SecondOrder { laplacian, grad_div };
+using SecondOrder = ScoreSecondOrder;
 
 // The score and its derivatives at (x, t) by reverse-mode autograd, for any model: d passes
 // for J and d_t s, then d^2 for Lap s (SecondOrder::laplacian) or one for grad(div s)
@@ -84,6 +85,18 @@ inline ScoreDerivativeValues autograd_derivatives(Model& model, const torch::Ten
     v.laplacian = torch::stack(lap, 1);
   }
   return v;
+}
+
+// The score's derivatives at (x, t) with the requested second-order term, by the fastest
+// route the model offers: "mfglab.score_derivatives/2", then "/1" (Laplacian only), then
+// autograd. The routes agree up to rounding (tests/test_jets.cpp).
+inline ScoreDerivativeValues derivatives(Model& model, const torch::Tensor& x, const torch::Tensor& t,
+                                         SecondOrder second) {
+  if (auto* fast = capability<ScoreDerivatives2>(&model, kScoreDerivatives2))
+    if (fast->offers(second)) return fast->score_derivatives(x, t, second);
+  if (second == SecondOrder::laplacian)
+    if (auto* fast = capability<ScoreDerivatives>(&model, kScoreDerivatives)) return fast->score_derivatives(x, t);
+  return autograd_derivatives(model, x, t, second);
 }
 
 // r = s_t - rhs at (x [N, d], t [N, 1]), [N, d], from the score's derivatives there (the
