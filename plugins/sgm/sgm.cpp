@@ -320,9 +320,10 @@ class Sgm final : public mfglab::Model,
   }
 
   // ScoreDerivatives2. With a score network grad(div s) needs every mixed second derivative
-  // of the network, d (d + 1) / 2 slabs in the sweep: up to kHessianJetsMaxDim; beyond,
-  // autograd's d + 1 reverse passes cost less. With a potential both terms are the same,
-  // grad(Lap U) (J is a Hessian, symmetric).
+  // of the network, d (d + 1) / 2 slabs in the sweep: up to kHessianJetsMaxDim; beyond, the
+  // slabs' matrix products grow as d^2 against autograd's d + 1 reverse passes (a bound by
+  // that count, not measured). With a potential both terms are the same, grad(Lap U) (J is
+  // a Hessian, symmetric).
   static constexpr int64_t kHessianJetsMaxDim = 4;
   bool offers(mfglab::ScoreSecondOrder second) const override {
     return param_ == Parameterization::potential || second == mfglab::ScoreSecondOrder::laplacian ||
