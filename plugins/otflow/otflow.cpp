@@ -418,7 +418,7 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
 
 }  // namespace
 
-MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.0.0",
+MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.1.0",
               "OT-Flow: potential flow with closed-form Hessian trace, RK4, L + C + HJB objective",
               "value,velocity,log_prob,collocation",
               mfglab::int_param("width", 32, "ResNet width m of the potential").at_least(1),
