@@ -130,6 +130,46 @@ TEST_CASE("MLP::jets matches autograd for every activation", "[jets]") {
     }
 }
 
+TEST_CASE("second_order_jets: the Hessian sweep matches autograd, values and gradients", "[jets][hessian]") {
+  at::set_num_threads(1);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  using mfglab::nn::SecondOrderKind;
+  for (std::string name : {"silu", "tanh", "gelu", "softplus", "logcosh"})
+    for (int64_t d : {1, 2, 3})
+      for (bool time_column : {true, false}) {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(2);
+        const int64_t cols = d + (time_column ? 1 : 0);
+        mfglab::nn::MLP net({cols, 16, 16, d}, mfglab::nn::parse_activation(name), gen, f64);
+        // 300 rows: more than one block of the sweep, the last one partial.
+        auto input = torch::randn({300, cols}, gen, f64) * 1.5;
+        INFO("activation " << name << ", d = " << d << (time_column ? ", with time" : ", no time"));
+        auto leaf = input.detach().requires_grad_();
+        auto fast = mfglab::nn::second_order_jets(net, leaf, d, SecondOrderKind::hessian);
+        auto leaf2 = input.detach().requires_grad_();
+        auto slow = reverse_hessian(net, leaf2, d);  // [N, d, d, m]
+        REQUIRE(fast.second.size(0) == d * (d + 1) / 2);
+        CHECK(rel_error(fast.value, net.forward(input)) < 1e-12);
+        std::vector<Tensor> slabs(fast.second.size(0));
+        for (int64_t i = 0; i < d; ++i)
+          for (int64_t j = i; j < d; ++j) slabs[mfglab::nn::hessian_slab(i, j, d)] = slow.select(1, i).select(1, j);
+        auto expected = torch::stack(slabs, 0);  // [S, N, m]
+        CHECK(rel_error(fast.second, expected) < 1e-10);
+        CHECK(expected.abs().max().item<double>() > 1e-3);  // not trivially zero
+        // The parameter and input gradients of a functional of the slabs.
+        auto functional = [](const Tensor& second) { return (second.square() + second.sin()).sum(); };
+        auto with_input = net.parameters();
+        with_input.push_back(leaf);
+        auto g_fast = torch::autograd::grad({functional(fast.second)}, with_input);
+        auto with_input2 = net.parameters();
+        with_input2.push_back(leaf2);
+        auto g_slow = torch::autograd::grad({functional(expected)}, with_input2);
+        for (size_t p = 0; p < with_input.size(); ++p) {
+          INFO("parameter " << p << (p + 1 == with_input.size() ? " (the input)" : ""));
+          CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+        }
+      }
+}
+
 TEST_CASE("MLP::forward on data: one node with a hand-written backward, same values and gradients", "[mlp]") {
   at::set_num_threads(1);
   for (auto dtype : {torch::kFloat64, torch::kFloat32})

@@ -59,12 +59,6 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-double total(const mfglab::LossTerms& terms) {
-  double s = 0;
-  for (const auto& t : terms) s += t.value.item<double>();
-  return s;
-}
-
 }  // namespace
 
 TEST_CASE("energy: values and first variations of kl, cross-entropy and free energy", "[jko][energy]") {

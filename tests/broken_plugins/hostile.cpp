@@ -13,9 +13,10 @@ constexpr double kFree = NAN;  // unbounded
 // A sound parameter, placed first so that the bad one is not params[0].
 #define GOOD_PARAM {"width", "int", "8", 1, kFree, 0, 0, nullptr, "a sound parameter"}
 
-const char* kName = "hostile";
-const char* kVersion = "1.0.0";
-const char* kDescription = "hostile on purpose";
+// (Unused by the cases that put NULL in their place.)
+[[maybe_unused]] const char* kName = "hostile";
+[[maybe_unused]] const char* kVersion = "1.0.0";
+[[maybe_unused]] const char* kDescription = "hostile on purpose";
 
 #if HOSTILE_CASE == 1  // null_name
 const mfglab_param kParams[] = {GOOD_PARAM};
