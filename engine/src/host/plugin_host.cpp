@@ -51,8 +51,8 @@ bool LoadedPlugin::has_field(const std::string& f) const {
 
 bool FieldDecl::holds(const nlohmann::json& v) const {
   if (param.empty()) return true;
-  const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
-  return std::find(values.begin(), values.end(), text) != values.end();
+  // JSON equality: 3 and 3.0 are the same number.
+  return std::find(accepted.begin(), accepted.end(), v) != accepted.end();
 }
 
 std::string FieldDecl::condition() const {
@@ -264,7 +264,8 @@ std::string parse_fields(const char* text, const std::vector<mfglab_param>& para
         if (std::string(decl->type) == "string" || value.is_discarded()) value = v;
         if (const std::string problem = check_value(*decl, value); !problem.empty())
           return fmt::format("manifest field 'fields': entry \"{}\": value '{}' of parameter '{}': {}",
-                             printable(entry.c_str()), printable(v.c_str()), f.param, problem);
+                             printable(entry.c_str()), printable(v.c_str()), printable(f.param.c_str()), problem);
+        f.accepted.push_back(value);
       }
     }
     out.push_back(f);

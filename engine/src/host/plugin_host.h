@@ -39,6 +39,7 @@ struct FieldDecl {
   std::string name;
   std::string param;                 // empty: the field always holds
   std::vector<std::string> values;   // the parameter's values, as written in the manifest
+  std::vector<nlohmann::json> accepted;  // the same values as JSON, as the parameter holds them
   bool holds(const nlohmann::json& param_value) const;
   std::string condition() const;     // "parameterization = potential", or "" when unconditional
 };
