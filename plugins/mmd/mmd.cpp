@@ -141,15 +141,17 @@ class Mmd final : public mfglab::Metric, public mfglab::MetricCalibration {
   // The engine calls this once per run with the experiment's calibration set, so that every
   // run of a study is measured with the same kernel.
   std::string calibrate(const Tensor& calibration_set) override {
-    if (!median_heuristic_) return "";
     const auto y = calibration_set.detach().to(torch::kFloat64);
     if (y.dim() != 2 || y.size(0) < 2) throw mfglab::Error("mmd: the calibration set needs at least 2 points");
     calibrated_ = median_bandwidth(y);
     return "median-heuristic bandwidth " + describe(calibrated_, y.size(0));
   }
 
+  // Only the median heuristic takes a setting from data; fixed bandwidths need no calibration
+  // set (and the engine then builds none).
   void* capability(const char* id) override {
-    if (std::strcmp(id, mfglab::kMetricCalibration) == 0) return static_cast<mfglab::MetricCalibration*>(this);
+    if (median_heuristic_ && std::strcmp(id, mfglab::kMetricCalibration) == 0)
+      return static_cast<mfglab::MetricCalibration*>(this);
     return nullptr;
   }
 
