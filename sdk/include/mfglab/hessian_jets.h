@@ -283,6 +283,25 @@ inline void jet_backward_loop(const double* A, double* G, const double* d1, cons
   jet_backward_body<double>(A, G, d1, d2, d3, k, slabs, stride, n);
 }
 
+// S = sum_i (da_i)^2 and L = sum_i a_ii over the space directions i < d, for the nb elements
+// of a block starting at b0: the sums that the third-order sweep and its reverse share.
+template <class T>
+__attribute__((always_inline)) inline void jet3_square_and_laplacian(const T* A, int64_t d, int64_t k, int64_t stride,
+                                                                     int64_t b0, int64_t nb, T* __restrict sq,
+                                                                     T* __restrict lap) {
+  #pragma GCC ivdep
+  for (int64_t e = 0; e < nb; ++e) sq[e] = lap[e] = T(0);
+  for (int64_t i = 0; i < d; ++i) {
+    const T* __restrict ai = A + (1 + i) * stride + b0;
+    const T* __restrict aii = A + (1 + k + hessian_slab(i, i, k)) * stride + b0;
+    #pragma GCC ivdep
+    for (int64_t e = 0; e < nb; ++e) {
+      sq[e] += ai[e] * ai[e];
+      lap[e] += aii[e];
+    }
+  }
+}
+
 // The third-order slabs of kind potential through the activation, after jet_forward_body:
 //   Z_Tk = act''' a_k S + act'' (2 M_k + a_k L) + act' A_Tk,
 // with S = sum_i (da_i)^2, L = sum_i a_ii (Lap a), M_k = sum_i a_ik da_i over space
@@ -298,17 +317,7 @@ __attribute__((always_inline)) inline void jet3_forward_body(const T* A, T* Z, c
     const T* __restrict g2 = d2 + b0;
     const T* __restrict g3 = d3 + b0;
     T sq[kJetBlock], lap[kJetBlock];
-    #pragma GCC ivdep
-    for (int64_t e = 0; e < nb; ++e) sq[e] = lap[e] = T(0);
-    for (int64_t i = 0; i < d; ++i) {
-      const T* __restrict ai = A + (1 + i) * stride + b0;
-      const T* __restrict aii = A + pair(i, i) * stride + b0;
-      #pragma GCC ivdep
-      for (int64_t e = 0; e < nb; ++e) {
-        sq[e] += ai[e] * ai[e];
-        lap[e] += aii[e];
-      }
-    }
+    jet3_square_and_laplacian(A, d, k, stride, b0, nb, sq, lap);
     for (int64_t kk = 0; kk < d; ++kk) {
       const T* __restrict ak = A + (1 + kk) * stride + b0;
       const T* __restrict at = A + (1 + k + S + kk) * stride + b0;
@@ -347,17 +356,7 @@ __attribute__((always_inline)) inline void jet3_backward_body(const T* A, T* G, 
     const T* __restrict g3 = d3 + b0;
     const T* __restrict g4 = d4 + b0;
     T sq[kJetBlock], lap[kJetBlock];
-    #pragma GCC ivdep
-    for (int64_t e = 0; e < nb; ++e) sq[e] = lap[e] = T(0);
-    for (int64_t i = 0; i < d; ++i) {
-      const T* __restrict ai = A + (1 + i) * stride + b0;
-      const T* __restrict aii = A + pair(i, i) * stride + b0;
-      #pragma GCC ivdep
-      for (int64_t e = 0; e < nb; ++e) {
-        sq[e] += ai[e] * ai[e];
-        lap[e] += aii[e];
-      }
-    }
+    jet3_square_and_laplacian(A, d, k, stride, b0, nb, sq, lap);
     T* __restrict g0 = G + b0;
     for (int64_t kk = 0; kk < d; ++kk) {
       const T* __restrict ak = A + (1 + kk) * stride + b0;
