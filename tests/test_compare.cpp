@@ -14,9 +14,11 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <torch/types.h>
 
 #include "cli.h"
 #include "compare.h"
+#include "results.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -142,6 +144,46 @@ TEST_CASE("the wall-time column sums train and sample seconds over the seeds", "
   CHECK(table.find("3m32s") != std::string::npos);  // 212 s
   CHECK(format_json(rows)[0]["wall_seconds"] == Approx(212));
   CHECK(format_csv(rows).find(",wall_seconds\n") != std::string::npos);
+}
+
+TEST_CASE("the spread of the learned maps: mean distance between two seeds' images of the same points",
+          "[compare][maps]") {
+  TempDir tmp("compare_maps");
+  auto points = torch::tensor({{0.0, 0.0}, {1.0, 2.0}, {-1.0, 0.5}}, torch::kFloat64);
+  // Seed 1 moves every image by (3, 4), seed 2 by (0, 1): the pair distances are 5, 1 and |(3, 3)|.
+  const std::vector<std::vector<double>> shifts = {{0, 0}, {3, 4}, {0, 1}, {7, 7}};
+  for (uint64_t seed = 0; seed < 4; ++seed) {
+    Run r;
+    r.seed = seed, r.metrics = {{"nll", 1.0}};
+    if (seed == 3) r.status = "failed";  // its map is not a learned one: left out
+    write_run(tmp.path, r);
+    const fs::path dir = tmp.path / "study" / fmt::format("seed={}", seed);
+    mfglab::engine::save_npy((dir / "map.npy").string(), points + torch::tensor(shifts[seed], torch::kFloat64));
+  }
+  auto rows = collect_runs({tmp.str()});
+  REQUIRE(rows.size() == 1);
+  const auto& ms = rows[0].map_spread;
+  CHECK(ms.maps == 3);
+  REQUIRE(ms.distances.size() == 3);
+  CHECK(ms.distances[0] == Approx(5.0));
+  CHECK(ms.distances[1] == Approx(1.0));
+  CHECK(ms.distances[2] == Approx(std::sqrt(18.0)));
+  CHECK(ms.problem.empty());
+  const double mean = (6 + std::sqrt(18.0)) / 3;
+  CHECK(format_json(rows)[0]["map_spread"]["mean"].get<double>() == Approx(mean));
+  CHECK(format_table(rows).find(fmt::format("{:.4g}", mean)) != std::string::npos);
+
+  // A map of another shape is named and left out; a folder without maps has no section.
+  Run other;
+  other.seed = 5, other.metrics = {{"nll", 1.0}};
+  write_run(tmp.path, other);
+  mfglab::engine::save_npy((tmp.path / "study" / "seed=5" / "map.npy").string(), torch::zeros({2, 2}, torch::kFloat64));
+  rows = collect_runs({tmp.str()});
+  CHECK(rows[0].map_spread.maps == 3);
+  CHECK_THAT(rows[0].map_spread.problem, Catch::Contains("seed=5") && Catch::Contains("differs"));
+  TempDir bare("compare_no_maps");
+  write_run(bare.path, other);
+  CHECK(format_table(collect_runs({bare.str()})).find("learned maps") == std::string::npos);
 }
 
 TEST_CASE("per-seed values on request", "[compare]") {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "results.h"
 
 namespace fs = std::filesystem;
 using mfglab::test::mfglab_cli;
@@ -145,6 +146,52 @@ TEST_CASE("one failing run does not stop the others; the exit code reports it", 
   INFO(error);
   CHECK((error.find("non-finite loss term 'dsm'") != std::string::npos ||
          error.find("samples contain NaN") != std::string::npos));
+}
+
+TEST_CASE("sgm with loss none trains on its regularizers alone, and refuses to train on nothing", "[e2e]") {
+  TempDir tmp("e2e_loss_none");
+  auto exp = nlohmann::json::parse(tiny_experiment("none", 20, "[0]"));
+  exp["model"]["params"]["loss"] = "none";
+  exp["eval"]["metrics"] = nlohmann::json::array({{{"plugin", "escaped"}}});
+  exp["variants"] = {{"regularized", {{"regularizers", {{{"plugin", "terminal_ism"}, {"weight", 1.0}}}}}},
+                     {"bare", {{"train", {{"iterations", 10}}}}}};
+  auto file = tmp.file("exp.json", exp.dump());
+  auto r = mfglab_cli("run " + file + " --out " + tmp.str() + " --no-plots");
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  const fs::path run = tmp.path / "none" / "variant=regularized,seed=0";
+  auto good = summary(run);
+  CHECK(good["status"] == "ok");
+  // The loss log has the regularizer's column and none of the model's own.
+  const auto losses = read_text((run / "losses.csv").string());
+  const auto header = losses.substr(0, losses.find('\n'));
+  CHECK(header == "iteration,lr,total,terminal_ism,seconds");
+  CHECK(good["metrics"]["escaped_fraction"].is_number());
+  auto bare = summary(tmp.path / "none" / "variant=bare,seed=0");
+  CHECK(bare["status"] == "failed");
+  CHECK_THAT(bare["error"].get<std::string>(), Catch::Contains("nothing to train") && Catch::Contains("no regularizers"));
+}
+
+TEST_CASE("eval.map_points: every seed maps the same held-out points; compare reports the spread", "[e2e][maps]") {
+  TempDir tmp("e2e_maps");
+  auto exp = nlohmann::json::parse(tiny_experiment("maps", 5, "[2, 5]"));
+  exp["model"] = {{"plugin", "cnf"}, {"params", {{"width", 16}, {"depth", 2}, {"steps", 4}}}};
+  exp["eval"]["map_points"] = 30;
+  exp["eval"]["map_steps"] = 8;
+  auto file = tmp.file("exp.json", exp.dump());
+  auto r = mfglab_cli("run " + file + " --out " + tmp.str() + " --no-plots");
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto a = mfglab::engine::load_npy_array((tmp.path / "maps" / "seed=2" / "map.npy").string());
+  const auto b = mfglab::engine::load_npy_array((tmp.path / "maps" / "seed=5" / "map.npy").string());
+  CHECK(a.sizes() == at::IntArrayRef({30, 2}));
+  CHECK(a.scalar_type() == at::kDouble);
+  CHECK(!at::equal(a, b));  // two seeds, two networks
+  auto c = mfglab_cli("compare " + (tmp.path / "maps").string() + " --json");
+  REQUIRE(c.exit_code == 0);
+  const auto spread = nlohmann::json::parse(c.out)[0]["map_spread"];
+  CHECK(spread["maps"] == 2);
+  CHECK(spread["mean"].get<double>() == Approx((a - b).norm(2, 1).mean().item<double>()).epsilon(1e-12));
 }
 
 TEST_CASE("a metric that fails leaves the run, its model and the other metrics intact", "[e2e]") {

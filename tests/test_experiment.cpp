@@ -1105,6 +1105,26 @@ class CapturingLogger final : public mfglab::Logger {
 
 }  // namespace
 
+TEST_CASE("eval.map_points: validated, recorded only when on, and only for a model with a velocity", "[experiment][maps]") {
+  auto one_error = [](const std::string& text) {
+    auto lines = errors_of(text);
+    REQUIRE(lines.size() == 1);
+    return lines[0];
+  };
+  CHECK(one_error(patched(R"({"eval": {"map_points": 100}})")) ==
+        "bad.json: /eval/map_points: the learned map needs the model's 'velocity' field, which model 'sgm' does "
+        "not provide (it provides: score, log_prob, collocation)");
+  CHECK_THAT(one_error(patched(R"({"eval": {"map_points": -1}})")), Catch::StartsWith("bad.json: /eval/map_points: "));
+  CHECK_THAT(one_error(patched(R"({"eval": {"map_steps": 0}})")), Catch::StartsWith("bad.json: /eval/map_steps: "));
+  const auto cnf = R"({"model": {"plugin": "cnf", "params": {"width": 8}}, "eval": {"map_points": 40, "map_steps": 16}})";
+  auto ex = parse_experiment(patched(cnf), "good.json", host());
+  CHECK(ex.runs.at(0).eval.map_points == 40);
+  CHECK(ex.runs.at(0).config.at("eval").at("map_points") == 40);
+  CHECK(ex.runs.at(0).config.at("eval").at("map_steps") == 16);
+  auto off = parse_experiment(patched(R"({})"), "good.json", host());
+  CHECK(!off.runs.at(0).config.at("eval").contains("map_points"));
+}
+
 TEST_CASE("metrics are calibrated once per experiment, on the held-out data of one seed", "[experiment][calibration]") {
   SECTION("the calibration seed: the first seed, or eval.calibration_seed") {
     auto ex = parse_experiment(patched(R"({"seeds": [3, 1]})"), "good.json", host());

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -303,6 +304,31 @@ TEST_CASE("energy_distance matches the closed form for two 1-D Gaussians",
 TEST_CASE("energy_distance refuses inputs it cannot estimate from", "[metrics][energy_distance]") {
   CHECK_THROWS(energy(torch::zeros({1, 2}, kF64), torch::zeros({5, 2}, kF64)));
   CHECK_THROWS(energy(torch::zeros({5, 2}, kF64), torch::zeros({5, 3}, kF64)));
+}
+
+// ---- escaped ---------------------------------------------------------------------------
+
+TEST_CASE("escaped counts samples outside the widened box of the reference data", "[metrics][escaped]") {
+  // Reference box [0, 2] x [-1, 3]; margin 0.25 widens it to [-0.5, 2.5] x [-2, 4].
+  auto reference = torch::tensor({{0.0, -1.0}, {2.0, 3.0}, {1.0, 0.0}}, kF64);
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  auto samples = torch::tensor({{-0.49, 3.9},   // inside
+                                {2.5, -2.0},    // on the widened edge: inside
+                                {2.51, 0.0},    // x too large
+                                {1.0, -2.01},   // y too small
+                                {1.0, 1.0},     // inside
+                                {nan, 0.0},     // not finite: escaped
+                                {0.0, inf},     // escaped
+                                {1e30, 1e30}},  // escaped
+                               kF64);
+  MetricUnderTest metric("escaped", json{{"margin", 0.25}});
+  CHECK(metric(samples, reference, "escaped_fraction") == Approx(5.0 / 8).margin(1e-15));
+  // Without a margin the box is the reference's own: only the first two rows move out.
+  MetricUnderTest tight("escaped", json{{"margin", 0.0}});
+  CHECK(tight(samples, reference, "escaped_fraction") == Approx(7.0 / 8).margin(1e-15));
+  CHECK(tight(reference, reference, "escaped_fraction") == 0.0);
+  CHECK_THROWS(metric(samples, torch::zeros({3, 3}, kF64), "escaped_fraction"));
+  CHECK_THROWS(host().create_as<mfglab::Metric>("escaped", MFGLAB_KIND_METRIC, json{{"margin", -0.1}}, context(0)));
 }
 
 // ---- model-based metrics: nll and score_error ------------------------------------------

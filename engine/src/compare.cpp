@@ -203,6 +203,31 @@ std::map<uint64_t, const RunRecord*> ok_runs(const ConfigRow& r) {
   return out;
 }
 
+MapSpread map_spread(const std::vector<RunRecord>& runs) {
+  MapSpread spread;
+  std::vector<std::pair<std::string, at::Tensor>> maps;  // run id, [n, d] float64
+  std::vector<std::string> problems;
+  for (const auto& run : runs) {
+    if (run.map_file.empty()) continue;
+    try {
+      auto m = load_npy_array(run.map_file);
+      if (m.dim() != 2) throw Error(fmt::format("expected an [n, d] array, got {} dimensions", m.dim()));
+      if (!maps.empty() && m.sizes() != maps.front().second.sizes())
+        throw Error(fmt::format("shape [{}] differs from run {}'s [{}]", fmt::join(m.sizes(), ", "), maps.front().first,
+                                fmt::join(maps.front().second.sizes(), ", ")));
+      maps.emplace_back(run.run_id, m.to(at::kDouble));
+    } catch (const std::exception& e) {
+      problems.push_back(fmt::format("{}: {}", run.run_id, e.what()));
+    }
+  }
+  spread.maps = static_cast<int>(maps.size());
+  for (size_t a = 0; a < maps.size(); ++a)
+    for (size_t b = a + 1; b < maps.size(); ++b)
+      spread.distances.push_back((maps[a].second - maps[b].second).norm(2, 1).mean().item<double>());
+  if (!problems.empty()) spread.problem = "maps left out: " + fmt::format("{}", fmt::join(problems, "; "));
+  return spread;
+}
+
 ArmComparison compare_arm(const ConfigRow& arm, const ConfigRow& base, double level) {
   ArmComparison out;
   out.arm = &arm;
@@ -324,6 +349,9 @@ std::vector<ConfigRow> collect_runs(const std::vector<std::string>& paths) {
     run.ok = run.status == "ok";
     run.wall_seconds = number_or(s, "train_seconds", 0) + number_or(s, "sample_seconds", 0);
     if (run.ok) {
+      const auto map = fs::path(file).parent_path() / "map.npy";
+      std::error_code ec;
+      if (fs::is_regular_file(map, ec)) run.map_file = map.string();
       if (s.contains("metrics") && s.at("metrics").is_object())
         for (const auto& [k, v] : s["metrics"].items()) run.values.emplace_back(k, v.is_number() ? v.get<double>() : NAN);
       if (s.contains("seconds_per_iteration") && s.at("seconds_per_iteration").is_number())
@@ -343,6 +371,7 @@ std::vector<ConfigRow> collect_runs(const std::vector<std::string>& paths) {
       ++row.runs_ok;
       for (const auto& [k, v] : run.values) add_value(row, k, v);
     }
+    row.map_spread = map_spread(row.runs);
   }
   std::stable_sort(rows.begin(), rows.end(), [](const ConfigRow& a, const ConfigRow& b) {
     if (a.experiment != b.experiment) return natural_less(a.experiment, b.experiment);
@@ -527,6 +556,29 @@ std::string format_table(const std::vector<ConfigRow>& rows, const CompareOption
       }
     out += "\nper seed\n" + render(seeds);
   }
+  if (std::any_of(rows.begin(), rows.end(), [](const ConfigRow& r) { return r.map_spread.maps > 0; })) {
+    std::vector<std::vector<std::string>> maps = {{"experiment", "config", "maps", "pairs", "spread", "min", "max"}};
+    std::vector<std::string> problems;
+    for (const auto& r : rows) {
+      const auto& ms = r.map_spread;
+      if (ms.maps == 0) continue;
+      auto [m, s] = mean_std(ms.distances);
+      double lo = NAN, hi = NAN;
+      if (!ms.distances.empty()) {
+        lo = *std::min_element(ms.distances.begin(), ms.distances.end());
+        hi = *std::max_element(ms.distances.begin(), ms.distances.end());
+      }
+      const std::string spread = std::isnan(m)   ? std::string("n/a")
+                                 : std::isnan(s) ? fmt::format("{:.4g}", m)
+                                                 : fmt::format("{:.4g} ± {:.2g}", m, s);
+      maps.push_back({r.experiment, r.label, std::to_string(ms.maps), std::to_string(ms.distances.size()), spread,
+                      format_number(lo), format_number(hi)});
+      if (!ms.problem.empty()) problems.push_back(fmt::format("{}: {}", r.label, ms.problem));
+    }
+    out += "\nlearned maps (map.npy): mean distance between two seeds' images of the same held-out points, over pairs of seeds\n" +
+           render(maps);
+    for (const auto& p : problems) out += p + "\n";
+  }
   if (!options.baseline.empty()) out += paired_table(rows, pc);
   return out;
 }
@@ -607,6 +659,13 @@ nlohmann::json format_json(const std::vector<ConfigRow>& rows, const CompareOpti
                       {"wall_seconds", run.wall_seconds}, {"values", values}});
     }
     row["runs"] = runs;
+    if (r.map_spread.maps > 0) {
+      const auto& ms = r.map_spread;
+      auto [m, s] = mean_std(ms.distances);
+      row["map_spread"] = {{"maps", ms.maps}, {"pairs", ms.distances.size()}, {"mean", json_number(m)},
+                           {"std", json_number(s)}, {"distances", ms.distances}};
+      if (!ms.problem.empty()) row["map_spread"]["problem"] = ms.problem;
+    }
     if (!options.baseline.empty()) {
       if (std::find(pc.baselines.begin(), pc.baselines.end(), &r) != pc.baselines.end()) row["baseline"] = true;
       for (const auto& arm : pc.arms) {

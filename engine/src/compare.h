@@ -25,6 +25,16 @@ struct RunRecord {
   // "sec/iter" (seconds_per_iteration).
   std::vector<std::pair<std::string, double>> values;
   double wall_seconds = 0;  // train_seconds + sample_seconds, as far as the summary has them
+  std::string map_file;     // the run's map.npy (eval.map_points), when it is ok and has one
+};
+
+// How far apart the maps learned by different seeds of one configuration are: for each pair
+// of runs, the mean Euclidean distance between their images (map.npy) of the same held-out
+// points.
+struct MapSpread {
+  int maps = 0;                      // runs with a map.npy
+  std::vector<double> distances;     // one per pair of those runs
+  std::string problem;               // why some maps were not compared, when that happened
 };
 
 struct ConfigRow {
@@ -39,6 +49,7 @@ struct ConfigRow {
   double wall_seconds = 0;      // sum of the runs' wall_seconds
   // summary.json's optional "metric_better": value name -> "lower" | "higher".
   std::map<std::string, std::string> metric_better;
+  MapSpread map_spread;
 };
 
 // The timing column; not a metric (never tested against a baseline).

@@ -325,9 +325,15 @@ void read_config(const nlohmann::json& cfg, Checker& c, const PluginHost& host, 
 
   if (cfg.contains("eval") && c.object_at(cfg.at("eval"), "/eval")) {
     const auto& e = cfg.at("eval");
-    c.only_keys(e, "/eval", {"samples", "every", "metrics", "calibration_seed"});
+    c.only_keys(e, "/eval", {"samples", "every", "metrics", "calibration_seed", "map_points", "map_steps"});
     c.number(e, "/eval", "samples", run.eval.samples, 1, 1e8);
     c.number(e, "/eval", "every", run.eval.every, 0, 1e9);
+    c.number(e, "/eval", "map_points", run.eval.map_points, 0, 1e7);
+    c.number(e, "/eval", "map_steps", run.eval.map_steps, 1, 1e6);
+    if (run.eval.map_points > 0 && model != nullptr && !model->has_field("velocity", run.model.params))
+      c.error("/eval/map_points", fmt::format("the learned map needs the model's 'velocity' field, which model '{}' "
+                                              "does not provide (it provides: {})",
+                                              model->name(), join(model->fields_for(run.model.params))));
     if (e.contains("calibration_seed")) {
       const auto& v = e.at("calibration_seed");
       if (!v.is_number_unsigned()) c.error("/eval/calibration_seed", "expected a non-negative integer, got " + show(v));
@@ -1016,6 +1022,11 @@ Experiment parse_experiment(const std::string& text, const std::string& file, co
                      {"every", spec.eval.every},
                      {"metrics", metrics},
                      {"calibration_seed", *spec.eval.calibration_seed}};
+      // Recorded only when on, so that the configurations of runs without it stay as they were.
+      if (spec.eval.map_points > 0) {
+        cfg["eval"]["map_points"] = spec.eval.map_points;
+        cfg["eval"]["map_steps"] = spec.eval.map_steps;
+      }
       if (!spec.eval.skipped_metrics.empty()) {
         nlohmann::json skipped = nlohmann::json::array();
         for (const auto& sm : spec.eval.skipped_metrics) {

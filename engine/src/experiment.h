@@ -64,6 +64,11 @@ struct EvalConfig {
   // The seed whose held-out data calibrates data-dependent metric settings
   // ("mfglab.metric_calibration/1"); unset in a file: the experiment's first seed.
   std::optional<uint64_t> calibration_seed;
+  // The learned map, for comparing flows across seeds: the images at the horizon of the
+  // first map_points held-out points of calibration_seed (the same points in every run),
+  // carried by RK4 with map_steps steps along the model's velocity, into map.npy. 0 = off.
+  int64_t map_points = 0;
+  int64_t map_steps = 64;
   std::vector<PluginUse> metrics;
   std::vector<SkippedMetric> skipped_metrics;  // files with variants only
 };

@@ -148,6 +148,12 @@ json eval_settings_schema(const PluginHost& host) {
             {"calibration_seed", described(integer(0),
                                            "the seed whose held-out data calibrates data-dependent metric settings "
                                            "(mmd's median-heuristic bandwidth) for every run; default: the first seed")},
+            {"map_points", described(integer(0, 1e7),
+                                     "write map.npy: the images at the horizon of the first N held-out points of "
+                                     "calibration_seed under the model's flow (needs its velocity); compare then "
+                                     "reports the spread of the maps across seeds; 0: off",
+                                     d.map_points)},
+            {"map_steps", described(integer(1, 1e6), "RK4 steps of the flow that makes map.npy", d.map_steps)},
             {"metrics", described({{"type", "array"},
                                    {"items", plugin_uses(host, MFGLAB_KIND_METRIC,
                                                          {{"label", described({{"type", "string"}, {"minLength", 1}},

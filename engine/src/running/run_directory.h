@@ -18,6 +18,7 @@ inline constexpr const char* evals = "evals.json";
 inline constexpr const char* log = "log.txt";
 inline constexpr const char* samples = "samples.npy";
 inline constexpr const char* data = "data.npy";
+inline constexpr const char* map = "map.npy";  // with eval.map_points only
 inline constexpr const char* lock = ".lock";
 }  // namespace run_files
 

@@ -24,6 +24,7 @@
 #include "fused_adam.h"
 #include "gemm_backend.h"
 #include "text.h"
+#include "mfglab/flow.h"
 #include "mfglab/sdk.h"
 #include "model_arrays.h"
 #include "plot.h"
@@ -551,7 +552,11 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
           terms.push_back({use.plugin, use.weight * o.regularizers[r]->penalty(*o.model, batch)});
         });
       }
-      if (terms.empty()) throw Error(fmt::format("model '{}' returned no loss terms", spec.model.plugin));
+      if (terms.empty())
+        throw Error(fmt::format("nothing to train: model '{}' returned no loss terms and the experiment has no "
+                                "regularizers (a model whose own loss is off, such as sgm with loss \"none\", "
+                                "needs at least one)",
+                                spec.model.plugin));
       torch::Tensor total = torch::zeros({}, train.options());
       std::vector<double> values;
       for (const auto& term : terms) {
@@ -664,10 +669,25 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     nlohmann::json metric_better = nlohmann::json::object();
     auto metrics = evaluate(spec, o, samples, metric_errors, host, &metric_better);
     for (const auto& [_, message] : metric_errors) logger.warn(message);
+    // The learned map on points every run shares. Like a metric, a failure here is reported
+    // and leaves the run intact.
+    torch::Tensor learned_map;
+    std::string map_error;
+    if (spec.eval.map_points > 0) {
+      try {
+        const auto shared = calibration_set(spec, host, ctx, o);
+        const auto x0 = shared.slice(0, 0, std::min<int64_t>(spec.eval.map_points, shared.size(0)));
+        learned_map = flow_path(*o.model, x0, 0.0, o.model->horizon(), spec.eval.map_steps)[spec.eval.map_steps];
+      } catch (const std::exception& e) {
+        map_error = fmt::format("the learned map (eval.map_points) was not computed: {}", e.what());
+        logger.warn(map_error);
+      }
+    }
 
     if (writer) {
       save_npy(rd.file(run_files::samples), samples.to(ctx.dtype));
       save_npy(rd.file(run_files::data), figure_data);
+      if (learned_map.defined()) save_npy(rd.file(run_files::map), learned_map.to(torch::kFloat64));
       if (opt.plots) {
         // Figures are a convenience: a drawing failure must not fail a finished run.
         for (const auto& problem : write_model_arrays(*o.model, host.find(spec.model.plugin)->fields_for(spec.model.params), figure_data, dir))
@@ -687,6 +707,7 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       summary["metrics"] = metrics;
       summary["metric_better"] = metric_better;
       if (!metric_errors.empty()) summary["metric_errors"] = metric_errors;
+      if (!map_error.empty()) summary["map_error"] = map_error;
       summary["threads"] = opt.threads;
       if (group) summary["data_parallel_ranks"] = group->size();
       summary["float_gemm"] = gemm_backend();  // timings depend on it (gemm_backend.cpp)
