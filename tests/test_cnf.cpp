@@ -18,7 +18,7 @@
 
 #include "catch_checks.h"
 #include "plugin_host.h"
-#include "../plugins/cnf/ode.h"
+#include <mfglab/ode.h>
 
 namespace {
 
@@ -120,22 +120,22 @@ TEST_CASE("cnf solvers: rk4 and dopri5 on linear ODEs with closed-form solutions
 
   for (auto [t0, t1] : {std::pair{0.0, 1.0}, std::pair{1.0, 0.0}, std::pair{0.3, 2.0}}) {
     INFO("t0 = " << t0 << ", t1 = " << t1);
-    mfglab::cnf::SolveStats rs;
-    auto r = mfglab::cnf::rk4(spiral, y0, t0, t1, 400, &rs);
+    mfglab::ode::SolveStats rs;
+    auto r = mfglab::ode::rk4(spiral, y0, t0, t1, 400, &rs);
     CHECK(max_abs(r - exact_spiral(t0, t1)) < 1e-8);  // measured 3e-10
     CHECK(rs.nfe == 1600);
     // Fourth order: 10 -> 20 steps divides the error by about 16.
-    const double e10 = max_abs(mfglab::cnf::rk4(spiral, y0, t0, t1, 10) - exact_spiral(t0, t1));
-    const double e20 = max_abs(mfglab::cnf::rk4(spiral, y0, t0, t1, 20) - exact_spiral(t0, t1));
+    const double e10 = max_abs(mfglab::ode::rk4(spiral, y0, t0, t1, 10) - exact_spiral(t0, t1));
+    const double e20 = max_abs(mfglab::ode::rk4(spiral, y0, t0, t1, 20) - exact_spiral(t0, t1));
     CHECK(e10 / e20 > 12);
     CHECK(e10 / e20 < 20);
 
     for (double tol : {1e-5, 1e-10}) {
-      mfglab::cnf::Dopri5Options o;
+      mfglab::ode::Dopri5Options o;
       o.rtol = o.atol = tol;
-      mfglab::cnf::SolveStats s1, s2;
-      const double err1 = max_abs(mfglab::cnf::dopri5(spiral, y0, t0, t1, o, &s1) - exact_spiral(t0, t1));
-      const double err2 = max_abs(mfglab::cnf::dopri5(gauss, y0, t0, t1, o, &s2) - exact_gauss(t0, t1));
+      mfglab::ode::SolveStats s1, s2;
+      const double err1 = max_abs(mfglab::ode::dopri5(spiral, y0, t0, t1, o, &s1) - exact_spiral(t0, t1));
+      const double err2 = max_abs(mfglab::ode::dopri5(gauss, y0, t0, t1, o, &s2) - exact_gauss(t0, t1));
       INFO("tol " << tol << ": errors " << err1 << " (" << s1.nfe << " NFE), " << err2 << " (" << s2.nfe << " NFE)");
       // Local error control: the global error is a small multiple of the tolerance.
       CHECK(err1 < 50 * tol);
@@ -145,15 +145,15 @@ TEST_CASE("cnf solvers: rk4 and dopri5 on linear ODEs with closed-form solutions
       else CHECK(s1.nfe < 100);
     }
   }
-  mfglab::cnf::Dopri5Options o;
+  mfglab::ode::Dopri5Options o;
   o.rtol = o.atol = 1e-12;
   o.max_steps = 5;
-  CHECK_THROWS_WITH(mfglab::cnf::dopri5(spiral, y0, 0.0, 1.0, o), Catch::Contains("max_steps = 5"));
+  CHECK_THROWS_WITH(mfglab::ode::dopri5(spiral, y0, 0.0, 1.0, o), Catch::Contains("max_steps = 5"));
   o.rtol = 0;
-  CHECK_THROWS_WITH(mfglab::cnf::dopri5(spiral, y0, 0.0, 1.0, o), Catch::Contains("rtol > 0"));
+  CHECK_THROWS_WITH(mfglab::ode::dopri5(spiral, y0, 0.0, 1.0, o), Catch::Contains("rtol > 0"));
   // NaN from t > 0.5 on: the first stage past it is the second of step 3 (t = 0.625).
   auto blowup = [](const Tensor& y, double t) { return t > 0.5 ? y * std::nan("") : y; };
-  CHECK_THROWS_WITH(mfglab::cnf::rk4(blowup, y0, 0.0, 1.0, 4), Catch::Contains("non-finite state in rk4 at step 3 (t = 0.75"));
+  CHECK_THROWS_WITH(mfglab::ode::rk4(blowup, y0, 0.0, 1.0, 4), Catch::Contains("non-finite state in rk4 at step 3 (t = 0.75"));
 }
 
 TEST_CASE("cnf: log_prob is the change of variables with the exact divergence", "[cnf]") {
@@ -393,6 +393,42 @@ TEST_CASE("flow_path and the transport metric on flows with closed forms", "[cnf
   // Without a model the metrics say why they cannot run.
   in.model = nullptr;
   CHECK_THROWS_WITH(inv->evaluate(in), Catch::Contains("no model"));
+}
+
+TEST_CASE("nfe counts the adaptive solver's evaluations along the model's flow", "[cnf][metric]") {
+  Setup s(json{{"width", 8}, {"depth", 1}}, 1);
+  auto x0 = randn({300, 2}, 31, 2.0);
+  mfglab::MetricInput in;
+  in.reference = x0;
+  auto nfe_of = [&](mfglab::Model& model, const json& params) {
+    in.model = &model;
+    auto m = s.metric("nfe", params)->evaluate(in);
+    REQUIRE(m.size() == 2);
+    REQUIRE(m[0].first == "nfe");
+    REQUIRE(m[1].first == "nfe_rejected");
+    return std::make_pair(m[0].second, m[1].second);
+  };
+  // The same solve as dopri5 itself on the first max_points points of the same field.
+  KnownFlow rot(1.5, {0.0, 0.0}, false);
+  mfglab::ode::Dopri5Options o;
+  o.rtol = o.atol = 1e-6;
+  mfglab::ode::SolveStats direct;
+  auto field = [&](const torch::Tensor& x, double t) { return rot.velocity(x, torch::full({x.size(0), 1}, t, x.options())); };
+  auto end = mfglab::ode::dopri5(field, x0.slice(0, 0, 200), 0.0, 1.0, o, &direct);
+  CHECK(max_abs(end - rotate(x0.slice(0, 0, 200), 1.5)) < 1e-5);
+  const auto [slow, rejected] = nfe_of(rot, json{{"rtol", 1e-6}, {"atol", 1e-6}, {"max_points", 200}});
+  CHECK(slow == static_cast<double>(direct.nfe));
+  CHECK(rejected == static_cast<double>(direct.rejected));
+  // Two evaluations choose the first step, each step attempt costs six (FSAL).
+  CHECK(static_cast<int64_t>(slow) == 2 + 6 * (direct.accepted + direct.rejected));
+  // Four times the angle in the same time: more steps; a tighter tolerance: more too.
+  KnownFlow fast(6.0, {0.0, 0.0}, false);
+  CHECK(nfe_of(fast, json{{"rtol", 1e-6}, {"atol", 1e-6}, {"max_points", 200}}).first > slow);
+  CHECK(nfe_of(rot, json{{"rtol", 1e-9}, {"atol", 1e-9}, {"max_points", 200}}).first > slow);
+  // A solve that cannot finish within max_steps says so.
+  in.model = &fast;
+  CHECK_THROWS_WITH(s.metric("nfe", json{{"rtol", 1e-10}, {"atol", 1e-10}, {"max_steps", 3}})->evaluate(in),
+                    Catch::Contains("max_steps = 3"));
 }
 
 TEST_CASE("otflow offers its RK4 as a flow map", "[cnf][otflow]") {

@@ -12,7 +12,7 @@
 //             over `probes` draws.
 // Loss        NLL = mean over the batch of -log p(x), in nats, back-propagated through the
 //             solver (discretise-then-optimise).
-// Solvers     rk4 (fixed steps) or dopri5 (adaptive, rtol/atol); see ode.h.
+// Solvers     rk4 (fixed steps) or dopri5 (adaptive, rtol/atol); see <mfglab/ode.h>.
 // Fast path   with rk4 and the exact (forward sweep) or Hutchinson divergence, the training
 //             loss and its gradient, and log_prob, come from a hand-written kernel
 //             (cnf_kernel.h) instead of autograd's graph: the same quantities up to rounding
@@ -24,10 +24,10 @@
 #include <vector>
 
 #include <mfglab/nn.h>
+#include <mfglab/ode.h>
 #include <mfglab/plugin.h>
 
 #include "cnf_loss.h"
-#include "ode.h"
 
 namespace {
 
@@ -111,7 +111,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 
   mfglab::LossTerms loss(const Tensor& batch) override {
     check_points(batch, "batch");
-    mfglab::cnf::SolveStats stats;
+    mfglab::ode::SolveStats stats;
     Tensor nll;
     if (use_kernel(hutchinson_, steps_) && !batch.requires_grad()) {
       auto x = batch.to(options_);
@@ -137,7 +137,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     check_points(x, "points");
     // No parameter graph: autograd is switched on inside the right-hand side only.
     torch::NoGradGuard no_grad;
-    mfglab::cnf::SolveStats stats;
+    mfglab::ode::SolveStats stats;
     Tensor lp;
     if (use_kernel(eval_hutchinson_, eval_steps_)) {
       auto xs = x.to(options_);
@@ -158,7 +158,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
   Tensor sample(int64_t n) override {
     if (n < 0) throw Error("cannot draw " + std::to_string(n) + " samples");
     auto z = torch::randn({n, d_}, generator_, options_);
-    mfglab::cnf::SolveStats stats;
+    mfglab::ode::SolveStats stats;
     auto x = flow(z, kT, 0.0, &stats);
     info(cat("cnf: sampling ", n, " points took ", stats.nfe, " function evaluations"));
     return x.contiguous();
@@ -186,7 +186,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
       ti = torch::rand({x0.size(0), 1}, generator_, options_) * kT;
     }
     auto f = [&](const Tensor& y, double s) { return ti * field(y, ti * s); };
-    auto x = mfglab::cnf::rk4(f, x0, 0.0, 1.0, steps_);
+    auto x = mfglab::ode::rk4(f, x0, 0.0, 1.0, steps_);
     return {x, ti};
   }
 
@@ -307,21 +307,21 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     return torch::cat({v, div.unsqueeze(1)}, 1);
   }
 
-  mfglab::cnf::Rhs plain_rhs() {
+  mfglab::ode::Rhs plain_rhs() {
     return [this](const Tensor& y, double t) { return field(y, t); };
   }
 
-  Tensor solve(const mfglab::cnf::Rhs& f, const Tensor& y, double t0, double t1, bool adaptive,
-               int64_t steps, mfglab::cnf::SolveStats* stats) {
-    if (adaptive) return mfglab::cnf::dopri5(f, y, t0, t1, dopri_, stats);
-    return mfglab::cnf::rk4(f, y, t0, t1, steps, stats);
+  Tensor solve(const mfglab::ode::Rhs& f, const Tensor& y, double t0, double t1, bool adaptive,
+               int64_t steps, mfglab::ode::SolveStats* stats) {
+    if (adaptive) return mfglab::ode::dopri5(f, y, t0, t1, dopri_, stats);
+    return mfglab::ode::rk4(f, y, t0, t1, steps, stats);
   }
 
   // log p(x) by the change of variables, [N]; differentiable when grad mode is on.
   Tensor log_density(const Tensor& x, bool hutchinson, bool adaptive, int64_t steps,
-                     mfglab::cnf::SolveStats* stats) {
+                     mfglab::ode::SolveStats* stats) {
     Tensor eps = hutchinson ? draw_probes(x.size(0)) : Tensor();
-    mfglab::cnf::Rhs f;
+    mfglab::ode::Rhs f;
     if (hutchinson) f = [this, eps](const Tensor& z, double t) { return augmented_rhs(z, t, eps); };
     else if (autograd_trace_) f = [this](const Tensor& z, double t) { return augmented_rhs(z, t, Tensor()); };
     else f = [this](const Tensor& z, double t) { return forward_rhs(z, t); };
@@ -332,7 +332,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
   }
 
   // The evaluation solver on dx/dt = v, detached.
-  Tensor flow(const Tensor& x, double t0, double t1, mfglab::cnf::SolveStats* stats) {
+  Tensor flow(const Tensor& x, double t0, double t1, mfglab::ode::SolveStats* stats) {
     torch::NoGradGuard no_grad;
     return solve(plain_rhs(), x, t0, t1, adaptive_, eval_steps_, stats).detach();
   }
@@ -342,7 +342,7 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
   int threads_;
   bool fused_;  // the hand-written kernel where it applies (use_kernel)
   bool adaptive_ = false, hutchinson_ = false, eval_hutchinson_ = false, rademacher_ = true;
-  mfglab::cnf::Dopri5Options dopri_;
+  mfglab::ode::Dopri5Options dopri_;
   torch::Generator generator_;  // shares the run generator's state
   torch::TensorOptions options_;
   mfglab::Logger* logger_;      // the run's; not owned; may be null outside a run

@@ -1,6 +1,7 @@
-// ODE solvers of the cnf plugin, on tensors, differentiable (every stage is plain tensor
-// arithmetic, so autograd can back-propagate through a solve: discretise-then-optimise).
-// Kept in a header so that tests can check them on equations with known solutions.
+// ODE solvers on tensors, differentiable (every stage is plain tensor arithmetic, so
+// autograd can back-propagate through a solve: discretise-then-optimise). One step size
+// serves the whole batch (the error norm is taken over every entry). Used by the cnf model
+// and the nfe metric; header-only.
 //
 //   rk4     classical fourth-order Runge-Kutta with a fixed number of equal steps;
 //   dopri5  Dormand-Prince 5(4) with FSAL, local extrapolation (the fifth-order solution is
@@ -13,10 +14,10 @@
 #include <functional>
 #include <string>
 
-#include <mfglab/flow.h>
-#include <mfglab/sdk.h>
+#include "mfglab/flow.h"
+#include "mfglab/sdk.h"
 
-namespace mfglab::cnf {
+namespace mfglab::ode {
 
 // f(y, t) -> dy/dt, same shape as y.
 using Rhs = std::function<torch::Tensor(const torch::Tensor&, double)>;
@@ -156,4 +157,4 @@ inline torch::Tensor dopri5(const Rhs& f, torch::Tensor y, double t0, double t1,
   return y;
 }
 
-}  // namespace mfglab::cnf
+}  // namespace mfglab::ode
