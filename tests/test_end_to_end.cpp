@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -244,6 +245,60 @@ TEST_CASE("an out-of-tree plugin builds against the installed SDK and runs in th
   auto compile = shell("cmake --build " + build);
   INFO(compile.out << compile.err);
   REQUIRE(compile.exit_code == 0);
+
+  // A plugin written before the numerics toolkit was split off: plain mfglab_add_plugin, and
+  // <mfglab/blas.h> included from a header beside its source. The scan links BLAS, or
+  // --no-undefined would refuse the library.
+  const fs::path legacy = tmp.path / "legacy";
+  fs::create_directories(legacy);
+  std::ofstream(legacy / "CMakeLists.txt") << R"(cmake_minimum_required(VERSION 3.25)
+project(legacy_plugin LANGUAGES CXX)
+find_package(mfglab REQUIRED)
+if(NOT mfglab_NUMERICS_VERSION MATCHES "^[0-9]+\\.[0-9]+$")
+  message(FATAL_ERROR "mfglab_NUMERICS_VERSION is '${mfglab_NUMERICS_VERSION}'")
+endif()
+mfglab_add_plugin(legacy_blas SOURCES legacy_blas.cpp)
+)";
+  std::ofstream(legacy / "squares.h") << R"(#pragma once
+#include <mfglab/blas.h>
+#include <mfglab/sdk.h>
+// trace(X^T X) by one BLAS product: the sum of squares of X [n, d] (float64, contiguous).
+inline double sum_of_squares(const torch::Tensor& x) {
+  const int n = static_cast<int>(x.size(0)), d = static_cast<int>(x.size(1));
+  auto g = torch::zeros({d, d}, torch::kFloat64);
+  mfglab::blas::gemm(true, false, d, d, n, 1.0, x.data_ptr<double>(), d, x.data_ptr<double>(), d, 0.0,
+                     g.data_ptr<double>(), d);
+  return g.trace().item<double>();
+}
+)";
+  std::ofstream(legacy / "legacy_blas.cpp") << R"(#include <mfglab/plugin.h>
+#include "squares.h"
+namespace {
+class SumOfSquares final : public mfglab::Metric {
+ public:
+  SumOfSquares(const mfglab::Params&, const mfglab::RunContext&) {}
+  mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {
+    return {{"sum_of_squares", sum_of_squares(in.samples.to(torch::kFloat64).contiguous())}};
+  }
+};
+}  // namespace
+MFGLAB_PLUGIN(SumOfSquares, MFGLAB_KIND_METRIC, "legacy_blas", "1.0.0", "sum of squares by BLAS", "")
+)";
+  const std::string legacy_build = tmp.str() + "/legacy-build";
+  auto legacy_configure = shell("cmake -S " + legacy.string() + " -B " + legacy_build +
+                                " -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=" + prefix);
+  INFO(legacy_configure.out << legacy_configure.err);
+  REQUIRE(legacy_configure.exit_code == 0);
+  auto legacy_compile = shell("cmake --build " + legacy_build);
+  INFO(legacy_compile.out << legacy_compile.err);
+  REQUIRE(legacy_compile.exit_code == 0);
+  auto points = torch::arange(12, torch::kFloat64).reshape({6, 2});
+  mfglab::engine::save_npy(tmp.str() + "/points.npy", points);
+  auto squares = shell(prefix + "/bin/mfglab --plugin-dir " + legacy_build + " metric legacy_blas --samples " +
+                       tmp.str() + "/points.npy --data " + tmp.str() + "/points.npy --json");
+  INFO(squares.out << squares.err);
+  REQUIRE(squares.exit_code == 0);
+  CHECK(nlohmann::json::parse(squares.out)["sum_of_squares"].get<double>() == Approx(506.0));  // 0² + ... + 11²
 
   auto describe = shell(prefix + "/bin/mfglab --plugin-dir " + build + " describe gaussian_blob");
   CHECK(describe.exit_code == 0);

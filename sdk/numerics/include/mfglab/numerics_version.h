@@ -1,0 +1,13 @@
+// The version of the numerics toolkit (sdk/numerics/include/mfglab/: networks, ODE
+// solvers, HJB and score-PDE residuals, energies, BLAS products, array readers).
+//
+// The toolkit is header-only: a plugin compiles its own copy, so nothing of it crosses the
+// plugin boundary and its version never decides whether a plugin loads (that is the ABI
+// core's SDK version, <mfglab/manifest.h>). It versions the source API instead:
+//   - a minor bump adds functions or parameters with defaults; plugins keep compiling;
+//   - a major bump changes or removes something a plugin may call.
+// find_package(mfglab) reports it as mfglab_NUMERICS_VERSION.
+#pragma once
+
+#define MFGLAB_NUMERICS_VERSION_MAJOR 1
+#define MFGLAB_NUMERICS_VERSION_MINOR 0
