@@ -155,7 +155,8 @@ TEST_CASE("sgm with loss none trains on its regularizers alone, and refuses to t
   exp["model"]["params"]["loss"] = "none";
   exp["eval"]["metrics"] = nlohmann::json::array({{{"plugin", "escaped"}}});
   exp["variants"] = {{"regularized", {{"regularizers", {{{"plugin", "terminal_ism"}, {"weight", 1.0}}}}}},
-                     {"bare", {{"train", {{"iterations", 10}}}}}};
+                     {"bare", {{"train", {{"iterations", 10}}}}},
+                     {"zero", {{"regularizers", {{{"plugin", "terminal_ism"}, {"weight", 0.0}}}}}}};
   auto file = tmp.file("exp.json", exp.dump());
   auto r = mfglab_cli("run " + file + " --out " + tmp.str() + " --no-plots");
   INFO(r.out << r.err);
@@ -171,6 +172,43 @@ TEST_CASE("sgm with loss none trains on its regularizers alone, and refuses to t
   auto bare = summary(tmp.path / "none" / "variant=bare,seed=0");
   CHECK(bare["status"] == "failed");
   CHECK_THAT(bare["error"].get<std::string>(), Catch::Contains("nothing to train") && Catch::Contains("no regularizers"));
+  // Only a weight-0 term: nothing depends on the parameters.
+  auto zero = summary(tmp.path / "none" / "variant=zero,seed=0");
+  CHECK(zero["status"] == "failed");
+  CHECK_THAT(zero["error"].get<std::string>(), Catch::Contains("nothing to train") && Catch::Contains("weight 0"));
+}
+
+TEST_CASE("a regularizer at weight 0 keeps its column but is not evaluated", "[e2e]") {
+  TempDir tmp("e2e_weight0");
+  // hjb with equation mfg refuses a score model at its first penalty: evaluated, it fails the run.
+  auto exp = nlohmann::json::parse(tiny_experiment("weight0", 10, "[0]"));
+  exp["model"]["params"]["parameterization"] = "potential";
+  exp["hamiltonian"] = {{"plugin", "quadratic"}};
+  exp["eval"]["metrics"] = nlohmann::json::array({{{"plugin", "escaped"}}});
+  auto hjb = [](double weight) {
+    return nlohmann::json::array({{{"plugin", "hjb"}, {"weight", weight}, {"params", {{"equation", "mfg"}}}}});
+  };
+  exp["sweep"] = {{"regularizers", {hjb(0.0), hjb(0.1)}}};
+  auto file = tmp.file("exp.json", exp.dump());
+  auto r = mfglab_cli("run " + file + " --out " + tmp.str() + " --no-plots");
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  int ok = 0, failed = 0;
+  for (const auto& e : fs::directory_iterator(tmp.path / "weight0")) {
+    if (!fs::exists(e.path() / "summary.json")) continue;  // the experiment's own files
+    auto s = summary(e.path());
+    if (s["status"] == "ok") {
+      ++ok;
+      const auto losses = read_text((e.path() / "losses.csv").string());
+      CHECK(losses.substr(0, losses.find('\n')) == "iteration,lr,total,dsm,hjb,seconds");
+      CHECK(s["final_loss"]["hjb"] == 0.0);
+    } else {
+      ++failed;
+      CHECK_THAT(s["error"].get<std::string>(), Catch::Contains("equation \"mfg\" does not apply"));
+    }
+  }
+  CHECK(ok == 1);
+  CHECK(failed == 1);
 }
 
 TEST_CASE("eval.map_points: every seed maps the same held-out points; compare reports the spread", "[e2e][maps]") {

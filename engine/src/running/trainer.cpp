@@ -548,6 +548,12 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
       stage(model_name + " loss", [&] { terms = o.model->loss(batch); });
       for (size_t r = 0; r < o.regularizers.size(); ++r) {
         const auto& use = spec.regularizers[r];
+        // A weight-0 term (the baseline of a weight sweep) keeps its column in losses.csv but
+        // costs nothing: its penalty, and the graph behind it, would only be multiplied by 0.
+        if (use.weight == 0) {
+          terms.push_back({use.plugin, torch::zeros({}, train.options())});
+          continue;
+        }
         stage("regularizer '" + use.plugin + "'", [&] {
           terms.push_back({use.plugin, use.weight * o.regularizers[r]->penalty(*o.model, batch)});
         });
@@ -595,6 +601,9 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
         header.push_back("seconds");
         losses_csv = csv_line(header);
       }
+      if (!total.requires_grad())
+        throw Error("nothing to train: no loss term depends on the parameters (the model has no loss of its own "
+                    "and every regularizer has weight 0?)");
       optimizer->zero_grad();
       stage("backward pass", [&] { (group ? total * share : total).backward(); });
       if (group) {
