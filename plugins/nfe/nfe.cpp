@@ -28,11 +28,7 @@ class Nfe final : public mfglab::Metric {
     auto x0 = mfglab::flow_metric_start(in, max_points_, "nfe").to(options_);
     torch::NoGradGuard no_grad;
     auto& model = *in.model;
-    const int64_t n = x0.size(0);
-    auto field = [&](const torch::Tensor& x, double t) {
-      auto tt = torch::full({n, 1}, t, x.options());
-      return (model.velocity(x, tt) + model.drift(x, tt)).detach();
-    };
+    auto field = [&](const torch::Tensor& x, double t) { return mfglab::flow_field(model, x, t); };
     mfglab::ode::SolveStats stats;
     mfglab::ode::dopri5(field, x0, 0.0, model.horizon(), dopri_, &stats);
     return {{"nfe", static_cast<double>(stats.nfe)}, {"nfe_rejected", static_cast<double>(stats.rejected)}};

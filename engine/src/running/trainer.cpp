@@ -678,11 +678,11 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
     nlohmann::json metric_better = nlohmann::json::object();
     auto metrics = evaluate(spec, o, samples, metric_errors, host, &metric_better);
     for (const auto& [_, message] : metric_errors) logger.warn(message);
-    // The learned map on points every run shares. Like a metric, a failure here is reported
-    // and leaves the run intact.
+    // The learned map on points every run shares, computed where it is written. Like a
+    // metric, a failure here is reported and leaves the run intact.
     torch::Tensor learned_map;
     std::string map_error;
-    if (spec.eval.map_points > 0) {
+    if (spec.eval.map_points > 0 && writer) {
       try {
         const auto shared = calibration_set(spec, host, ctx, o);
         const auto x0 = shared.slice(0, 0, std::min<int64_t>(spec.eval.map_points, shared.size(0)));

@@ -24,6 +24,12 @@ torch::Tensor rk4_step(F&& f, const torch::Tensor& y, double t, double h) {
 // Runs without autograd (the fields are called under a NoGradGuard; a model that needs
 // autograd inside velocity() must enable it there itself) and returns a detached tensor.
 // Throws mfglab::Error on bad shapes or a non-finite state, naming the step and its time.
+// The deterministic field dx/dt = v(x, t) + b(x, t) of a batch x [N, d] at time t, detached.
+inline torch::Tensor flow_field(Model& model, const torch::Tensor& x, double t) {
+  auto tt = torch::full({x.size(0), 1}, t, x.options());
+  return (model.velocity(x, tt) + model.drift(x, tt)).detach();
+}
+
 inline torch::Tensor flow_path(Model& model, const torch::Tensor& x0, double t0, double t1,
                                int64_t steps) {
   if (steps < 1) throw Error("flow_path: expected steps >= 1, got " + std::to_string(steps));
@@ -32,10 +38,7 @@ inline torch::Tensor flow_path(Model& model, const torch::Tensor& x0, double t0,
   torch::NoGradGuard no_grad;
   const int64_t n = x0.size(0);
   const double h = (t1 - t0) / static_cast<double>(steps);
-  auto field = [&](const torch::Tensor& x, double t) {
-    auto tt = torch::full({n, 1}, t, x.options());
-    return (model.velocity(x, tt) + model.drift(x, tt)).detach();
-  };
+  auto field = [&](const torch::Tensor& x, double t) { return flow_field(model, x, t); };
   auto path = torch::empty({steps + 1, n, x0.size(1)}, x0.options());
   torch::Tensor x = x0.detach();
   path[0].copy_(x);
