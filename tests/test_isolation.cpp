@@ -177,6 +177,41 @@ TEST_CASE("a worker started ahead of its run waits for it on stdin", "[isolation
   CHECK(reported.find("could not read the experiment") != std::string::npos);
 }
 
+TEST_CASE("workers come from a fork server that has LibTorch loaded, or by fork+exec", "[isolation]") {
+  // While a run trains, the parent's children are listed: the fork server and the worker it
+  // forked (adopted by the parent, so that the parent can wait for it), or a worker started by
+  // fork+exec when MFGLAB_FORK_SERVER=0. Both ways give the same bytes.
+  TempDir tmp("iso_fork");
+  auto file = tmp.file("exp.json", R"({"name": "forked", "seeds": [0],
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 512, "test_size": 256}},
+    "model": {"plugin": "fault_model", "params": {"at": 5}},
+    "train": {"iterations": 50000, "batch_size": 64, "log_every": 10000},
+    "eval": {"samples": 200, "metrics": []}})");
+  auto children_while_training = [&](const std::string& env, const std::string& out) {
+    const std::string list = tmp.str() + "/children_" + out, config = tmp.str() + "/" + out + "/forked/seed=0/config.json";
+    auto r = shell(env + " \"" + MFGLAB_BINARY + "\" " + run_cmd(file, tmp.str() + "/" + out) + " > /dev/null 2>&1 & p=$!; " +
+                   "for i in $(seq 300); do [ -f " + config + " ] && break; sleep 0.1; done; ps -o args= --ppid $p > " + list +
+                   "; wait $p");
+    CHECK(r.exit_code == 0);
+    return read_text(list);
+  };
+  const std::string forked = children_while_training("", "a");
+  INFO(forked);
+  CHECK(forked.find("worker --fork-server") != std::string::npos);
+  CHECK(forked.find("--standby") == std::string::npos);
+  size_t lines = 0;  // the server and its worker
+  for (char c : forked) lines += c == '\n';
+  CHECK(lines == 2);
+
+  const std::string execd = children_while_training("MFGLAB_FORK_SERVER=0", "b");
+  INFO(execd);
+  CHECK(execd.find("worker --standby") != std::string::npos);
+  CHECK(execd.find("--fork-server") == std::string::npos);
+
+  CHECK(read_text((tmp.path / "a" / "forked" / "seed=0" / "samples.npy").string()) ==
+        read_text((tmp.path / "b" / "forked" / "seed=0" / "samples.npy").string()));
+}
+
 TEST_CASE("a run whose loss turns non-finite keeps its last good checkpoint and its loss figure", "[isolation]") {
   TempDir tmp("iso_nan");
   auto file = tmp.file("exp.json", fault_experiment("nan", R"(["nan"])"));

@@ -93,7 +93,8 @@ TEST_CASE("an MPI sweep gives the bytes of a single-machine run", "[mpi]") {
 
 TEST_CASE("a rank killed mid-sweep loses only its unfinished runs; the same command finishes them", "[mpi]") {
   TempDir tmp("mpi_kill");
-  auto file = tmp.file("exp.json", sweep(1500));
+  // Runs of a few seconds each, so that the others are still training when one has finished.
+  auto file = tmp.file("exp.json", sweep(15000));
   const std::string cmd = mpirun(3) + "--plugin-dir " + kFaultDir + " run " + file + " --out " + tmp.str() + "/out --jobs 1 --no-plots";
   // In the background; its pid file lets the test find the ranks.
   shell("(" + cmd + " > " + tmp.str() + "/first.log 2>&1 & echo $! > " + tmp.str() + "/mpirun.pid)");

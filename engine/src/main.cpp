@@ -264,7 +264,6 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   options.experiment_text = read_file(file).value_or("");
   const size_t todo = runs_to_do(ex, host, options).size();
   // Workers the launcher started ahead: as many as will have a run, the others end now.
-  keep_standby_workers(options.in_process ? 0 : std::min<size_t>(todo, static_cast<size_t>(options.jobs)));
   Progress live(static_cast<int>(todo), terminal, quiet);
   std::vector<RunOutcome> outcomes;
   try {
@@ -463,13 +462,18 @@ int cmd_metric(const PluginHost& host, const std::string& name, const std::strin
 
 }  // namespace
 
-int mfglab_main(int argc, char** argv, const WorkerProcess* standby, size_t standby_count) {
+int mfglab_main(int argc, char** argv, const ForkServer* fork_server) {
   tune_process();
-  adopt_standby_workers(std::vector<WorkerProcess>(standby, standby + standby_count));
+  if (fork_server) adopt_fork_server(*fork_server);
+  bool standby = argc == 3 && std::string(argv[1]) == "worker" && std::string(argv[2]) == "--standby";
+  if (argc == 3 && std::string(argv[1]) == "worker" && std::string(argv[2]) == "--fork-server") {
+    if (!serve_forks()) return 0;
+    standby = true;  // a worker the server forked: its run comes on stdin
+  }
   // A worker started ahead of its run reads its arguments from stdin.
   std::vector<std::string> assigned_args;
   std::vector<char*> assigned_argv;
-  if (argc == 3 && std::string(argv[1]) == "worker" && std::string(argv[2]) == "--standby") {
+  if (standby) {
     assigned_args.emplace_back(argv[0]);
     try {
       if (!read_assignment(assigned_args)) return 0;

@@ -1,6 +1,6 @@
 // The engine's entry point. The `mfglab` executable is a small launcher (launcher.cpp) that
 // loads the engine library, libmfglab_engine.so, and calls this with its command line and
-// the workers it started ahead of time.
+// the fork server it started (null if none).
 #pragma once
 
 #include <cstddef>
@@ -8,5 +8,4 @@
 #include "running/worker_spawn.h"
 
 extern "C" __attribute__((visibility("default"))) int mfglab_main(int argc, char** argv,
-                                                                  const mfglab::engine::WorkerProcess* standby,
-                                                                  size_t standby_count);
+                                                                  const mfglab::engine::ForkServer* fork_server);

@@ -1,10 +1,12 @@
 // The `mfglab` executable: a launcher that loads the engine library and calls it.
 //
 // Why a launcher: loading LibTorch takes most of a second, and `mfglab run` trains each run
-// in a worker process that loads it again (running/isolation.h). Started from here, before
-// the engine is loaded, the first workers load in parallel with the parent instead of
-// after it, so isolation costs almost no wall time. The launcher does not link LibTorch.
+// in a worker process of its own (running/isolation.h). Started from here, before the engine
+// is loaded, a fork server loads LibTorch once in parallel with the parent and then forks
+// every worker from itself (running/worker_spawn.h), so isolation costs almost no time.
+// The launcher does not link LibTorch.
 #include <dlfcn.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,7 +26,7 @@
 #include "running/worker_spawn.h"
 
 namespace fs = std::filesystem;
-using mfglab::engine::WorkerProcess;
+using mfglab::engine::ForkServer;
 
 namespace {
 
@@ -63,7 +65,7 @@ long ranks_on_this_machine() {
 
 // How many workers `mfglab run` will start at once, read from its command line (under MPI,
 // each rank's own); 0 for any other command and for --in-process.
-size_t workers_to_start_ahead(int argc, char** argv) {
+size_t workers_to_start(int argc, char** argv) {
   int i = 1;
   // Options before the command.
   while (i < argc && std::strncmp(argv[i], "--plugin-dir", 12) == 0) i += std::strchr(argv[i], '=') ? 1 : 2;
@@ -101,13 +103,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: cannot find the mfglab executable (/proc/self/exe): %s\n", ec.message().c_str());
     return 1;
   }
-  std::vector<WorkerProcess> standby;
-  const size_t ahead = workers_to_start_ahead(argc, argv);
-  for (size_t k = 0; k < ahead; ++k) {
-    try {
-      standby.push_back(mfglab::engine::spawn_standby_worker(exe.string()));
-    } catch (const std::exception&) {
-      break;  // the engine starts its workers itself, and reports what fails
+  ForkServer server;
+  // MFGLAB_FORK_SERVER=0 starts every worker by fork+exec instead (slower; for diagnosis).
+  const char* fork_server = std::getenv("MFGLAB_FORK_SERVER");
+  if (workers_to_start(argc, argv) > 0 && !(fork_server && std::strcmp(fork_server, "0") == 0)) {
+    // Adopt the workers the server forks (through a process that exits at once), so that
+    // they are children of this process and it can wait for them.
+    if (::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) {
+      try {
+        server = mfglab::engine::spawn_fork_server(exe.string());
+      } catch (const std::exception&) {
+        // the engine starts its workers by fork+exec, and reports what fails
+      }
     }
   }
   // Runs parallelise across processes, never inside BLAS (main.cpp's tune_process keeps
@@ -121,11 +128,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: cannot load the mfglab engine: %s\n", ::dlerror());
     return 1;
   }
-  using Entry = int (*)(int, char**, const WorkerProcess*, size_t);
+  using Entry = int (*)(int, char**, const ForkServer*);
   const auto entry = reinterpret_cast<Entry>(::dlsym(library, "mfglab_main"));
   if (!entry) {
     std::fprintf(stderr, "error: %s has no entry point mfglab_main\n", engine.c_str());
     return 1;
   }
-  return entry(argc, argv, standby.data(), standby.size());
+  return entry(argc, argv, server.pid > 0 ? &server : nullptr);
 }

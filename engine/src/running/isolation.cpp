@@ -97,27 +97,16 @@ std::string describe_wait_status(int status) {
   return "an unknown status";
 }
 
-// ---- standby workers -------------------------------------------------------------------
+// ---- the fork server -------------------------------------------------------------------
 
 namespace {
-// Workers started before their runs were known (by the launcher), waiting for one.
-std::vector<WorkerProcess>& standby_workers() {
-  static std::vector<WorkerProcess> workers;
-  return workers;
+ForkServer& the_fork_server() {
+  static ForkServer server;
+  return server;
 }
 }  // namespace
 
-void adopt_standby_workers(std::vector<WorkerProcess> workers) {
-  for (auto& w : workers) standby_workers().push_back(w);
-}
-
-void keep_standby_workers(size_t count) {
-  auto& workers = standby_workers();
-  while (workers.size() > count) {
-    discard_worker(workers.back());
-    workers.pop_back();
-  }
-}
+void adopt_fork_server(const ForkServer& server) { the_fork_server() = server; }
 
 // ---- worker side -----------------------------------------------------------------------
 
@@ -206,18 +195,12 @@ void WorkerPool::start(size_t run_index, int slot) {
   // Last, one token each: a list option takes every value that follows it.
   for (const auto& f : plugin_files_) args.push_back("--plugin-file=" + f);
 
-  // A worker started ahead of time has loaded the engine already; else one starts now.
+  // Forked by the fork server, which has loaded the engine already; else a fork+exec.
   WorkerProcess process;
-  auto& standby = standby_workers();
-  if (!standby.empty()) {
-    process = standby.front();
-    standby.erase(standby.begin());
-  } else {
-    try {
-      process = spawn_standby_worker(launch_.executable);
-    } catch (const std::runtime_error& e) {
-      throw Error(e.what());
-    }
+  try {
+    if (!fork_worker(the_fork_server(), process)) process = spawn_standby_worker(launch_.executable);
+  } catch (const std::runtime_error& e) {
+    throw Error(e.what());
   }
   assign_worker(process, args, launch_.experiment_text);
   w->pid = process.pid;

@@ -1,11 +1,11 @@
-// Runs in worker processes: each run of an experiment trains in a process of its own (a
-// fork+exec of the mfglab binary in its hidden `worker` mode), so that a plugin that
-// crashes, exits, hangs or eats memory takes down its own run only.
+// Runs in worker processes: each run of an experiment trains in a process of its own, so
+// that a plugin that crashes, exits, hangs or eats memory takes down its own run only.
 //
-// A worker is started without its run (worker_spawn.h), possibly ahead of time; the parent
-// then sends it its arguments and the experiment's text on stdin. The worker sends its
-// progress back as one JSON object per line on file descriptor 3 and its stdout/stderr
-// through another pipe. The parent enforces the time limit (SIGTERM, then SIGKILL), the
+// A worker is started without its run (worker_spawn.h: forked by a single-threaded fork
+// server that has LibTorch loaded, or a fork+exec of the mfglab binary); the parent then
+// sends it its arguments and the experiment's text on stdin. The worker sends its progress
+// back as one JSON object per line on file descriptor 3 and its stdout/stderr through
+// another pipe. The parent enforces the time limit (SIGTERM, then SIGKILL), the
 // worker sets its own memory limit (RLIMIT_AS) before it builds anything, and the parent
 // writes the summary of a run whose process died without one ("crashed", "timeout",
 // "out_of_memory").
@@ -44,11 +44,9 @@ int worker_main(const PluginHost& host, const WorkerRequest& request);
 
 // ---- parent side ---------------------------------------------------------------------
 
-// Workers the launcher started before the engine was loaded: WorkerPool gives them runs
-// before it starts new ones.
-void adopt_standby_workers(std::vector<WorkerProcess> workers);
-// Ends the standby workers beyond the first `count` (those no run will need).
-void keep_standby_workers(size_t count);
+// The fork server the launcher started: WorkerPool asks it for workers, and starts them by
+// fork+exec when it cannot.
+void adopt_fork_server(const ForkServer& server);
 
 struct WorkerLaunch {
   std::string executable;                // this mfglab binary

@@ -314,7 +314,6 @@ int run_experiment_mpi(MpiWorld& world, const PluginHost& host, const std::strin
     if (n_todo > 0) MPI_Bcast(t.data(), static_cast<int>(n_todo), MPI_LONG_LONG, 0, MPI_COMM_WORLD);
     todo.assign(t.begin(), t.end());
   }
-  keep_standby_workers(std::min(todo.size(), static_cast<size_t>(options.jobs)));  // the launcher's, beyond need
   if (root)
     std::fprintf(stderr, "experiment '%s': %zu run(s), %zu to do, over %d MPI ranks x %d job(s), %d thread(s) each, results in %s\n",
                  ex.name.c_str(), ex.runs.size(), todo.size(), world.size(), options.jobs, options.threads, folder.c_str());
