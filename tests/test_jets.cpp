@@ -431,3 +431,26 @@ TEST_CASE("sgm above the Hessian's dimension bound: the grad form falls back to 
   CHECK_FALSE(graph_has(penalty, "SecondOrderSweep"));
   CHECK(std::isfinite(penalty.item<double>()));
 }
+
+TEST_CASE("the toolkit's fast exp and expm1 agree with libm", "[jets]") {
+  // exp: relative error below 1e-6 away from the subnormal range, and the clamp at +-87.
+  double worst_exp = 0, worst_expm1 = 0;
+  for (int k = -86000; k <= 86900; ++k) {  // not at the ends: subnormal results, the clamp
+    const float x = static_cast<float>(k) * 1e-3f;
+    const double want = std::exp(static_cast<double>(x));
+    worst_exp = std::max(worst_exp, std::fabs(mfglab::fast::exp(x) - want) / want);
+  }
+  CHECK(worst_exp < 1e-6);
+  CHECK(mfglab::fast::exp(-200.0f) == mfglab::fast::exp(-87.0f));
+  CHECK(std::isfinite(mfglab::fast::exp(200.0f)));
+  // expm1 keeps its relative accuracy for small |x|, where exp(x) - 1 would cancel.
+  for (float x : {-1e-7f, -3e-5f, 1e-6f, -1e-3f, 0.02f, -0.3f, -0.9f, -5.0f, -40.0f, 3.0f}) {
+    const double want = std::expm1(static_cast<double>(x));
+    worst_expm1 = std::max(worst_expm1, std::fabs(mfglab::fast::expm1(x) - want) / std::fabs(want));
+  }
+  CHECK(worst_expm1 < 1e-6);
+  CHECK(mfglab::fast::expm1(0.0f) == 0.0f);
+  // double is libm itself.
+  CHECK(mfglab::fast::exp(0.7) == std::exp(0.7));
+  CHECK(mfglab::fast::expm1(-1e-9) == std::expm1(-1e-9));
+}

@@ -10,31 +10,13 @@
 #include <new>
 
 #include <mfglab/blas.h>
+#include <mfglab/fast_exp.h>
 
 namespace mfglab::cnf::kernel::MFGLAB_CNF_KERNEL_ISA {
 
-// expm1(x) for x <= 0 in float, vectorisable (libm's is not): x = n ln 2 + r, |r| <= ln 2 / 2,
-// expm1(x) = 2^n (1 + q) - 1 with q = expm1(r) by its Taylor polynomial; for n = 0 the result
-// is q itself, so small |x| keeps full relative accuracy (tanh of small arguments needs it).
-inline float expm1_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const int32_t n = static_cast<int32_t>(x * 1.44269504f - 0.5f);
-  const float nf = static_cast<float>(n);
-  const float r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
-  float p = 1.0f / 40320;
-  p = p * r + 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  const float q = r + r * r * p;
-  const float scale = __builtin_bit_cast(float, (n + 127) << 23);
-  return scale * q + (scale - 1.0f);
-}
-
+// tanh from expm1, which keeps the relative accuracy of small arguments (fast_exp.h).
 inline float tanh_fast(float a) {
-  const float m = expm1_nonpositive(-2.0f * std::fabs(a));  // in (-1, 0]
+  const float m = fast::expm1(-2.0f * std::fabs(a));  // in (-1, 0]
   return std::copysign(-m / (2.0f + m), a);
 }
 inline double tanh_fast(double a) { return std::tanh(a); }

@@ -1,10 +1,11 @@
 // The block kernel (see block_kernel.h for the equations), compiled once per instruction set:
 // the including file defines MFGLAB_OTFLOW_KERNEL_ISA, the namespace that keeps each
 // compilation's code apart. Compiled with -fno-trapping-math, without which GCC does not
-// vectorise the clamps in exp_nonpositive.
+// vectorise the clamps in fast::exp.
 #include "block_kernel.h"
 
 #include <mfglab/blas.h>
+#include <mfglab/fast_exp.h>
 
 namespace mfglab::otflow::kernel::MFGLAB_OTFLOW_KERNEL_ISA {
 
@@ -12,22 +13,6 @@ namespace mfglab::otflow::kernel::MFGLAB_OTFLOW_KERNEL_ISA {
 // e = exp(-2|a|):  tanh|a| = (1 - e) / (1 + e),  log cosh a = |a| + log1p(e) - log 2.
 // float: a polynomial exp and log1p that the compiler vectorises (libm's do not);
 // double: libm, for the comparisons against autograd.
-inline float exp_nonpositive(float x) {  // exp(x) for x <= 0, relative error ~2e-7
-  x = x < -87.0f ? -87.0f : x;  // (not std::fmax: it does not vectorise)
-  const int32_t n = static_cast<int32_t>(x * 1.44269504f - 0.5f);  // round(x / ln 2) for x <= 0
-  const float nf = static_cast<float>(n);
-  const float r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;  // x - n ln 2 (Cody-Waite), |r| <= ln2/2
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * __builtin_bit_cast(float, (n + 127) << 23);  // times 2^n, n >= -126
-}
-
 inline float log1p_unit(float e) {  // log(1 + e) for 0 <= e <= 1: 2 atanh(e / (2 + e)), |error| < 1e-8
   const float s = e / (2.0f + e), s2 = s * s;
   float p = 1.0f / 13;
@@ -42,7 +27,7 @@ inline float log1p_unit(float e) {  // log(1 + e) for 0 <= e <= 1: 2 atanh(e / (
 
 inline void tanh_logcosh(float a, float& th, float& lc) {
   const float aa = std::fabs(a);
-  const float e = exp_nonpositive(-2.0f * aa);
+  const float e = fast::exp(-2.0f * aa);
   th = std::copysign((1.0f - e) / (1.0f + e), a);
   lc = aa + log1p_unit(e) - 0.693147181f;
 }

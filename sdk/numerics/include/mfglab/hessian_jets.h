@@ -72,7 +72,7 @@ inline std::vector<PairList> second_order_pairs(SecondOrderKind kind, int64_t d,
 // and silu^(n) = a s^(n) + n s^(n-1). tanh with p = 1 - tanh^2: p' = -2 tanh p.
 template <class T>
 inline void silu_point4(T a, T& v, T& d1, T& d2, T& d3) {
-  const T s = T(1) / (T(1) + exp_approx(-a));
+  const T s = T(1) / (T(1) + fast::exp(-a));
   const T u = s * (T(1) - s), c = T(1) - T(2) * s;
   v = a * s;
   d1 = s + v * (T(1) - s);
@@ -91,7 +91,7 @@ inline void tanh_point4(T a, T& v, T& d1, T& d2, T& d3) {
 // loops vectorised (GCC gives up on one loop with six arrays).
 template <class T>
 inline T silu_fourth(T a) {
-  const T s = T(1) / (T(1) + exp_approx(-a));
+  const T s = T(1) / (T(1) + fast::exp(-a));
   const T u = s * (T(1) - s), c = T(1) - T(2) * s;
   return u * (T(4) * (c * c - T(2) * u) + a * c * (c * c - T(8) * u));
 }

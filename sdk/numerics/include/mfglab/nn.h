@@ -12,6 +12,7 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "mfglab/fast_exp.h"
 #include "mfglab/sdk.h"
 
 namespace mfglab::nn {
@@ -252,42 +253,25 @@ struct JetSweep : public torch::autograd::Function<JetSweep> {
 // ---- Activation value and slope in one pass, for MlpSweep -------------------------------
 // LibTorch's silu forward and backward are two separate passes that each evaluate exp
 // (about 120 us each on a 1024 x 128 float batch here); the loops below compute act(a)
-// and act'(a) together, once, with an exp the compiler can vectorise, and GCC clones them
-// for AVX-512, AVX2 and plain x86-64, picked at load time.
+// and act'(a) together, once, with an exp the compiler can vectorise (fast_exp.h), and GCC
+// clones them for AVX-512, AVX2 and plain x86-64, picked at load time.
 
-// exp(x) in float without a libm call: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its
-// degree-7 Taylor-like polynomial (Cephes' minimax coefficients), 2^n from the exponent
-// bits. Relative error below 1e-6 where the result is a normal float; x is clamped to
-// [-87, 87] (e^-87 ~ 1.6e-38), which keeps sigmoid and tanh exact in float there.
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23 trick
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;    // ln 2 split in two for exactness
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-inline double exp_approx(double x) { return std::exp(x); }  // double is for checks, not speed
+// exp_approx: kept for plugins written against toolkit 1.0; new code calls mfglab::fast::exp
+// (<mfglab/fast_exp.h>), which this forwards to.
+inline float exp_approx(float x) { return fast::exp(x); }
+inline double exp_approx(double x) { return fast::exp(x); }
 
 // silu(a) = a s, s = 1 / (1 + e^-a); slope s (1 + a (1 - s)).
 template <class T>
 inline void silu_point(T a, T& value, T& slope) {
-  const T s = T(1) / (T(1) + exp_approx(-a));
+  const T s = T(1) / (T(1) + fast::exp(-a));
   value = a * s;
   slope = s + value * (T(1) - s);
 }
 // tanh(a) = sign(a) (1 - e) / (1 + e), e = e^{-2|a|}; slope 1 - tanh^2.
 template <class T>
 inline void tanh_point(T a, T& value, T& slope) {
-  const T e = exp_approx(T(-2) * (a < T(0) ? -a : a));
+  const T e = fast::exp(T(-2) * (a < T(0) ? -a : a));
   const T t = (T(1) - e) / (T(1) + e);
   value = a < T(0) ? -t : t;
   slope = T(1) - t * t;

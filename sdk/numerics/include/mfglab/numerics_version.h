@@ -7,7 +7,9 @@
 //   - a minor bump adds functions or parameters with defaults; plugins keep compiling;
 //   - a major bump changes or removes something a plugin may call.
 // find_package(mfglab) reports it as mfglab_NUMERICS_VERSION.
+//
+// 1.1 adds fast_exp.h (nn.h's exp_approx now forwards to it).
 #pragma once
 
 #define MFGLAB_NUMERICS_VERSION_MAJOR 1
-#define MFGLAB_NUMERICS_VERSION_MINOR 0
+#define MFGLAB_NUMERICS_VERSION_MINOR 1
