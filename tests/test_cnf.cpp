@@ -17,6 +17,7 @@
 #include <mfglab/sdk.h>
 
 #include "catch_checks.h"
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include <mfglab/ode.h>
 
@@ -31,26 +32,22 @@ struct Messages : mfglab::Logger {
   void warn(const std::string& m) override { lines.push_back(m); }
 };
 
-// A model (cnf by default) created through the engine's plugin host.
+// A model (cnf by default) at d = 2, built by the engine's Assembler (plugin_fixture.h).
 struct Setup {
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  const mfglab::engine::PluginHost& host = mfglab::test::plugin_host();
   Messages log;
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Hamiltonian> hamiltonian;
-  std::unique_ptr<mfglab::Model> model;
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
   explicit Setup(const json& params, uint64_t seed = 0, torch::Dtype dtype = torch::kFloat64,
-                 const std::string& plugin = "cnf", int threads = 1) {
-    at::set_num_threads(threads);
-    ctx.threads = threads;
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.dtype = dtype;
-    ctx.data_dim = 2;
+                 const std::string& plugin = "cnf", int threads = 1)
+      : run(mfglab::test::run_context(seed, dtype, threads)) {
     ctx.logger = &log;
-    model = host.create_as<mfglab::Model>(plugin, MFGLAB_KIND_MODEL, params, ctx);
+    run.dimension(2).model(plugin, params);
   }
   std::unique_ptr<mfglab::Metric> metric(const std::string& name, const json& params = json::object()) {
-    return host.create_as<mfglab::Metric>(name, MFGLAB_KIND_METRIC, params, ctx);
+    return mfglab::test::create<mfglab::Metric>(host, name, params, ctx);
   }
   mfglab::FlowMap& map() {
     auto* m = mfglab::capability<mfglab::FlowMap>(model.get(), mfglab::kFlowMap);
@@ -448,8 +445,7 @@ TEST_CASE("otflow offers its RK4 as a flow map", "[cnf][otflow]") {
 
 TEST_CASE("cnf: 150 iterations on 8gaussians lower the test NLL", "[cnf][train]") {
   Setup s(json{{"width", 32}, {"depth", 2}, {"steps", 4}}, 0, torch::kFloat32);
-  auto data = s.host.create_as<mfglab::Dataset>("toy2d", MFGLAB_KIND_DATASET,
-                                                json{{"name", "8gaussians"}, {"train_size", 20000}, {"test_size", 2000}}, s.ctx);
+  auto data = mfglab::test::create<mfglab::Dataset>(s.host, "toy2d", json{{"name", "8gaussians"}, {"train_size", 20000}, {"test_size", 2000}}, s.ctx);
   auto train = data->train(), test = data->test();
   auto nll = [&] { return -s.model->log_prob(test).mean().item<double>(); };
   const double before = nll();
@@ -575,7 +571,7 @@ TEST_CASE("cnf: RNODE penalties train alongside the kernel's NLL, as with the au
       for (bool fused : {true, false}) {
         Setup s(json{{"width", 12}, {"depth", 2}, {"steps", 3}, {"divergence", div}, {"fused", fused}}, 8);
         stronger(*s.model, 3.0);
-        auto r = s.host.create_as<mfglab::Regularizer>(name, MFGLAB_KIND_REGULARIZER, json::object(), s.ctx);
+        auto r = mfglab::test::create<mfglab::Regularizer>(s.host, name, json::object(), s.ctx);
         auto nll = s.model->loss(x)[0].value;
         auto total = nll + 0.3 * r->penalty(*s.model, x);
         total.backward();

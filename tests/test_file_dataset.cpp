@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include "results.h"
 #include <mfglab/sdk.h>
@@ -33,10 +34,7 @@ using torch::Tensor;
 
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host(); }
 
 // A folder of this test process's own, removed at exit.
 struct TempDir {
@@ -111,7 +109,7 @@ Sets load(json params, uint64_t seed = 1, torch::Dtype dtype = torch::kFloat64) 
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   ctx.seed = seed;
   ctx.dtype = dtype;
-  auto ds = host().create_as<mfglab::Dataset>("file", MFGLAB_KIND_DATASET, params, ctx);
+  auto ds = mfglab::test::create<mfglab::Dataset>(host(), "file", params, ctx);
   return {ds->train(), ds->test()};
 }
 

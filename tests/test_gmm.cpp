@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include <mfglab/sdk.h>
 
@@ -23,10 +24,7 @@ constexpr double kPi = 3.14159265358979323846;
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 using Noise = std::vector<std::pair<double, double>>;  // (alpha, sigma) pairs
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host(); }
 
 torch::Generator generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
@@ -41,7 +39,7 @@ Gmm make(json params, uint64_t seed = 1, torch::Dtype dtype = torch::kFloat64) {
   ctx.seed = seed;
   ctx.dtype = dtype;
   Gmm g;
-  g.dataset = host().create_as<mfglab::Dataset>("gmm", MFGLAB_KIND_DATASET, params, ctx);
+  g.dataset = mfglab::test::create<mfglab::Dataset>(host(), "gmm", params, ctx);
   g.density = mfglab::capability<mfglab::ExactDensity>(g.dataset.get(), mfglab::kExactDensity);
   REQUIRE(g.density != nullptr);
   return g;

@@ -17,6 +17,7 @@
 #include <mfglab/score_pde.h>
 #include <mfglab/sdk.h>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 
 namespace {
@@ -65,10 +66,7 @@ Tensor reverse_hessian(const mfglab::nn::MLP& net, const Tensor& input, int64_t 
   return torch::stack(per_output, 3);
 }
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host(); }
 
 }  // namespace
 
@@ -233,8 +231,7 @@ TEST_CASE("sgm score derivatives and the score_pde penalty agree with autograd",
       ctx.generator = at::make_generator<at::CPUGeneratorImpl>(3);
       ctx.dtype = torch::kFloat64;
       ctx.data_dim = 2;
-      auto model = host().create_as<mfglab::Model>(
-          "sgm", MFGLAB_KIND_MODEL, json{{"width", 32}, {"depth", 2}, {"process", process}, {"activation", activation}}, ctx);
+      auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 32}, {"depth", 2}, {"process", process}, {"activation", activation}}, ctx);
       auto* sd = mfglab::capability<mfglab::ScoreDerivatives>(model.get(), mfglab::kScoreDerivatives);
       REQUIRE(sd != nullptr);
       auto batch = torch::randn({128, 2}, at::make_generator<at::CPUGeneratorImpl>(4), torch::kFloat64);
@@ -253,8 +250,7 @@ TEST_CASE("sgm score derivatives and the score_pde penalty agree with autograd",
 
       // The regularizer (which takes the capability) against the autograd residual at the
       // same collocation points, and the parameter gradients of both.
-      auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER,
-                                                      json{{"norm", "l2"}}, ctx);
+      auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"norm", "l2"}}, ctx);
       ctx.generator.set_current_seed(5);
       auto penalty = reg->penalty(*model, batch);
       ctx.generator.set_current_seed(5);
@@ -289,9 +285,7 @@ TEST_CASE("sgm with a potential network: score derivatives and both penalty form
       ctx.generator = at::make_generator<at::CPUGeneratorImpl>(6);
       ctx.dtype = torch::kFloat64;
       ctx.data_dim = 2;
-      auto model = host().create_as<mfglab::Model>(
-          "sgm", MFGLAB_KIND_MODEL,
-          json{{"width", 16}, {"depth", 3}, {"parameterization", "potential"}, {"process", process}, {"activation", activation}},
+      auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 16}, {"depth", 3}, {"parameterization", "potential"}, {"process", process}, {"activation", activation}},
           ctx);
       auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
       REQUIRE(sd != nullptr);
@@ -313,8 +307,7 @@ TEST_CASE("sgm with a potential network: score derivatives and both penalty form
         for (std::string norm : {"l2", "l1"}) {
           INFO("form " << form << ", norm " << norm);
           auto second = form == "grad" ? pde::SecondOrder::grad_div : pde::SecondOrder::laplacian;
-          auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER,
-                                                          json{{"norm", norm}, {"form", form}}, ctx);
+          auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"norm", norm}, {"form", form}}, ctx);
           ctx.generator.set_current_seed(5);
           auto penalty = reg->penalty(*model, batch);
           ctx.generator.set_current_seed(5);
@@ -373,8 +366,7 @@ TEST_CASE("sgm grad(div s) from jets and the grad-form score_pde penalty agree w
       ctx.generator = at::make_generator<at::CPUGeneratorImpl>(8);
       ctx.dtype = torch::kFloat64;
       ctx.data_dim = 2;
-      auto model = host().create_as<mfglab::Model>(
-          "sgm", MFGLAB_KIND_MODEL, json{{"width", 32}, {"depth", 3}, {"process", process}, {"activation", activation}}, ctx);
+      auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 32}, {"depth", 3}, {"process", process}, {"activation", activation}}, ctx);
       auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
       REQUIRE(sd != nullptr);
       REQUIRE(sd->offers(mfglab::ScoreSecondOrder::grad_div));
@@ -394,8 +386,7 @@ TEST_CASE("sgm grad(div s) from jets and the grad-form score_pde penalty agree w
 
       for (std::string norm : {"l2", "l1"}) {
         INFO("norm " << norm);
-        auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER,
-                                                        json{{"norm", norm}, {"form", "grad"}}, ctx);
+        auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"norm", norm}, {"form", "grad"}}, ctx);
         ctx.generator.set_current_seed(5);
         auto penalty = reg->penalty(*model, batch);
         CHECK(graph_has(penalty, "SecondOrderSweep"));  // the fast path was taken
@@ -421,12 +412,12 @@ TEST_CASE("sgm above the Hessian's dimension bound: the grad form falls back to 
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(12);
   ctx.dtype = torch::kFloat64;
   ctx.data_dim = 5;
-  auto model = host().create_as<mfglab::Model>("sgm", MFGLAB_KIND_MODEL, json{{"width", 16}, {"depth", 2}}, ctx);
+  auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 16}, {"depth", 2}}, ctx);
   auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
   REQUIRE(sd != nullptr);
   CHECK(sd->offers(mfglab::ScoreSecondOrder::laplacian));
   CHECK_FALSE(sd->offers(mfglab::ScoreSecondOrder::grad_div));
-  auto reg = host().create_as<mfglab::Regularizer>("score_pde", MFGLAB_KIND_REGULARIZER, json{{"form", "grad"}}, ctx);
+  auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"form", "grad"}}, ctx);
   auto penalty = reg->penalty(*model, torch::randn({16, 5}, at::make_generator<at::CPUGeneratorImpl>(13), torch::kFloat64));
   CHECK_FALSE(graph_has(penalty, "SecondOrderSweep"));
   CHECK(std::isfinite(penalty.item<double>()));

@@ -14,6 +14,7 @@
 #include <mfglab/energy.h>
 #include <mfglab/sdk.h>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include "../plugins/jko/jko_internals.h"
 
@@ -21,21 +22,18 @@ namespace {
 
 using nlohmann::json;
 
+// A jko model on a dataset, built by the engine's Assembler (plugin_fixture.h).
 struct Setup {
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Dataset> dataset;
-  std::unique_ptr<mfglab::Model> model;
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Dataset>& dataset = run.objects().dataset;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
   Setup(const json& params, const std::string& dataset_name = "toy2d",
         const json& dataset_params = json{{"name", "8gaussians"}, {"train_size", 4000}, {"test_size", 1000}},
-        torch::Dtype dtype = torch::kFloat32, uint64_t seed = 0) {
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.dtype = dtype;
-    dataset = host.create_as<mfglab::Dataset>(dataset_name, MFGLAB_KIND_DATASET, dataset_params, ctx);
-    ctx.data_dim = dataset->train().size(1);
-    ctx.dataset = dataset.get();
-    model = host.create_as<mfglab::Model>("jko", MFGLAB_KIND_MODEL, params, ctx);
+        torch::Dtype dtype = torch::kFloat32, uint64_t seed = 0)
+      : run(mfglab::test::run_context(seed, dtype)) {
+    run.dataset(dataset_name, dataset_params).model("jko", params);
   }
   mfglab::jko::Internals& internals() {
     auto* p = mfglab::capability<mfglab::jko::Internals>(model.get(), mfglab::jko::kInternals);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include <mfglab/evaluation.h>
 #include <mfglab/sdk.h>
@@ -18,10 +19,7 @@ namespace {
 using torch::Tensor;
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host(); }
 
 // A metric object with its own run context (seeded, so that two instances with the same
 // seed draw the same random directions).
@@ -32,7 +30,7 @@ class MetricUnderTest {
     ctx_.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
     ctx_.seed = seed;
     ctx_.dtype = torch::kFloat64;
-    metric_ = host().create_as<mfglab::Metric>(name, MFGLAB_KIND_METRIC, params, ctx_);
+    metric_ = mfglab::test::create<mfglab::Metric>(host(), name, params, ctx_);
   }
   double operator()(const Tensor& samples, const Tensor& reference) {
     mfglab::MetricInput in;
@@ -203,10 +201,8 @@ TEST_CASE("a calibrated mmd keeps the calibration set's median-heuristic bandwid
 TEST_CASE("mmd refuses bad bandwidths and inputs", "[metrics][mmd]") {
   mfglab::RunContext ctx;
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(1);
-  CHECK_THROWS(host().create_as<mfglab::Metric>("mmd", MFGLAB_KIND_METRIC,
-                                                nlohmann::json{{"bandwidth", 0.0}}, ctx));
-  CHECK_THROWS(host().create_as<mfglab::Metric>("mmd", MFGLAB_KIND_METRIC,
-                                                nlohmann::json{{"bandwidth", {1.0, -1.0}}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "mmd", nlohmann::json{{"bandwidth", 0.0}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "mmd", nlohmann::json{{"bandwidth", {1.0, -1.0}}}, ctx));
   MetricUnderTest mmd("mmd", nlohmann::json::object());
   CHECK_THROWS(mmd(torch::zeros({5, 2}, kF64), torch::zeros({5, 3}, kF64)));
   CHECK_THROWS(mmd(torch::zeros({1, 2}, kF64), torch::zeros({5, 2}, kF64)));
@@ -297,8 +293,6 @@ TEST_CASE("sliced_wasserstein draws its directions from the run's generator",
   CHECK(a != c);
   mfglab::RunContext ctx;
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(1);
-  CHECK_THROWS(host().create_as<mfglab::Metric>("sliced_wasserstein", MFGLAB_KIND_METRIC,
-                                                nlohmann::json{{"projections", 0}}, ctx));
-  CHECK_THROWS(host().create_as<mfglab::Metric>("sliced_wasserstein", MFGLAB_KIND_METRIC,
-                                                nlohmann::json{{"p", 0.5}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "sliced_wasserstein", nlohmann::json{{"projections", 0}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "sliced_wasserstein", nlohmann::json{{"p", 0.5}}, ctx));
 }

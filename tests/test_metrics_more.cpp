@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include <mfglab/sdk.h>
 
@@ -28,10 +29,7 @@ using Values = std::map<std::string, double>;
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 constexpr double kPi = 3.14159265358979323846;
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR, MFGLAB_TEST_METRIC_MODEL_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host({MFGLAB_TEST_METRIC_MODEL_DIR}); }
 
 mfglab::RunContext context(uint64_t seed, int64_t dim = 0) {
   mfglab::RunContext ctx;
@@ -47,7 +45,7 @@ class MetricUnderTest {
  public:
   MetricUnderTest(const std::string& name, const json& params, uint64_t seed = 1)
       : ctx_(context(seed)) {
-    metric_ = host().create_as<mfglab::Metric>(name, MFGLAB_KIND_METRIC, params, ctx_);
+    metric_ = mfglab::test::create<mfglab::Metric>(host(), name, params, ctx_);
   }
   Values operator()(const mfglab::MetricInput& in) {
     Values out;
@@ -202,8 +200,7 @@ TEST_CASE("wasserstein uses the first min(n, m, max_points) points of each set",
         Approx(wasserstein(x.narrow(0, 0, 100), y.narrow(0, 0, 100))).epsilon(1e-14));
 
   auto ctx = context(1);
-  CHECK_THROWS(host().create_as<mfglab::Metric>("wasserstein", MFGLAB_KIND_METRIC,
-                                                json{{"max_points", 0}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "wasserstein", json{{"max_points", 0}}, ctx));
   CHECK_THROWS(wasserstein(torch::zeros({5, 2}, kF64), torch::zeros({5, 3}, kF64)));
   auto bad = x.clone();
   bad[3][1] = NAN;
@@ -328,7 +325,7 @@ TEST_CASE("escaped counts samples outside the widened box of the reference data"
   CHECK(tight(samples, reference, "escaped_fraction") == Approx(7.0 / 8).margin(1e-15));
   CHECK(tight(reference, reference, "escaped_fraction") == 0.0);
   CHECK_THROWS(metric(samples, torch::zeros({3, 3}, kF64), "escaped_fraction"));
-  CHECK_THROWS(host().create_as<mfglab::Metric>("escaped", MFGLAB_KIND_METRIC, json{{"margin", -0.1}}, context(0)));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "escaped", json{{"margin", -0.1}}, context(0)));
 }
 
 // ---- model-based metrics: nll and score_error ------------------------------------------
@@ -344,8 +341,8 @@ struct Run {
   Run(const std::string& dataset_name, const json& dataset_params, const json& model_params,
       int64_t dim, uint64_t seed = 3)
       : ctx(context(seed, dim)) {
-    dataset = host().create_as<mfglab::Dataset>(dataset_name, MFGLAB_KIND_DATASET, dataset_params, ctx);
-    model = host().create_as<mfglab::Model>("standard_normal_model", MFGLAB_KIND_MODEL, model_params, ctx);
+    dataset = mfglab::test::create<mfglab::Dataset>(host(), dataset_name, dataset_params, ctx);
+    model = mfglab::test::create<mfglab::Model>(host(), "standard_normal_model", model_params, ctx);
   }
   mfglab::MetricInput input() const {
     mfglab::MetricInput in;
@@ -390,7 +387,7 @@ TEST_CASE("nll refuses to run without a model", "[metrics][nll]") {
   MetricUnderTest nll("nll", json::object());
   CHECK_THROWS_WITH(nll(in), Catch::Contains("no model"));
   auto ctx = context(1);
-  CHECK_THROWS(host().create_as<mfglab::Metric>("nll", MFGLAB_KIND_METRIC, json{{"batch", 0}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "nll", json{{"batch", 0}}, ctx));
 }
 
 TEST_CASE("score_error is 0 for the exact score of N(0, I) data", "[metrics][score_error]") {
@@ -464,10 +461,9 @@ TEST_CASE("score_error says what is missing", "[metrics][score_error]") {
   CHECK_THROWS_WITH(MetricUnderTest("score_error", {{"times", {0.5, 0.0005}}})(run.input()),
                     Catch::Contains("outside the model's forward process range [0.001, 1]"));
   auto ctx = context(1);
-  CHECK_THROWS(host().create_as<mfglab::Metric>("score_error", MFGLAB_KIND_METRIC, json{{"times", {0.5, 1.5}}}, ctx));
-  CHECK_THROWS(host().create_as<mfglab::Metric>("score_error", MFGLAB_KIND_METRIC, json{{"times", 0.0}}, ctx));
-  CHECK_THROWS_WITH(host().create_as<mfglab::Metric>("score_error", MFGLAB_KIND_METRIC,
-                                                     json{{"times", {0.1, 0.5, 0.1}}}, ctx),
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "score_error", json{{"times", {0.5, 1.5}}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "score_error", json{{"times", 0.0}}, ctx));
+  CHECK_THROWS_WITH(mfglab::test::create<mfglab::Metric>(host(), "score_error", json{{"times", {0.1, 0.5, 0.1}}}, ctx),
                     Catch::Contains("given twice"));
 }
 
@@ -476,10 +472,9 @@ TEST_CASE("score_error probes up to the model's horizon: an OU process run to T 
   // N(0, I) at every t and its exact score is -x. The default times are fractions of the
   // horizon: 0.01, 0.1, 0.3, 0.5, 0.9 of 3.
   auto ctx = context(3, 2);
-  auto dataset = host().create_as<mfglab::Dataset>("gmm", MFGLAB_KIND_DATASET, standard_normal_gmm(2, 4000), ctx);
+  auto dataset = mfglab::test::create<mfglab::Dataset>(host(), "gmm", standard_normal_gmm(2, 4000), ctx);
   ctx.dataset = dataset.get();
-  auto model = host().create_as<mfglab::Model>(
-      "sgm", MFGLAB_KIND_MODEL, json{{"process", "ou"}, {"T", 3.0}, {"width", 16}, {"depth", 1}}, ctx);
+  auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"process", "ou"}, {"T", 3.0}, {"width", 16}, {"depth", 1}}, ctx);
   auto* process = mfglab::capability<mfglab::ForwardProcess>(model.get(), mfglab::kForwardProcess);
   REQUIRE(process != nullptr);
   REQUIRE(process->t_max() == 3.0);
@@ -521,7 +516,7 @@ TEST_CASE("score_error probes up to the model's horizon: an OU process run to T 
   CHECK_THROWS_WITH(MetricUnderTest("score_error", {{"times", 3.5}, {"time_unit", "absolute"}})(in),
                     Catch::Contains("outside the model's forward process range [0.001, 3]"));
   auto metric_ctx = context(1);
-  CHECK_THROWS_WITH(host().create_as<mfglab::Metric>("score_error", MFGLAB_KIND_METRIC, json{{"times", {0.5, 1.5}}},
+  CHECK_THROWS_WITH(mfglab::test::create<mfglab::Metric>(host(), "score_error", json{{"times", {0.5, 1.5}}},
                                                      metric_ctx),
                     Catch::Contains("fraction of the horizon"));
 }
@@ -648,9 +643,8 @@ TEST_CASE("memorization subsamples large sets from the run's generator, and chec
   in.train = Tensor();
   CHECK_THROWS_WITH(MetricUnderTest("memorization", json::object())(in), Catch::Contains("training set"));
   auto ctx = context(1);
-  CHECK_THROWS(host().create_as<mfglab::Metric>("memorization", MFGLAB_KIND_METRIC, json{{"fraction", 0.0}}, ctx));
-  CHECK_THROWS(host().create_as<mfglab::Metric>("memorization", MFGLAB_KIND_METRIC,
-                                                json{{"k", 5}, {"max_points", 5}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "memorization", json{{"fraction", 0.0}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Metric>(host(), "memorization", json{{"k", 5}, {"max_points", 5}}, ctx));
 }
 
 TEST_CASE("memorization reports the fresh-sample baselines beside its values", "[metrics][memorization]") {

@@ -22,6 +22,7 @@
 #include "../plugins/otflow/otflow_internals.h"
 #include "catch_checks.h"  // Catch's CHECK, not glog's
 #include "cli.h"
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 
 namespace {
@@ -29,42 +30,33 @@ namespace {
 using nlohmann::json;
 using torch::Tensor;
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR, MFGLAB_BUILD_DIR "/tests/mfg_models",
-                                       MFGLAB_BUILD_DIR "/tests/score_models"});
-  return h;
+const mfglab::engine::PluginHost& host() {
+  return mfglab::test::plugin_host({MFGLAB_BUILD_DIR "/tests/mfg_models", MFGLAB_BUILD_DIR "/tests/score_models"});
 }
 
-// A run context with optional dataset and Hamiltonian, one model, and its regularizers.
+// A run's objects at dimension d (float64): optional dataset and Hamiltonian, one model (built
+// by the engine's Assembler, plugin_fixture.h), and its regularizers.
 struct Setup {
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Dataset> dataset;
-  std::unique_ptr<mfglab::Hamiltonian> hamiltonian;
-  std::unique_ptr<mfglab::Model> model;
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Dataset>& dataset = run.objects().dataset;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
-  explicit Setup(int64_t d, uint64_t seed = 0) {
-    at::set_num_threads(1);
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.dtype = torch::kFloat64;
-    ctx.data_dim = d;
-  }
+  explicit Setup(int64_t d, uint64_t seed = 0) : run(mfglab::test::run_context(seed), host()) { run.dimension(d); }
   Setup& with_dataset(const std::string& name, const json& params) {
-    dataset = host().create_as<mfglab::Dataset>(name, MFGLAB_KIND_DATASET, params, ctx);
-    ctx.dataset = dataset.get();
+    run.dataset(name, params);
     return *this;
   }
   Setup& with_hamiltonian(const std::string& name, const json& params) {
-    if (name.empty()) return *this;
-    hamiltonian = host().create_as<mfglab::Hamiltonian>(name, MFGLAB_KIND_HAMILTONIAN, params, ctx);
-    ctx.hamiltonian = hamiltonian.get();
+    run.hamiltonian(name, params);
     return *this;
   }
   Setup& with_model(const std::string& name, const json& params) {
-    model = host().create_as<mfglab::Model>(name, MFGLAB_KIND_MODEL, params, ctx);
+    run.model(name, params);
     return *this;
   }
   std::unique_ptr<mfglab::Regularizer> regularizer(const std::string& name, const json& params) {
-    return host().create_as<mfglab::Regularizer>(name, MFGLAB_KIND_REGULARIZER, params, ctx);
+    return mfglab::test::create<mfglab::Regularizer>(host(), name, params, ctx);
   }
   // The penalty with the generator reseeded, so that two calls see the same points.
   Tensor penalty_tensor(mfglab::Regularizer& r, const Tensor& batch, uint64_t seed) {

@@ -18,6 +18,7 @@
 #include <mfglab/capabilities_mfg.h>
 #include <mfglab/sdk.h>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include "../plugins/otflow/otflow_internals.h"
 
@@ -25,26 +26,20 @@ namespace {
 
 using nlohmann::json;
 
-// An otflow model (and optionally a Hamiltonian) created through the engine's plugin host.
+// An otflow model (and optionally a Hamiltonian), built by the engine's Assembler
+// (plugin_fixture.h).
 struct Setup {
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Hamiltonian> hamiltonian;
-  std::unique_ptr<mfglab::Model> model;
+  const mfglab::engine::PluginHost& host = mfglab::test::plugin_host();
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Hamiltonian>& hamiltonian = run.objects().hamiltonian;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
   explicit Setup(const json& params, uint64_t seed = 0, torch::Dtype dtype = torch::kFloat32,
                  const std::string& ham = "", const json& ham_params = json::object(), int threads = 1,
-                 int64_t dim = 2) {
-    at::set_num_threads(threads);
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.dtype = dtype;
-    ctx.data_dim = dim;
-    ctx.threads = threads;
-    if (!ham.empty()) {
-      hamiltonian = host.create_as<mfglab::Hamiltonian>(ham, MFGLAB_KIND_HAMILTONIAN, ham_params, ctx);
-      ctx.hamiltonian = hamiltonian.get();
-    }
-    model = host.create_as<mfglab::Model>("otflow", MFGLAB_KIND_MODEL, params, ctx);
+                 int64_t dim = 2)
+      : run(mfglab::test::run_context(seed, dtype, threads)) {
+    run.dimension(dim).hamiltonian(ham, ham_params).model("otflow", params);
   }
   mfglab::otflow::Internals& internals() {
     auto* p = mfglab::capability<mfglab::otflow::Internals>(model.get(), mfglab::otflow::kInternals);
@@ -181,7 +176,7 @@ TEST_CASE("otflow: sampling inverts the flow", "[otflow]") {
 }
 
 TEST_CASE("quadratic and lp: optimal control and Legendre duality", "[otflow][hamiltonian]") {
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  const mfglab::engine::PluginHost& host = mfglab::test::plugin_host();
   mfglab::RunContext ctx;
   ctx.data_dim = 3;
   struct Case { const char* plugin; json params; double p; double lambda; };
@@ -193,7 +188,7 @@ TEST_CASE("quadratic and lp: optimal control and Legendre duality", "[otflow][ha
   auto q = torch::randn({50, 3}, g, torch::kFloat64) * torch::linspace(0.05, 4.0, 50, torch::kFloat64).unsqueeze(1);
   for (const auto& c : cases) {
     INFO(c.plugin << " " << c.params.dump());
-    auto H = host.create_as<mfglab::Hamiltonian>(c.plugin, MFGLAB_KIND_HAMILTONIAN, c.params, ctx);
+    auto H = mfglab::test::create<mfglab::Hamiltonian>(host, c.plugin, c.params, ctx);
     // -dH/dq by autograd.
     auto qg = q.clone().requires_grad_();
     auto dH = torch::autograd::grad({H->hamiltonian(x, qg).sum()}, {qg})[0];
@@ -230,12 +225,12 @@ TEST_CASE("quadratic and lp: optimal control and Legendre duality", "[otflow][ha
     CHECK(torch::isfinite(g0).all().item<bool>());
   }
   // lp with p = 2 is the quadratic Hamiltonian with lambda = 1, value for value.
-  auto lp2 = host.create_as<mfglab::Hamiltonian>("lp", MFGLAB_KIND_HAMILTONIAN, json{{"p", 2.0}}, ctx);
-  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 1.0}}, ctx);
+  auto lp2 = mfglab::test::create<mfglab::Hamiltonian>(host, "lp", json{{"p", 2.0}}, ctx);
+  auto quad = mfglab::test::create<mfglab::Hamiltonian>(host, "quadratic", json{{"lambda", 1.0}}, ctx);
   CHECK(max_rel(lp2->hamiltonian(x, q), quad->hamiltonian(x, q)) < 1e-14);
   CHECK(max_rel(lp2->running_cost(x, q), quad->running_cost(x, q)) < 1e-14);
   // p <= 1 is refused by the declared bound.
-  CHECK_THROWS_WITH(host.create_as<mfglab::Hamiltonian>("lp", MFGLAB_KIND_HAMILTONIAN, json{{"p", 1.0}}, ctx),
+  CHECK_THROWS_WITH(mfglab::test::create<mfglab::Hamiltonian>(host, "lp", json{{"p", 1.0}}, ctx),
                     Catch::Contains("p"));
 }
 
@@ -274,8 +269,7 @@ TEST_CASE("otflow: same seed, same model, same samples", "[otflow]") {
 
 TEST_CASE("otflow: 100 iterations on 8gaussians lower the NLL term", "[otflow][train]") {
   Setup a(json::object(), 0);  // width 32, 2 layers, 8 steps, alphas (1, 100, 5)
-  auto data = a.host.create_as<mfglab::Dataset>("toy2d", MFGLAB_KIND_DATASET,
-                                                json{{"name", "8gaussians"}, {"train_size", 20000}, {"test_size", 2000}}, a.ctx);
+  auto data = mfglab::test::create<mfglab::Dataset>(a.host, "toy2d", json{{"name", "8gaussians"}, {"train_size", 20000}, {"test_size", 2000}}, a.ctx);
   auto train = data->train(), test = data->test();
   auto nll = [&] {
     torch::NoGradGuard no_grad;
@@ -430,14 +424,14 @@ class StateDependent final : public mfglab::Hamiltonian {
 };
 
 // An otflow model (float64) whose Hamiltonian is H (not owned; may be null).
-std::unique_ptr<mfglab::Model> otflow_with(mfglab::engine::PluginHost& host, mfglab::Hamiltonian* H, const json& params,
+std::unique_ptr<mfglab::Model> otflow_with(const mfglab::engine::PluginHost& host, mfglab::Hamiltonian* H, const json& params,
                                            int64_t d) {
   mfglab::RunContext ctx;
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(12);
   ctx.dtype = torch::kFloat64;
   ctx.data_dim = d;
   ctx.hamiltonian = H;
-  auto m = host.create_as<mfglab::Model>("otflow", MFGLAB_KIND_MODEL, params, ctx);
+  auto m = mfglab::test::create<mfglab::Model>(host, "otflow", params, ctx);
   gentle(*m, 2);
   return m;
 }
@@ -470,19 +464,18 @@ json otflow_params(int width, int layers, bool fused) {
 }  // namespace
 
 TEST_CASE("quadratic and diagonal_quadratic declare their structure; lp does not", "[otflow][hamiltonian]") {
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  const mfglab::engine::PluginHost& host = mfglab::test::plugin_host();
   mfglab::RunContext ctx;
   ctx.data_dim = 3;
-  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 0.5}}, ctx);
+  auto quad = mfglab::test::create<mfglab::Hamiltonian>(host, "quadratic", json{{"lambda", 0.5}}, ctx);
   auto s = mfglab::hamiltonian_structure(quad.get(), 3);
   CHECK(s.kind == mfglab::HamiltonianKind::isotropic_quadratic);
   CHECK(s.lambdas == std::vector<double>{0.5, 0.5, 0.5});
-  auto diag = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
-                                                  json{{"lambda", {0.5, 2.0, 3.0}}}, ctx);
+  auto diag = mfglab::test::create<mfglab::Hamiltonian>(host, "diagonal_quadratic", json{{"lambda", {0.5, 2.0, 3.0}}}, ctx);
   s = mfglab::hamiltonian_structure(diag.get(), 3);
   CHECK(s.kind == mfglab::HamiltonianKind::diagonal_quadratic);
   CHECK(s.lambdas == std::vector<double>{0.5, 2.0, 3.0});
-  auto lp = host.create_as<mfglab::Hamiltonian>("lp", MFGLAB_KIND_HAMILTONIAN, json{{"p", 1.5}}, ctx);
+  auto lp = mfglab::test::create<mfglab::Hamiltonian>(host, "lp", json{{"p", 1.5}}, ctx);
   CHECK(mfglab::hamiltonian_structure(lp.get(), 3).kind == mfglab::HamiltonianKind::general);
   CHECK(mfglab::hamiltonian_structure(nullptr, 3).kind == mfglab::HamiltonianKind::general);
   // diagonal_quadratic's values are what it declares.
@@ -493,24 +486,22 @@ TEST_CASE("quadratic and diagonal_quadratic declare their structure; lp does not
   CHECK(max_rel(diag->optimal_control(x, p), -p / l) < 1e-15);
   CHECK(max_rel(diag->running_cost(x, p), (p.square() * l).sum(1) / 2) < 1e-15);
   // One lambda for every dimension; the wrong count is refused.
-  auto one = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 2.0}}, ctx);
+  auto one = mfglab::test::create<mfglab::Hamiltonian>(host, "diagonal_quadratic", json{{"lambda", 2.0}}, ctx);
   CHECK(mfglab::hamiltonian_structure(one.get(), 3).lambdas == std::vector<double>{2.0, 2.0, 2.0});
-  CHECK_THROWS_WITH(host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
-                                                        json{{"lambda", {1.0, 2.0}}}, ctx),
+  CHECK_THROWS_WITH(mfglab::test::create<mfglab::Hamiltonian>(host, "diagonal_quadratic", json{{"lambda", {1.0, 2.0}}}, ctx),
                     Catch::Contains("dimension 3"));
 }
 
 TEST_CASE("otflow: the diagonal-quadratic block kernel has its autograd twin's loss terms and gradient",
           "[otflow][fused]") {
   // 300 samples: full blocks and a partial one; d = 2, width 32 is the kernel's unrolled variant.
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  const mfglab::engine::PluginHost& host = mfglab::test::plugin_host();
   struct Case { int64_t d; int layers; int width; json lambda; };
   for (const Case& c : {Case{2, 2, 32, {0.5, 2.0}}, Case{3, 3, 8, {0.7, 1.3, 2.5}}}) {
     INFO("d " << c.d << ", layers " << c.layers << ", width " << c.width << ", lambda " << c.lambda.dump());
     mfglab::RunContext ctx;
     ctx.data_dim = c.d;
-    auto H = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
-                                                 json{{"lambda", c.lambda}}, ctx);
+    auto H = mfglab::test::create<mfglab::Hamiltonian>(host, "diagonal_quadratic", json{{"lambda", c.lambda}}, ctx);
     auto batch = torch::randn({300, c.d}, at::make_generator<at::CPUGeneratorImpl>(6), torch::kFloat64);
     auto kernel = otflow_with(host, H.get(), otflow_params(c.width, c.layers, true), c.d);
     auto twin = otflow_with(host, H.get(), otflow_params(c.width, c.layers, false), c.d);
@@ -523,9 +514,8 @@ TEST_CASE("otflow: the diagonal-quadratic block kernel has its autograd twin's l
   // Equal lambdas are the isotropic case: the same results as quadratic's.
   mfglab::RunContext ctx;
   ctx.data_dim = 2;
-  auto diag = host.create_as<mfglab::Hamiltonian>("diagonal_quadratic", MFGLAB_KIND_HAMILTONIAN,
-                                                  json{{"lambda", {0.5, 0.5}}}, ctx);
-  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 0.5}}, ctx);
+  auto diag = mfglab::test::create<mfglab::Hamiltonian>(host, "diagonal_quadratic", json{{"lambda", {0.5, 0.5}}}, ctx);
+  auto quad = mfglab::test::create<mfglab::Hamiltonian>(host, "quadratic", json{{"lambda", 0.5}}, ctx);
   auto batch = torch::randn({50, 2}, at::make_generator<at::CPUGeneratorImpl>(8), torch::kFloat64);
   same_results(*otflow_with(host, diag.get(), otflow_params(8, 2, true), 2),
                *otflow_with(host, quad.get(), otflow_params(8, 2, true), 2), batch);
@@ -536,10 +526,10 @@ TEST_CASE("otflow: the general-Hamiltonian path has its autograd twin's loss ter
   // fused: the closed-form Hessian with autograd through H only; not fused: autograd through
   // the network (d backward passes). lp with p = 1.5, an x-dependent H, and an undeclared
   // isotropic quadratic (found by probing) against the declared one.
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
+  const mfglab::engine::PluginHost& host = mfglab::test::plugin_host();
   mfglab::RunContext ctx;
   ctx.data_dim = 2;
-  auto lp = host.create_as<mfglab::Hamiltonian>("lp", MFGLAB_KIND_HAMILTONIAN, json{{"p", 1.5}}, ctx);
+  auto lp = mfglab::test::create<mfglab::Hamiltonian>(host, "lp", json{{"p", 1.5}}, ctx);
   StateDependent state;
   auto batch = torch::randn({150, 2}, at::make_generator<at::CPUGeneratorImpl>(6), torch::kFloat64);
   for (mfglab::Hamiltonian* H : {static_cast<mfglab::Hamiltonian*>(lp.get()), static_cast<mfglab::Hamiltonian*>(&state)}) {
@@ -551,7 +541,7 @@ TEST_CASE("otflow: the general-Hamiltonian path has its autograd twin's loss ter
     CHECK(max_rel(fast->log_prob(batch), twin->log_prob(batch)) < 1e-10);
   }
   UndeclaredDiagonal iso({0.5, 0.5});
-  auto quad = host.create_as<mfglab::Hamiltonian>("quadratic", MFGLAB_KIND_HAMILTONIAN, json{{"lambda", 0.5}}, ctx);
+  auto quad = mfglab::test::create<mfglab::Hamiltonian>(host, "quadratic", json{{"lambda", 0.5}}, ctx);
   same_results(*otflow_with(host, &iso, otflow_params(8, 2, true), 2),
                *otflow_with(host, quad.get(), otflow_params(8, 2, true), 2), batch);
 }

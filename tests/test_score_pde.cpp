@@ -12,6 +12,7 @@
 
 #include <mfglab/sdk.h>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 
 namespace {
@@ -19,26 +20,21 @@ namespace {
 using nlohmann::json;
 using torch::Tensor;
 
-mfglab::engine::PluginHost& host() {
-  // Built-in plugins (the regularizers, sgm) and the exact-score test model.
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR, MFGLAB_BUILD_DIR "/tests/score_models"});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host({MFGLAB_BUILD_DIR "/tests/score_models"}); }
 
-// A model and the regularizers under test, sharing one run context.
+// A model at d = 2 (float64, built by the engine's Assembler, plugin_fixture.h) and the
+// regularizers under test, sharing one run context.
 struct Setup {
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Model> model;
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
-  Setup(const std::string& model_name, const json& params, uint64_t seed = 0) {
-    at::set_num_threads(1);
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.dtype = torch::kFloat64;
-    ctx.data_dim = 2;
-    model = host().create_as<mfglab::Model>(model_name, MFGLAB_KIND_MODEL, params, ctx);
+  Setup(const std::string& model_name, const json& params, uint64_t seed = 0)
+      : run(mfglab::test::run_context(seed), host()) {
+    run.dimension(2).model(model_name, params);
   }
   std::unique_ptr<mfglab::Regularizer> regularizer(const std::string& name, const json& params) {
-    return host().create_as<mfglab::Regularizer>(name, MFGLAB_KIND_REGULARIZER, params, ctx);
+    return mfglab::test::create<mfglab::Regularizer>(host(), name, params, ctx);
   }
   // The penalty on points drawn after reseeding, so that two calls see the same points.
   double penalty(mfglab::Regularizer& r, const Tensor& batch, uint64_t seed) {

@@ -16,6 +16,7 @@
 
 #include <mfglab/sdk.h>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 
 namespace {
@@ -40,19 +41,16 @@ struct Schedule {
   double sigma2(double t) const { return 1 - alpha(t) * alpha(t); }
 };
 
-// A model created through the engine's plugin host, with the context it refers to.
+// An sgm model at dimension `dim`, built by the engine's Assembler (plugin_fixture.h), with
+// the context it refers to. One thread: tiny tensors, more threads only add overhead.
 struct Setup {
-  mfglab::engine::PluginHost host{{MFGLAB_TEST_PLUGIN_DIR}};
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Model> model;
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
-  explicit Setup(const json& params, uint64_t seed = 0, torch::Dtype dtype = torch::kFloat32,
-                 int64_t dim = 2) {
-    at::set_num_threads(1);  // tiny tensors: more threads only add overhead
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.dtype = dtype;
-    ctx.data_dim = dim;
-    model = host.create_as<mfglab::Model>("sgm", MFGLAB_KIND_MODEL, params, ctx);
+  explicit Setup(const json& params, uint64_t seed = 0, torch::Dtype dtype = torch::kFloat32, int64_t dim = 2)
+      : run(mfglab::test::run_context(seed, dtype)) {
+    run.dimension(dim).model("sgm", params);
   }
 };
 
@@ -392,7 +390,7 @@ TEST_CASE("sgm: each process's alpha and sigma solve the moment equations of its
     const int64_t steps = 20000;
     const double h = c.T / steps;
     auto nodes = torch::linspace(0, c.T, 2 * steps + 1, torch::kFloat64).reshape({-1, 1});
-    auto k = m.drift(torch::ones({2 * steps + 1, 1}, torch::kFloat64), nodes).squeeze(1);
+    auto k = m.drift(torch::ones({2 * steps + 1, 2}, torch::kFloat64), nodes).select(1, 0).contiguous();
     auto g2 = m.diffusion(nodes).square().squeeze(1);
     REQUIRE(k.size(0) == 2 * steps + 1);
     auto ka = k.accessor<double, 1>();
@@ -427,9 +425,10 @@ TEST_CASE("sgm: each process's alpha and sigma solve the moment equations of its
     // d alpha / dt = k alpha.
     auto tg = t.clone().requires_grad_();
     auto dalpha = torch::autograd::grad({fp->alpha(tg).sum()}, {tg})[0];
-    auto k_t = m.drift(torch::ones_like(t), t);
+    auto ones = torch::ones({t.size(0), 2}, torch::kFloat64);
+    auto k_t = m.drift(ones, t).narrow(1, 0, 1);
     CHECK(torch::allclose(dalpha, k_t * alpha, 1e-10, 1e-12));
-    CHECK_NOTHROW(torch::autograd::grad({m.drift(torch::ones_like(t), tg).sum()}, {tg}));
+    CHECK_NOTHROW(torch::autograd::grad({m.drift(ones, tg).sum()}, {tg}));
   }
 }
 
@@ -440,7 +439,7 @@ TEST_CASE("sgm: the prior has the process's terminal spread", "[sgm]") {
   for (const auto& [process, spread] : {std::pair<const char*, double>{"vp", 1.0}, {"ve", 10.0}}) {
     Setup a(json{{"width", 8}, {"process", process}, {"sample_steps", 1}}, 3, torch::kFloat64);
     make_constant(*a.model, torch::zeros({2}, torch::kFloat64));
-    const double k = a.model->drift(torch::ones({1, 1}, torch::kFloat64), torch::ones({1, 1}, torch::kFloat64)).item<double>();
+    const double k = a.model->drift(torch::ones({1, 2}, torch::kFloat64), torch::ones({1, 1}, torch::kFloat64))[0][0].item<double>();
     const double expected = spread * (1 - k * (1 - 1e-3));
     auto x = a.model->sample(20000);
     INFO(process);

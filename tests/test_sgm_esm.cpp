@@ -12,6 +12,7 @@
 
 #include <mfglab/sdk.h>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 
 namespace {
@@ -19,28 +20,22 @@ namespace {
 using nlohmann::json;
 using torch::Tensor;
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host(); }
 
-// A dataset and an sgm model created the way the engine's runner does it: the dataset
-// first, then the model with ctx.dataset pointing at it.
+// A dataset and an sgm model, built by the engine's Assembler (plugin_fixture.h): the dataset
+// first, then the model with ctx.dataset pointing at it (or not, as a host before SDK 1.1).
 struct Setup {
-  mfglab::RunContext ctx;
-  std::unique_ptr<mfglab::Dataset> dataset;
-  std::unique_ptr<mfglab::Model> model;
+  mfglab::test::PluginSetup run;
+  mfglab::RunContext& ctx = run.ctx;
+  std::unique_ptr<mfglab::Dataset>& dataset = run.objects().dataset;
+  std::unique_ptr<mfglab::Model>& model = run.objects().model;
 
   Setup(const std::string& dataset_name, const json& dataset_params, const json& model_params,
-        torch::Dtype dtype, uint64_t seed = 5, bool give_dataset = true) {
-    at::set_num_threads(1);
-    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-    ctx.seed = seed;
-    ctx.dtype = dtype;
-    dataset = host().create_as<mfglab::Dataset>(dataset_name, MFGLAB_KIND_DATASET, dataset_params, ctx);
-    ctx.data_dim = dataset->train().size(1);
-    if (give_dataset) ctx.dataset = dataset.get();
-    model = host().create_as<mfglab::Model>("sgm", MFGLAB_KIND_MODEL, model_params, ctx);
+        torch::Dtype dtype, uint64_t seed = 5, bool give_dataset = true)
+      : run(mfglab::test::run_context(seed, dtype), host()) {
+    run.dataset(dataset_name, dataset_params);
+    if (!give_dataset) ctx.dataset = nullptr;
+    run.model("sgm", model_params);
   }
 };
 
@@ -118,8 +113,7 @@ TEST_CASE("sgm esm: training on it reduces the score error", "[sgm][esm][train]"
   mfglab::RunContext metric_ctx;
   metric_ctx.generator = at::make_generator<at::CPUGeneratorImpl>(11);
   metric_ctx.data_dim = 2;
-  auto metric = host().create_as<mfglab::Metric>("score_error", MFGLAB_KIND_METRIC,
-                                                 json{{"times", {0.05, 0.2, 0.5, 0.9}}, {"points", 2000}}, metric_ctx);
+  auto metric = mfglab::test::create<mfglab::Metric>(host(), "score_error", json{{"times", {0.05, 0.2, 0.5, 0.9}}, {"points", 2000}}, metric_ctx);
   auto score_error = [&] {
     mfglab::MetricInput in;
     in.reference = s.dataset->test();

@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "plugin_fixture.h"
 #include "plugin_host.h"
 #include <mfglab/sdk.h>
 
@@ -18,10 +19,7 @@ constexpr double kPi = 3.14159265358979323846;
 const char* const kNames[] = {"8gaussians", "checkerboard", "swissroll", "circles",
                               "moons",      "pinwheel",     "2spirals",  "rings"};
 
-mfglab::engine::PluginHost& host() {
-  static mfglab::engine::PluginHost h({MFGLAB_TEST_PLUGIN_DIR});
-  return h;
-}
+const mfglab::engine::PluginHost& host() { return mfglab::test::plugin_host(); }
 
 struct Sets {
   torch::Tensor train, test;
@@ -33,9 +31,7 @@ Sets draw(const std::string& name, uint64_t seed, int64_t train_size = 20000,
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   ctx.seed = seed;
   ctx.dtype = dtype;
-  auto ds = host().create_as<mfglab::Dataset>(
-      "toy2d", MFGLAB_KIND_DATASET,
-      nlohmann::json{{"name", name}, {"train_size", train_size}, {"test_size", test_size}}, ctx);
+  auto ds = mfglab::test::create<mfglab::Dataset>(host(), "toy2d", nlohmann::json{{"name", name}, {"train_size", train_size}, {"test_size", test_size}}, ctx);
   return {ds->train(), ds->test()};
 }
 
@@ -252,8 +248,7 @@ TEST_CASE("toy2d: an unknown set name is refused with the list of choices", "[to
   ctx.generator = at::make_generator<at::CPUGeneratorImpl>(1);
   std::string message;
   try {
-    host().create_as<mfglab::Dataset>("toy2d", MFGLAB_KIND_DATASET,
-                                      nlohmann::json{{"name", "spiral"}}, ctx);
+    mfglab::test::create<mfglab::Dataset>(host(), "toy2d", nlohmann::json{{"name", "spiral"}}, ctx);
   } catch (const std::exception& e) {
     message = e.what();
   }
@@ -262,6 +257,5 @@ TEST_CASE("toy2d: an unknown set name is refused with the list of choices", "[to
   CHECK_THAT(message, Catch::Contains("spiral"));
   for (const char* name : kNames) CHECK_THAT(message, Catch::Contains(name));
   // Sizes below 1 are refused too.
-  CHECK_THROWS(host().create_as<mfglab::Dataset>("toy2d", MFGLAB_KIND_DATASET,
-                                                 nlohmann::json{{"train_size", 0}}, ctx));
+  CHECK_THROWS(mfglab::test::create<mfglab::Dataset>(host(), "toy2d", nlohmann::json{{"train_size", 0}}, ctx));
 }

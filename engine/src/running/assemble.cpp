@@ -37,39 +37,65 @@ nlohmann::json resolved_config(const RunSpec& spec, const PluginHost& host) {
   return config;
 }
 
-RunObjects assemble(const RunSpec& spec, const PluginHost& host, RunContext& ctx) {
-  RunObjects o;
-  const std::string dataset = "dataset '" + spec.dataset.plugin + "'";
-  stage(dataset, [&] { o.dataset = host.create_as<Dataset>(spec.dataset.plugin, MFGLAB_KIND_DATASET, spec.dataset.params, ctx); });
-  stage(dataset, [&] {
-    o.train = o.dataset->train().to(ctx.dtype).contiguous();
-    o.test = o.dataset->test().to(ctx.dtype).contiguous();
-    if (o.train.dim() != 2 || o.train.size(0) == 0)
-      throw Error(fmt::format("train set must be a non-empty [N, d] tensor, got {}", c10::str(o.train.sizes())));
-    if (o.test.dim() != 2 || o.test.size(1) != o.train.size(1)) throw Error("test set must be [M, d] with the train set's d");
+Dataset& Assembler::add_dataset(const PluginUse& use) {
+  const std::string what = "dataset '" + use.plugin + "'";
+  if (o_.dataset || o_.hamiltonian || o_.model) throw Error(what + ": the dataset comes first, and once");
+  stage(what, [&] { o_.dataset = host_.create_as<Dataset>(use.plugin, MFGLAB_KIND_DATASET, use.params, ctx_); });
+  stage(what, [&] {
+    o_.train = o_.dataset->train().to(ctx_.dtype).contiguous();
+    o_.test = o_.dataset->test().to(ctx_.dtype).contiguous();
+    if (o_.train.dim() != 2 || o_.train.size(0) == 0)
+      throw Error(fmt::format("train set must be a non-empty [N, d] tensor, got {}", c10::str(o_.train.sizes())));
+    if (o_.test.dim() != 2 || o_.test.size(1) != o_.train.size(1)) throw Error("test set must be [M, d] with the train set's d");
   });
-  ctx.data_dim = o.train.size(1);
-  ctx.dataset = o.dataset.get();  // the model may use the dataset's capabilities (sgm's esm loss)
-  if (spec.hamiltonian) {
-    stage("hamiltonian '" + spec.hamiltonian->plugin + "'", [&] {
-      o.hamiltonian = host.create_as<Hamiltonian>(spec.hamiltonian->plugin, MFGLAB_KIND_HAMILTONIAN, spec.hamiltonian->params, ctx);
-    });
-    ctx.hamiltonian = o.hamiltonian.get();
-  }
-  stage("model '" + spec.model.plugin + "'", [&] {
+  ctx_.data_dim = o_.train.size(1);
+  ctx_.dataset = o_.dataset.get();  // the model may use the dataset's capabilities (sgm's esm loss)
+  return *o_.dataset;
+}
+
+Hamiltonian& Assembler::add_hamiltonian(const PluginUse& use) {
+  const std::string what = "hamiltonian '" + use.plugin + "'";
+  if (o_.hamiltonian || o_.model) throw Error(what + ": the Hamiltonian comes before the model, and once");
+  stage(what, [&] { o_.hamiltonian = host_.create_as<Hamiltonian>(use.plugin, MFGLAB_KIND_HAMILTONIAN, use.params, ctx_); });
+  ctx_.hamiltonian = o_.hamiltonian.get();
+  return *o_.hamiltonian;
+}
+
+Model& Assembler::add_model(const PluginUse& use) {
+  const std::string what = "model '" + use.plugin + "'";
+  if (o_.model) throw Error(what + ": a run has one model");
+  if (ctx_.data_dim <= 0) throw Error(what + ": the data dimension is not known (add the dataset first)");
+  stage(what, [&] {
     // Everybody (the trainer, regularizers, metrics) sees the model through its contract checks.
-    o.model = std::make_unique<CheckedModel>(host.create_as<Model>(spec.model.plugin, MFGLAB_KIND_MODEL, spec.model.params, ctx),
-                                             spec.model.plugin, ctx.data_dim, ctx.dtype);
+    o_.model = std::make_unique<CheckedModel>(host_.create_as<Model>(use.plugin, MFGLAB_KIND_MODEL, use.params, ctx_), use.plugin,
+                                              ctx_.data_dim, ctx_.dtype);
   });
-  for (const auto& r : spec.regularizers)
-    stage("regularizer '" + r.plugin + "'", [&] {
-      o.regularizers.push_back(host.create_as<Regularizer>(r.plugin, MFGLAB_KIND_REGULARIZER, r.params, ctx));
-    });
-  for (const auto& m : spec.eval.metrics)
-    stage("metric '" + m.plugin + "'",
-          [&] { o.metrics.push_back(host.create_as<Metric>(m.plugin, MFGLAB_KIND_METRIC, m.params, ctx)); });
-  calibrate_metrics(spec, host, ctx, o);
-  return o;
+  return *o_.model;
+}
+
+Regularizer& Assembler::add_regularizer(const PluginUse& use) {
+  const std::string what = "regularizer '" + use.plugin + "'";
+  if (!o_.model) throw Error(what + ": regularizers come after the model");
+  stage(what, [&] { o_.regularizers.push_back(host_.create_as<Regularizer>(use.plugin, MFGLAB_KIND_REGULARIZER, use.params, ctx_)); });
+  return *o_.regularizers.back();
+}
+
+Metric& Assembler::add_metric(const PluginUse& use) {
+  const std::string what = "metric '" + use.plugin + "'";
+  if (!o_.model) throw Error(what + ": metrics come after the model");
+  stage(what, [&] { o_.metrics.push_back(host_.create_as<Metric>(use.plugin, MFGLAB_KIND_METRIC, use.params, ctx_)); });
+  return *o_.metrics.back();
+}
+
+RunObjects assemble(const RunSpec& spec, const PluginHost& host, RunContext& ctx) {
+  Assembler a(host, ctx);
+  a.add_dataset(spec.dataset);
+  if (spec.hamiltonian) a.add_hamiltonian(*spec.hamiltonian);
+  a.add_model(spec.model);
+  for (const auto& r : spec.regularizers) a.add_regularizer(r);
+  for (const auto& m : spec.eval.metrics) a.add_metric(m);
+  calibrate_metrics(spec, host, ctx, a.objects());
+  return a.take();
 }
 
 torch::Tensor calibration_set(const RunSpec& spec, const PluginHost& host, const RunContext& ctx, const RunObjects& o) {
