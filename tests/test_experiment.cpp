@@ -14,7 +14,9 @@
 #include "cli.h"
 #include "experiment.h"
 #include "plugin_host.h"
+#include "plugin_fixture.h"
 #include "running/assemble.h"
+#include "running/checked_model.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -1165,5 +1167,31 @@ TEST_CASE("metrics are calibrated once per experiment, on the held-out data of o
     CHECK(!torch::equal(tests[0], tests[1]));
     CHECK(accounts[1] == accounts[0]);
     CHECK(accounts[2] == accounts[0]);
+  }
+}
+
+TEST_CASE("the Assembler builds a run's objects in the SDK's order and refuses any other", "[assemble]") {
+  using mfglab::test::PluginSetup;
+  using mfglab::test::run_context;
+  {
+    PluginSetup s(run_context());
+    CHECK_THROWS_WITH(s.model("sgm"), Catch::Contains("model 'sgm': the data dimension is not known"));
+    CHECK_THROWS_WITH(s.regularizer("kinetic"), Catch::Contains("regularizers come after the model"));
+    CHECK_THROWS_WITH(s.metric("mmd"), Catch::Contains("metrics come after the model"));
+  }
+  {
+    PluginSetup s(run_context());
+    s.dataset("toy2d", {{"name", "8gaussians"}, {"train_size", 64}, {"test_size", 16}}).hamiltonian("quadratic");
+    CHECK(s.ctx.data_dim == 2);
+    CHECK(s.ctx.dataset == s.objects().dataset.get());
+    CHECK(s.ctx.hamiltonian == s.objects().hamiltonian.get());
+    CHECK(s.objects().train.scalar_type() == torch::kFloat64);
+    s.model("otflow", {{"width", 4}});
+    CHECK_THROWS_WITH(s.hamiltonian("quadratic"), Catch::Contains("the Hamiltonian comes before the model"));
+    CHECK_THROWS_WITH(s.dataset("toy2d"), Catch::Contains("the dataset comes first"));
+    CHECK_THROWS_WITH(s.model("otflow"), Catch::Contains("a run has one model"));
+    // The model is seen through its contract checks, as in a run.
+    CHECK(dynamic_cast<mfglab::engine::CheckedModel*>(s.objects().model.get()) != nullptr);
+    CHECK_NOTHROW(s.regularizer("kinetic"));
   }
 }
