@@ -580,3 +580,35 @@ TEST_CASE("metrics declare which way is better, and a malformed declaration is r
   for (const char* bad : {"", "smaller", "a=lower,", "=lower", "a=up", "a=lower,,b=higher"})
     CHECK_THAT(mfglab::engine::check_better(bad), Catch::Contains("manifest field 'better'"));
 }
+
+TEST_CASE("typed parameter handles read back what they declare; choices are tied to an enum", "[params]") {
+  enum class Mode { fast, exact };
+  const mfglab::Choices<Mode> modes{{"fast", Mode::fast}, {"exact", Mode::exact}};
+  const auto kMode = mfglab::choice_param("mode", Mode::exact, modes, "how");
+  const auto kWidth = mfglab::int_param("width", 64, "units").at_least(1);
+  const auto kScale = mfglab::number_param("scale", 0.5, "scale").above(0);
+  const auto kOn = mfglab::bool_param("on", true, "switch");
+  const auto kName = mfglab::string_param("name", "x", "name");
+  const auto kList = mfglab::numbers_param("list", {1.0}, "numbers");
+  // The declaration is an ordinary ParamSpec: the choices and the default come from the table.
+  const mfglab::ParamSpec& spec = kMode;
+  CHECK(spec.type == "string");
+  CHECK(spec.choices == "fast|exact");
+  CHECK(spec.default_json == "\"exact\"");
+  CHECK(kWidth.min == 1);
+  CHECK(modes.without({Mode::fast}).joined() == "exact");
+  CHECK(modes.name(Mode::fast) == "fast");
+
+  const mfglab::Params p(nlohmann::json{{"mode", "fast"}, {"width", 7}, {"scale", 2.5}, {"on", false}, {"name", "y"}, {"list", 3.0}});
+  CHECK(p[kMode] == Mode::fast);
+  CHECK(p[kWidth] == 7);
+  static_assert(std::is_same_v<decltype(p[kWidth]), int64_t>);
+  CHECK(p[kScale] == 2.5);
+  CHECK(p[kOn] == false);
+  CHECK(p[kName] == "y");
+  CHECK(p[kList] == std::vector<double>{3.0});
+  // A value outside the table (only a host that skipped validation could pass one) is named.
+  const mfglab::Params bad(nlohmann::json{{"mode", "slow"}});
+  CHECK_THROWS_WITH(bad[kMode], Catch::Contains("unknown value of 'mode' 'slow' (expected fast|exact)"));
+  CHECK_THROWS_WITH(bad[kWidth], Catch::Contains("parameter 'width' is not declared"));
+}

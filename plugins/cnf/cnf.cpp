@@ -34,6 +34,25 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
+// The choice parameters tied to enums (declared in the manifest, read in the constructor).
+enum class Solver { rk4, dopri5 };
+enum class Divergence { automatic, exact, exact_autograd, hutchinson };
+enum class Probe { gaussian, rademacher };
+const auto kActivation = mfglab::choice_param("activation", mfglab::nn::Activation::tanh, mfglab::nn::activation_choices(),
+                                              "activation between the MLP's layers");
+const auto kSolver = mfglab::choice_param("solver", Solver::rk4,
+                                          mfglab::Choices<Solver>{{"rk4", Solver::rk4}, {"dopri5", Solver::dopri5}},
+                                          "ODE solver: fixed-step RK4 or adaptive Dormand-Prince 5(4)");
+const auto kDivergence = mfglab::choice_param(
+    "divergence", Divergence::automatic,
+    mfglab::Choices<Divergence>{{"auto", Divergence::automatic}, {"exact", Divergence::exact},
+                                {"exact_autograd", Divergence::exact_autograd}, {"hutchinson", Divergence::hutchinson}},
+    "training divergence: exact (forward sweep of the Jacobian through the MLP), exact_autograd (d reverse passes), "
+    "Hutchinson, or auto = exact when d <= exact_max_dim; log_prob is exact (as chosen) when d <= exact_max_dim");
+const auto kProbe = mfglab::choice_param(
+    "probe", Probe::rademacher, mfglab::Choices<Probe>{{"gaussian", Probe::gaussian}, {"rademacher", Probe::rademacher}},
+    "Hutchinson probe law");
+
 // Concatenates anything streamable: the messages below mix text and numbers.
 template <class... A>
 std::string cat(const A&... a) {
@@ -74,26 +93,15 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
       throw Error(cat("rtol and atol must be > 0, got rtol = ", dopri_.rtol, ", atol = ", dopri_.atol));
     if (dopri_.max_steps < 1) throw Error("max_steps must be at least 1");
 
-    const std::string solver = params.string("solver");
-    if (solver != "rk4" && solver != "dopri5")
-      throw Error("solver must be rk4 or dopri5, got '" + solver + "'");
-    adaptive_ = solver == "dopri5";
+    adaptive_ = params[kSolver] == Solver::dopri5;
 
-    const std::string div = params.string("divergence");
+    const Divergence div = params[kDivergence];
     const int64_t exact_max = params.integer("exact_max_dim");
-    if (div == "exact") hutchinson_ = false;
-    else if (div == "exact_autograd") hutchinson_ = false, autograd_trace_ = true;
-    else if (div == "hutchinson") hutchinson_ = true;
-    else if (div == "auto") hutchinson_ = d_ > exact_max;
-    else throw Error("divergence must be auto, exact, exact_autograd or hutchinson, got '" + div + "'");
+    hutchinson_ = div == Divergence::hutchinson || (div == Divergence::automatic && d_ > exact_max);
+    autograd_trace_ = div == Divergence::exact_autograd;
     eval_hutchinson_ = d_ > exact_max;
-
-    const std::string probe = params.string("probe");
-    if (probe != "gaussian" && probe != "rademacher")
-      throw Error("probe must be gaussian or rademacher, got '" + probe + "'");
-    rademacher_ = probe == "rademacher";
-
-    activation_ = mfglab::nn::parse_activation(params.string("activation"));
+    rademacher_ = params[kProbe] == Probe::rademacher;
+    activation_ = params[kActivation];
     const int64_t width = params.integer("width"), depth = params.integer("depth");
     if (width < 1 || depth < 1) throw Error("width and depth must be at least 1");
     std::vector<int64_t> sizes{d_ + 1};
@@ -360,21 +368,16 @@ MFGLAB_PLUGIN(Cnf, MFGLAB_KIND_MODEL, "cnf", "1.1.0",
               "velocity,log_prob,collocation",
               mfglab::int_param("width", 64, "hidden units per layer of the velocity MLP").at_least(1),
               mfglab::int_param("depth", 3, "hidden layers of the velocity MLP").at_least(1),
-              mfglab::choice_param("activation", "tanh", "silu|gelu|tanh|relu|softplus|logcosh",
-                                   "activation between the MLP's layers"),
-              mfglab::choice_param("solver", "rk4", "rk4|dopri5",
-                                   "ODE solver: fixed-step RK4 or adaptive Dormand-Prince 5(4)"),
+              kActivation,
+              kSolver,
               mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training (and collocation)").at_least(1),
               mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob, sample and transport; 0 = steps").at_least(0),
               mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0),
               mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0),
               mfglab::int_param("max_steps", 1000, "dopri5: most steps (accepted + rejected) per solve").at_least(1),
-              mfglab::choice_param("divergence", "auto", "auto|exact|exact_autograd|hutchinson",
-                                   "training divergence: exact (forward sweep of the Jacobian through the MLP), "
-                                   "exact_autograd (d reverse passes), Hutchinson, or auto = exact when "
-                                   "d <= exact_max_dim; log_prob is exact (as chosen) when d <= exact_max_dim"),
+              kDivergence,
               mfglab::int_param("exact_max_dim", 10, "largest dimension with an exact divergence under auto").at_least(0),
-              mfglab::choice_param("probe", "rademacher", "gaussian|rademacher", "Hutchinson probe law"),
+              kProbe,
               mfglab::int_param("probes", 1, "Hutchinson probes per solve (averaged), drawn once per solve").at_least(1),
               mfglab::bool_param("fused", true, "rk4 with exact or Hutchinson divergence: the training loss, its gradient "
                                  "and log_prob by a hand-written kernel instead of autograd's graph (same values up to rounding)"),

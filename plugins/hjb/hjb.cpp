@@ -29,6 +29,27 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
+// The parameters, declared once: the manifest lists them, the constructor reads them back.
+enum class Equation { mfg, log_density };
+enum class Points { paths, box };
+const auto kEquation = mfglab::choice_param(
+    "equation", Equation::mfg, mfglab::Choices<Equation>{{"mfg", Equation::mfg}, {"log_density", Equation::log_density}},
+    "mfg: the HJB equation of the experiment's Hamiltonian (refused for score models of a forward process, e.g. "
+    "sgm); log_density: the Fokker-Planck equation of log rho_t of the model's forward noising process");
+const auto kQ = mfglab::int_param("q", 1, "exponent of the penalty mean |r|^q (1 or 2)").range(1, 2);
+const auto kPoints = mfglab::choice_param("points", Points::paths,
+                                          mfglab::Choices<Points>{{"paths", Points::paths}, {"box", Points::box}},
+                                          "paths: the model's collocation points; box: uniform in [-box, box]^d x "
+                                          "U(t_min, horizon), t_min from the forward process or 0");
+const auto kBox = mfglab::number_param("box", 4.0, "half-width of the box for points = box").above(0);
+const auto kLambda = mfglab::number_param("lambda", 1.0,
+                                          "lambda of the quadratic H = |p|^2/(2 lambda) used when the experiment has "
+                                          "no Hamiltonian")
+                         .above(0);
+const auto kExactUpTo =
+    mfglab::int_param("exact_up_to", 4, "largest dimension with the exact Laplacian; Hutchinson beyond").at_least(0);
+const auto kProbes = mfglab::int_param("probes", 1, "Rademacher probes per point for the Hutchinson estimate").at_least(1);
+
 // The quadratic Hamiltonian |p|^2 / (2 lambda), used when the experiment has none.
 class QuadraticFallback final : public mfglab::Hamiltonian {
  public:
@@ -44,31 +65,27 @@ class QuadraticFallback final : public mfglab::Hamiltonian {
 class Hjb final : public mfglab::Regularizer {
  public:
   Hjb(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : equation_(params.string("equation")),
-        points_(params.string("points")),
-        q_(params.integer("q")),
-        box_(params.number("box")),
-        fallback_(params.number("lambda")),
+      : equation_(params[kEquation]),
+        points_(params[kPoints]),
+        q_(params[kQ]),
+        box_(params[kBox]),
+        fallback_(params[kLambda]),
         H_(ctx.hamiltonian ? ctx.hamiltonian : &fallback_),
         generator_(ctx.generator) {
-    // The host enforces the declared choices and bounds; repeated because a typo would
-    // silently select another branch below.
-    if (equation_ != "mfg" && equation_ != "log_density")
-      throw Error("equation must be mfg or log_density, got '" + equation_ + "'");
-    if (points_ != "paths" && points_ != "box") throw Error("points must be paths or box, got '" + points_ + "'");
+    // The host enforces the declared bounds; repeated because these would fail silently.
     if (q_ != 1 && q_ != 2) throw Error("q must be 1 or 2, got " + std::to_string(q_));
-    if (!(params.number("lambda") > 0)) throw Error("lambda must be > 0");
-    trace_.exact_up_to = params.integer("exact_up_to");
-    trace_.probes = params.integer("probes");
+    if (!(params[kLambda] > 0)) throw Error("lambda must be > 0");
+    trace_.exact_up_to = params[kExactUpTo];
+    trace_.probes = params[kProbes];
     trace_.generator = generator_;
   }
 
   Tensor penalty(mfglab::Model& model, const Tensor& batch) override {
     if (batch.dim() != 2) throw Error("expected a data batch of shape [N, d]");
-    if (equation_ == "mfg") refuse_forward_process(model);
+    if (equation_ == Equation::mfg) refuse_forward_process(model);
     auto [x, t] = points(model, batch);
-    auto r = equation_ == "mfg" ? mfglab::hjb::residual(model, H_, x, t, true, trace_)
-                                : mfglab::hjb::log_density_residual(model, x, t, true, trace_);
+    auto r = equation_ == Equation::mfg ? mfglab::hjb::residual(model, H_, x, t, true, trace_)
+                                        : mfglab::hjb::log_density_residual(model, x, t, true, trace_);
     return q_ == 1 ? r.abs().mean() : r.square().mean();
   }
 
@@ -90,7 +107,7 @@ class Hjb final : public mfglab::Regularizer {
   }
 
   std::pair<Tensor, Tensor> points(mfglab::Model& model, const Tensor& batch) {
-    if (points_ == "paths") {
+    if (points_ == Points::paths) {
       // The residual detaches its points, so the paths need no graph.
       torch::NoGradGuard no_grad;
       auto c = model.collocation(batch);
@@ -106,7 +123,8 @@ class Hjb final : public mfglab::Regularizer {
     return {x, t};
   }
 
-  std::string equation_, points_;
+  Equation equation_;
+  Points points_;
   int64_t q_;
   double box_;
   QuadraticFallback fallback_;
@@ -122,18 +140,4 @@ MFGLAB_PLUGIN(Hjb, MFGLAB_KIND_REGULARIZER, "hjb", "1.0.0",
               "sigma^2/2 Lap U (H: the experiment's, else quadratic with lambda); log_density r = u_t + div f + "
               "f.grad u - g^2/2 (Lap u + |grad u|^2) for u = log rho_t of the forward process",
               "value,collocation(points=paths)",
-              mfglab::choice_param("equation", "mfg", "mfg|log_density",
-                                   "mfg: the HJB equation of the experiment's Hamiltonian (refused for score models "
-                                   "of a forward process, e.g. sgm); log_density: the Fokker-Planck equation of "
-                                   "log rho_t of the model's forward noising process"),
-              mfglab::int_param("q", 1, "exponent of the penalty mean |r|^q (1 or 2)").range(1, 2),
-              mfglab::choice_param("points", "paths", "paths|box",
-                                   "paths: the model's collocation points; box: uniform in [-box, box]^d x "
-                                   "U(t_min, horizon), t_min from the forward process or 0"),
-              mfglab::number_param("box", 4.0, "half-width of the box for points = box").above(0),
-              mfglab::number_param("lambda", 1.0,
-                                   "lambda of the quadratic H = |p|^2/(2 lambda) used when the experiment has "
-                                   "no Hamiltonian").above(0),
-              mfglab::int_param("exact_up_to", 4, "largest dimension with the exact Laplacian; Hutchinson beyond")
-                  .at_least(0),
-              mfglab::int_param("probes", 1, "Rademacher probes per point for the Hutchinson estimate").at_least(1))
+              kEquation, kQ, kPoints, kBox, kLambda, kExactUpTo, kProbes)

@@ -54,6 +54,18 @@ using mfglab::jko::StepRecord;
 using mfglab::nn::Potential;
 using torch::Tensor;
 
+// The choice parameters tied to enums (declared in the manifest, read in the constructor).
+enum class Mode { generative, particles };
+enum class Target { standard_normal, gaussian, dataset };
+const auto kMode = mfglab::choice_param("mode", Mode::generative,
+                                        mfglab::Choices<Mode>{{"generative", Mode::generative}, {"particles", Mode::particles}},
+                                        "generative: data -> target, log_prob and sample through the blocks; "
+                                        "particles: a Gaussian cloud follows the JKO steps (batches ignored)");
+const auto kTarget = mfglab::choice_param(
+    "target", Target::standard_normal,
+    mfglab::Choices<Target>{{"standard_normal", Target::standard_normal}, {"gaussian", Target::gaussian}, {"dataset", Target::dataset}},
+    "pi: N(0, I); N(target_mean, diag target_std^2); or the dataset's exact density (particle mode only)");
+
 std::string shape(const Tensor& x) {
   std::ostringstream out;
   out << x.sizes();
@@ -90,7 +102,7 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
         eval_steps_(params.integer("eval_steps") > 0 ? params.integer("eval_steps") : params.integer("steps")),
         alpha_R_(params.number("alpha_R")),
         warm_start_(params.flag("warm_start")),
-        particles_mode_(params.string("mode") == "particles"),
+        particles_mode_(params[kMode] == Mode::particles),
         energy_name_(params.string("energy")),
         generator_(ctx.generator),
         options_(ctx.options()),
@@ -127,9 +139,9 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
     }
 
     // The target pi and the energy.
-    const std::string target = params.string("target");
+    const Target target = params[kTarget];
     temperature_ = energy_name_ == "kl" ? 1.0 : energy_name_ == "cross_entropy" ? 0.0 : params.number("temperature");
-    if (target == "dataset") {
+    if (target == Target::dataset) {
       auto* exact = mfglab::capability<mfglab::ExactDensity>(ctx.dataset, mfglab::kExactDensity);
       if (!exact)
         throw Error("params.target: 'dataset' needs a dataset with an exact density (the "
@@ -140,8 +152,8 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
       log_target_ = mfglab::energy::exact_density_log_density(*exact);
     } else {
       gaussian_target_ = true;
-      mu_ = target == "gaussian" ? per_coordinate(params, "target_mean", d_, false) : torch::zeros({d_}, torch::kFloat64);
-      sd_ = target == "gaussian" ? per_coordinate(params, "target_std", d_, true) : torch::ones({d_}, torch::kFloat64);
+      mu_ = target == Target::gaussian ? per_coordinate(params, "target_mean", d_, false) : torch::zeros({d_}, torch::kFloat64);
+      sd_ = target == Target::gaussian ? per_coordinate(params, "target_std", d_, true) : torch::ones({d_}, torch::kFloat64);
       log_target_ = mfglab::energy::diagonal_gaussian_log_density(mu_, sd_);
     }
     energy_ = mfglab::energy::make(energy_name_, log_target_, temperature_);
@@ -533,9 +545,7 @@ MFGLAB_PLUGIN(Jko, MFGLAB_KIND_MODEL, "jko", "1.0.0",
               "JKO flow: K potential-flow blocks, each one JKO step (kinetic + energy) of a Wasserstein "
               "gradient flow; generative (data -> target) or a particle cloud against exact solutions",
               "value,velocity,log_prob",
-              mfglab::choice_param("mode", "generative", "generative|particles",
-                                   "generative: data -> target, log_prob and sample through the blocks; "
-                                   "particles: a Gaussian cloud follows the JKO steps (batches ignored)"),
+              kMode,
               mfglab::int_param("blocks", 4, "K: JKO steps, one potential-flow block each").at_least(1),
               mfglab::number_param("horizon", 0.0, "if > 0: blocks = the number of steps tau_k that reach this "
                                    "time (overrides blocks)").at_least(0),
@@ -547,9 +557,7 @@ MFGLAB_PLUGIN(Jko, MFGLAB_KIND_MODEL, "jko", "1.0.0",
               mfglab::choice_param("energy", "kl", "kl|cross_entropy|free_energy",
                                    "kl: KL(rho, pi); cross_entropy: -E log pi; free_energy: E[V] + D E[log rho] with V = -log pi"),
               mfglab::number_param("temperature", 1.0, "D of free_energy (kl is D = 1)").at_least(0),
-              mfglab::choice_param("target", "standard_normal", "standard_normal|gaussian|dataset",
-                                   "pi: N(0, I); N(target_mean, diag target_std^2); or the dataset's exact "
-                                   "density (particle mode only)"),
+              kTarget,
               mfglab::numbers_param("target_mean", {0.0}, "mean of a gaussian target (1 or d numbers)"),
               mfglab::numbers_param("target_std", {1.0}, "std of a gaussian target (1 or d numbers)").above(0),
               mfglab::int_param("width", 32, "ResNet width of each block's potential").at_least(1),

@@ -37,32 +37,39 @@ namespace {
 
 using mfglab::Error;
 using torch::Tensor;
+namespace pde = mfglab::score_pde;
+
+// The parameters, declared once: the manifest lists them, the constructor reads them back.
+enum class Norm { l1, l2 };
+enum class Points { data, box };
+const auto kNorm = mfglab::choice_param("norm", Norm::l1, mfglab::Choices<Norm>{{"l1", Norm::l1}, {"l2", Norm::l2}},
+                                        "l1: batch mean of |r|_1; l2: batch mean of |r|_2^2");
+const auto kPoints = mfglab::choice_param("points", Points::data,
+                                          mfglab::Choices<Points>{{"data", Points::data}, {"box", Points::box}},
+                                          "data: the model's forward-noised training points (collocation); "
+                                          "box: uniform in [-box, box]^d x U(t_min, horizon)");
+const auto kForm = mfglab::choice_param(
+    "form", pde::SecondOrder::laplacian,
+    mfglab::Choices<pde::SecondOrder>{{"lap", pde::SecondOrder::laplacian}, {"grad", pde::SecondOrder::grad_div}},
+    "lap: Lap s + 2 J s as written; grad: grad(div s) + grad|s|^2, equal for a true score and one backward pass "
+    "instead of d^2");
+const auto kBox = mfglab::number_param("box", 4.0, "half-width of the box for points = box").above(0);
 
 class ScorePde final : public mfglab::Regularizer {
  public:
   ScorePde(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : norm_(params.string("norm")),
-        points_(params.string("points")),
-        form_(params.string("form")),
-        box_(params.number("box")),
-        generator_(ctx.generator) {
-    // Choices are enforced by the host; checked again because a typo here would silently
-    // pick another branch below.
-    if (norm_ != "l1" && norm_ != "l2") throw Error("norm must be l1 or l2, got '" + norm_ + "'");
-    if (points_ != "data" && points_ != "box") throw Error("points must be data or box, got '" + points_ + "'");
-    if (form_ != "lap" && form_ != "grad") throw Error("form must be lap or grad, got '" + form_ + "'");
-  }
+      : norm_(params[kNorm]), points_(params[kPoints]), form_(params[kForm]), box_(params[kBox]), generator_(ctx.generator) {}
 
   torch::Tensor penalty(mfglab::Model& model, const torch::Tensor& batch) override {
     auto [x, t] = points(model, batch);
     auto r = residual(model, x, t);
-    return norm_ == "l1" ? r.abs().sum(1).mean() : r.square().sum(1).mean();
+    return norm_ == Norm::l1 ? r.abs().sum(1).mean() : r.square().sum(1).mean();
   }
 
  private:
   // Collocation points: the model's forward-noised training points, or uniform in a box.
   std::pair<Tensor, Tensor> points(mfglab::Model& model, const Tensor& batch) {
-    if (points_ == "data") {
+    if (points_ == Points::data) {
       auto c = model.collocation(batch);
       return {c.x, c.t};
     }
@@ -79,12 +86,12 @@ class ScorePde final : public mfglab::Regularizer {
 
   // r = s_t - rhs at the points (x [N, d], t [N, 1]), [N, d].
   Tensor residual(mfglab::Model& model, const Tensor& x, const Tensor& t) {
-    namespace pde = mfglab::score_pde;
-    auto second = form_ == "grad" ? pde::SecondOrder::grad_div : pde::SecondOrder::laplacian;
-    return pde::residual(model, x, t, pde::derivatives(model, x, t, second));
+    return pde::residual(model, x, t, pde::derivatives(model, x, t, form_));
   }
 
-  std::string norm_, points_, form_;
+  Norm norm_;
+  Points points_;
+  pde::SecondOrder form_;
   double box_;
   torch::Generator generator_;  // shares the run generator's state
 };
@@ -94,12 +101,4 @@ class ScorePde final : public mfglab::Regularizer {
 MFGLAB_PLUGIN(ScorePde, MFGLAB_KIND_REGULARIZER, "score_pde", "1.1.0",
               "Score-PDE (HJB) residual s_t + grad(div f) + grad(f.s) - g^2/2 (Lap s + 2 J s) of the model's score",
               "score,collocation(points=data)",
-              mfglab::choice_param("norm", "l1", "l1|l2",
-                                   "l1: batch mean of |r|_1; l2: batch mean of |r|_2^2"),
-              mfglab::choice_param("points", "data", "data|box",
-                                   "data: the model's forward-noised training points (collocation); "
-                                   "box: uniform in [-box, box]^d x U(t_min, horizon)"),
-              mfglab::choice_param("form", "lap", "lap|grad",
-                                   "lap: Lap s + 2 J s as written; grad: grad(div s) + grad|s|^2, "
-                                   "equal for a true score and one backward pass instead of d^2"),
-              mfglab::number_param("box", 4.0, "half-width of the box for points = box").above(0))
+              kNorm, kPoints, kForm, kBox)

@@ -29,13 +29,13 @@ namespace sgm {
 
 enum class ProcessKind { vp, subvp, ve, ou };
 
-inline ProcessKind parse_process(const std::string& name) {
-  if (name == "vp") return ProcessKind::vp;
-  if (name == "subvp") return ProcessKind::subvp;
-  if (name == "ve") return ProcessKind::ve;
-  if (name == "ou") return ProcessKind::ou;
-  throw mfglab::Error("unknown process '" + name + "' (expected vp|subvp|ve|ou)");
+inline const mfglab::Choices<ProcessKind>& process_choices() {
+  static const mfglab::Choices<ProcessKind> table{
+      {"vp", ProcessKind::vp}, {"subvp", ProcessKind::subvp}, {"ve", ProcessKind::ve}, {"ou", ProcessKind::ou}};
+  return table;
 }
+
+inline ProcessKind parse_process(const std::string& name) { return process_choices().value(name, "process"); }
 
 namespace detail {
 // exp, expm1, sqrt for both doubles and tensors, picked by overload resolution.

@@ -60,17 +60,33 @@ enum class Weighting { sigma2, likelihood };
 enum class Sampler { em, pc, ode };
 enum class OdeSolver { rk4, dopri5 };
 
-// String dispatch with an error branch: the host validates choices, this guards the rest.
-template <class E>
-E pick(const std::string& what, const std::string& value,
-       std::initializer_list<std::pair<const char*, E>> options) {
-  std::string names;
-  for (const auto& [name, e] : options) {
-    if (value == name) return e;
-    names += (names.empty() ? "" : "|") + std::string(name);
-  }
-  throw Error("unknown " + what + " '" + value + "' (expected " + names + ")");
-}
+// The choice parameters, each tied to its enum by one table (declared in the manifest below,
+// read back in the constructor).
+using mfglab::Choices;
+const auto kActivation = mfglab::choice_param("activation", mfglab::nn::Activation::silu,
+                                              mfglab::nn::activation_choices().without({mfglab::nn::Activation::logcosh}),
+                                              "activation between the score network's layers");
+const auto kProcess = mfglab::choice_param("process", sgm::ProcessKind::vp, sgm::process_choices(),
+                                           "forward SDE: variance preserving, sub-VP, variance exploding, or "
+                                           "OU dY = -Y/2 dt + dW");
+const auto kParameterization = mfglab::choice_param(
+    "parameterization", Parameterization::score,
+    Choices<Parameterization>{{"score", Parameterization::score}, {"potential", Parameterization::potential}},
+    "network output: the scaled score, or a scalar potential whose gradient is the score");
+const auto kLoss = mfglab::choice_param(
+    "loss", LossKind::dsm,
+    Choices<LossKind>{{"dsm", LossKind::dsm}, {"ism", LossKind::ism}, {"esm", LossKind::esm}, {"none", LossKind::none}},
+    "denoising, implicit, or explicit score matching (esm regresses on the exact score; needs a dataset with one, "
+    "such as gmm); none: no loss of the model's own, the regularizers are the objective");
+const auto kWeighting = mfglab::choice_param(
+    "weighting", Weighting::sigma2, Choices<Weighting>{{"sigma2", Weighting::sigma2}, {"likelihood", Weighting::likelihood}},
+    "loss weight lambda(t): sigma(t)^2, or g(t)^2 (likelihood weighting)");
+const auto kSampler = mfglab::choice_param("sampler", Sampler::em,
+                                           Choices<Sampler>{{"em", Sampler::em}, {"pc", Sampler::pc}, {"ode", Sampler::ode}},
+                                           "Euler-Maruyama, predictor-corrector, or probability-flow ODE");
+const auto kOdeSolver = mfglab::choice_param("ode_solver", OdeSolver::rk4,
+                                             Choices<OdeSolver>{{"rk4", OdeSolver::rk4}, {"dopri5", OdeSolver::dopri5}},
+                                             "solver of the probability-flow ODE (ode sampler and log_prob)");
 
 // Also offers its noising marginals as the "mfglab.forward_process/1" capability, so
 // metrics and regularizers can compare the learned score with a dataset's exact one; its
@@ -93,16 +109,14 @@ class Sgm final : public mfglab::Model,
         exact_div_max_dim_(params.integer("exact_div_max_dim")),
         generator_(ctx.generator),
         options_(ctx.options()) {
-    proc_.kind = sgm::parse_process(params.string("process"));
+    proc_.kind = params[kProcess];
     proc_.T = params.number("T");
     proc_.beta_min = params.number("beta_min");
     proc_.beta_max = params.number("beta_max");
     proc_.sigma_min = params.number("sigma_min");
     proc_.sigma_max = params.number("sigma_max");
-    param_ = pick<Parameterization>("parameterization", params.string("parameterization"),
-                                    {{"score", Parameterization::score}, {"potential", Parameterization::potential}});
-    loss_ = pick<LossKind>("loss", params.string("loss"),
-                           {{"dsm", LossKind::dsm}, {"ism", LossKind::ism}, {"esm", LossKind::esm}, {"none", LossKind::none}});
+    param_ = params[kParameterization];
+    loss_ = params[kLoss];
     if (loss_ == LossKind::esm) {
       // Checked now, not at the first step: without an exact score there is no esm target.
       exact_ = mfglab::capability<mfglab::ExactDensity>(ctx.dataset, mfglab::kExactDensity);
@@ -114,12 +128,9 @@ class Sgm final : public mfglab::Model,
                                  : std::string("no dataset was given to the model")) +
                     "; use loss \"dsm\" or \"ism\" with this dataset");
     }
-    weighting_ = pick<Weighting>("weighting", params.string("weighting"),
-                                 {{"sigma2", Weighting::sigma2}, {"likelihood", Weighting::likelihood}});
-    sampler_ = pick<Sampler>("sampler", params.string("sampler"),
-                             {{"em", Sampler::em}, {"pc", Sampler::pc}, {"ode", Sampler::ode}});
-    solver_ = pick<OdeSolver>("ode_solver", params.string("ode_solver"),
-                              {{"rk4", OdeSolver::rk4}, {"dopri5", OdeSolver::dopri5}});
+    weighting_ = params[kWeighting];
+    sampler_ = params[kSampler];
+    solver_ = params[kOdeSolver];
     dopri_.rtol = params.number("rtol");
     dopri_.atol = params.number("atol");
 
@@ -145,7 +156,7 @@ class Sgm final : public mfglab::Model,
     std::vector<int64_t> sizes{d_ + 1};  // time enters as one extra input column
     for (int64_t i = 0; i < params.integer("depth"); ++i) sizes.push_back(params.integer("width"));
     sizes.push_back(param_ == Parameterization::score ? d_ : 1);
-    net_ = mfglab::nn::MLP(sizes, mfglab::nn::parse_activation(params.string("activation")),
+    net_ = mfglab::nn::MLP(sizes, params[kActivation],
                            generator_, options_);
   }
 
@@ -536,32 +547,22 @@ MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.3.0",
               "score,log_prob,value(parameterization=potential),collocation",
               mfglab::int_param("width", 128, "hidden units per layer of the score network").at_least(1),
               mfglab::int_param("depth", 3, "hidden layers of the score network").at_least(1),
-              mfglab::choice_param("activation", "silu", "silu|gelu|tanh|relu|softplus",
-                                   "activation between the score network's layers"),
+              kActivation,
               mfglab::number_param("beta_min", 0.1, "vp/subvp noise rate beta at t = 0").at_least(0),
               mfglab::number_param("beta_max", 20.0, "vp/subvp noise rate beta at t = T; must exceed beta_min").above(0),
               mfglab::number_param("eps", 1e-3, "smallest diffusion time, where sampling stops; in (0, T)").above(0),
               mfglab::int_param("sample_steps", 500, "steps of the em/pc samplers and of the rk4 ODE solver").at_least(1),
-              mfglab::choice_param("process", "vp", "vp|subvp|ve|ou",
-                                   "forward SDE: variance preserving, sub-VP, variance exploding, or "
-                                   "OU dY = -Y/2 dt + dW"),
+              kProcess,
               mfglab::number_param("T", 1.0, "final diffusion time (try 3 for ou)").above(0),
               mfglab::number_param("sigma_min", 0.01, "ve noise scale at t = 0").above(0),
               mfglab::number_param("sigma_max", 10.0, "ve noise scale at t = T (prior std); must exceed sigma_min").above(0),
-              mfglab::choice_param("parameterization", "score", "score|potential",
-                                   "network output: the scaled score, or a scalar potential whose gradient is the score"),
-              mfglab::choice_param("loss", "dsm", "dsm|ism|esm|none",
-                                   "denoising, implicit, or explicit score matching (esm regresses on "
-                                   "the exact score; needs a dataset with one, such as gmm); none: no loss "
-                                   "of the model's own, the regularizers are the objective"),
-              mfglab::choice_param("weighting", "sigma2", "sigma2|likelihood",
-                                   "loss weight lambda(t): sigma(t)^2, or g(t)^2 (likelihood weighting)"),
+              kParameterization,
+              kLoss,
+              kWeighting,
               mfglab::int_param("exact_div_max_dim", 4,
                                 "largest dimension with exact divergences (ism, log_prob); Hutchinson above").at_least(0),
-              mfglab::choice_param("sampler", "em", "em|pc|ode",
-                                   "Euler-Maruyama, predictor-corrector, or probability-flow ODE"),
+              kSampler,
               mfglab::number_param("snr", 0.16, "signal-to-noise ratio of the pc sampler's Langevin corrector").above(0),
-              mfglab::choice_param("ode_solver", "rk4", "rk4|dopri5",
-                                   "solver of the probability-flow ODE (ode sampler and log_prob)"),
+              kOdeSolver,
               mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0),
               mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0))

@@ -19,15 +19,17 @@ namespace mfglab::nn {
 
 enum class Activation { silu, gelu, tanh, relu, softplus, logcosh };
 
-inline Activation parse_activation(const std::string& name) {
-  if (name == "silu") return Activation::silu;
-  if (name == "gelu") return Activation::gelu;
-  if (name == "tanh") return Activation::tanh;
-  if (name == "relu") return Activation::relu;
-  if (name == "softplus") return Activation::softplus;
-  if (name == "logcosh") return Activation::logcosh;
-  throw Error("unknown activation '" + name + "' (expected silu|gelu|tanh|relu|softplus|logcosh)");
+// Every activation by name; a plugin declares the ones it supports with
+// mfglab::choice_param("activation", Activation::silu, activation_choices(), ...), or a subset
+// with activation_choices().without({...}).
+inline const Choices<Activation>& activation_choices() {
+  static const Choices<Activation> table{{"silu", Activation::silu}, {"gelu", Activation::gelu},
+                                         {"tanh", Activation::tanh}, {"relu", Activation::relu},
+                                         {"softplus", Activation::softplus}, {"logcosh", Activation::logcosh}};
+  return table;
 }
+
+inline Activation parse_activation(const std::string& name) { return activation_choices().value(name, "activation"); }
 
 inline torch::Tensor activate(Activation a, const torch::Tensor& x) {
   switch (a) {
