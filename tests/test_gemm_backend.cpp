@@ -1,16 +1,30 @@
 // LibTorch's float matrix products go through oneDNN (engine/src/running/gemm_backend.cpp), and
-// <mfglab/blas.h> computes row-major products on raw pointers: both against plain loops.
+// <mfglab/blas.h> computes row-major products on raw pointers: both against plain loops. And a
+// stream of stop signals leaves the products alone (running/stop_signals.h).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <mfglab/blas.h>
 
 #include "gemm_backend.h"
+#include "stop_signals.h"
 
 namespace {
+
+// As the mfglab launcher does, before any thread exists: every thread inherits the mask.
+const bool stop_signals_blocked = (mfglab::engine::block_stop_signals(), true);
+
+std::atomic<long> stop_signals_seen{0};
+void count_stop_signal(int) { stop_signals_seen.fetch_add(1); }
 
 // Row-major op(A) op(B) in double by the definition.
 std::vector<double> naive(bool ta, bool tb, int m, int n, int k, const std::vector<double>& a, int lda,
@@ -79,4 +93,45 @@ TEST_CASE("blas::gemm: row-major products with transposes and padded leading dim
       for (int i = 0; i < m; ++i)
         for (int j = 0; j < n; ++j) CHECK(cf[i * ldc + j] == Approx(want[i * n + j]).margin(1e-5));
     }
+}
+
+// oneDNN's kernels keep data below the stack pointer, where a signal handler's frame would land
+// (stop_signals.h): with a handler on this thread, this loop aborts with a corrupted heap or
+// computes other numbers within a second or two. The engine's thread takes the signals instead.
+TEST_CASE("a stream of stop signals never lands on a thread computing products") {
+  REQUIRE(stop_signals_blocked);
+  mfglab::engine::watch_stop_signals(count_stop_signal);
+  at::set_num_threads(1);
+  // Layer-sized products as the models make them, forward and backward; computed one thread,
+  // they are the same bits every time.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  auto a = torch::randn({256, 64}, gen), w = torch::randn({64, 64}, gen), g = torch::randn({256, 64}, gen);
+  auto products = [&] {
+    return std::vector<torch::Tensor>{torch::mm(a, w), torch::mm(g, w.t()), torch::mm(a.t(), g),
+                                      torch::addmm(g, a, w.t(), 0.5, 2.0)};
+  };
+  const auto want = products();
+  const pid_t self = ::getpid();
+  const pid_t sender = ::fork();
+  REQUIRE(sender >= 0);
+  if (sender == 0) {  // async-signal-safe calls only: the test process has threads
+    for (int i = 0; i < 10000; ++i) {
+      ::kill(self, SIGTERM);
+      ::usleep(200);
+    }
+    ::_exit(0);
+  }
+  long rounds = 0, different = 0;
+  int status = 0;
+  while (::waitpid(sender, &status, WNOHANG) == 0) {
+    const auto got = products();
+    for (size_t i = 0; i < got.size(); ++i) different += torch::equal(got[i], want[i]) ? 0 : 1;
+    ++rounds;
+  }
+  // The watching thread may still be taking the last ones.
+  for (int i = 0; i < 100 && stop_signals_seen.load() <= 100; ++i) ::usleep(10000);
+  INFO(rounds << " rounds of products, " << stop_signals_seen.load() << " signals taken");
+  CHECK(different == 0);
+  CHECK(stop_signals_seen.load() > 100);
+  CHECK(rounds > 100);
 }

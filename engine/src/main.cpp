@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -37,6 +36,7 @@
 #include "running/isolation.h"
 #include "running/mpi_sweep.h"
 #include "running/run_directory.h"
+#include "running/stop_signals.h"
 
 namespace fs = std::filesystem;
 using namespace mfglab;
@@ -211,8 +211,8 @@ int cmd_validate(const PluginHost& host, const std::string& file) {
   }
 }
 
+// Called by the stop-signal thread (running/stop_signals.h), not in a signal handler.
 void on_stop_signal(int) { request_stop(); }
-
 
 // A worker that cannot stop (a plugin stuck in a loop) ends by SIGALRM's default action.
 void on_worker_stop_signal(int) {
@@ -617,10 +617,12 @@ int mfglab_main(int argc, char** argv, const ForkServer* fork_server) {
     return app.exit(e) == 0 ? 0 : kExitBadInput;
   }
 
+  // Ctrl-C stops `run` and `rerun` cleanly: each run saves a checkpoint and the next `run`
+  // resumes it. Other commands simply end.
+  if (*run || *rerun) watch_stop_signals(on_stop_signal);
+  else if (*worker) watch_stop_signals(on_worker_stop_signal);
+  else restore_stop_signals();
   if (*run) {
-    // Ctrl-C stops cleanly: each run saves a checkpoint and the next `run` resumes it.
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
     if (!run_memory.empty()) {
       // The same sizes as train.memory_limit: bytes, or "512M", "1.5G", ...
       const bool digits = run_memory.find_first_not_of("0123456789") == std::string::npos;
@@ -634,13 +636,7 @@ int mfglab_main(int argc, char** argv, const ForkServer* fork_server) {
       options.memory_limit = *bytes;
     }
   }
-  if (*rerun) {
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
-  }
   if (*worker) {
-    std::signal(SIGINT, on_worker_stop_signal);
-    std::signal(SIGTERM, on_worker_stop_signal);
     if (worker_memory_limit > 0) {  // before the run allocates anything
       const rlimit rl{static_cast<rlim_t>(worker_memory_limit), static_cast<rlim_t>(worker_memory_limit)};
       ::setrlimit(RLIMIT_AS, &rl);

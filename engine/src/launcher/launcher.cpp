@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launcher/entry.h"
+#include "running/stop_signals.h"
 #include "running/worker_spawn.h"
 
 namespace fs = std::filesystem;
@@ -97,6 +98,10 @@ size_t workers_to_start(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists, so that every thread inherits the mask: the engine decides, per
+  // command, whether a thread of its own takes Ctrl-C or it ends the process
+  // (running/stop_signals.h says why never a handler).
+  mfglab::engine::block_stop_signals();
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (ec) {
