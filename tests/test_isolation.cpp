@@ -198,6 +198,7 @@ TEST_CASE("workers come from a fork server that has LibTorch loaded, or by fork+
   const std::string forked = children_while_training("", "a");
   INFO(forked);
   CHECK(forked.find("worker --fork-server") != std::string::npos);
+  CHECK(forked.find("worker --forked") != std::string::npos);
   CHECK(forked.find("--standby") == std::string::npos);
   size_t lines = 0;  // the server and its worker
   for (char c : forked) lines += c == '\n';

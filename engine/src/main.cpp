@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -469,6 +470,9 @@ int mfglab_main(int argc, char** argv, const ForkServer* fork_server) {
   if (argc == 3 && std::string(argv[1]) == "worker" && std::string(argv[2]) == "--fork-server") {
     if (!serve_forks()) return 0;
     standby = true;  // a worker the server forked: its run comes on stdin
+    // `ps` shows it as `mfglab worker --forked`, not as a second server (same memory: shorter).
+    std::memset(argv[2], 0, std::strlen(argv[2]));
+    std::memcpy(argv[2], "--forked", 8);
   }
   // A worker started ahead of its run reads its arguments from stdin.
   std::vector<std::string> assigned_args;
