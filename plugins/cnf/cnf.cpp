@@ -34,24 +34,45 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
-// The choice parameters tied to enums (declared in the manifest, read in the constructor).
+// The parameters, declared once: the manifest lists them, the constructor reads them back (the
+// choices tied to enums).
 enum class Solver { rk4, dopri5 };
 enum class Divergence { automatic, exact, exact_autograd, hutchinson };
 enum class Probe { gaussian, rademacher };
+const auto kWidth = mfglab::int_param("width", 64, "hidden units per layer of the velocity MLP").at_least(1);
+const auto kDepth = mfglab::int_param("depth", 3, "hidden layers of the velocity MLP").at_least(1);
 const auto kActivation = mfglab::choice_param("activation", mfglab::nn::Activation::tanh, mfglab::nn::activation_choices(),
                                               "activation between the MLP's layers");
 const auto kSolver = mfglab::choice_param("solver", Solver::rk4,
                                           mfglab::Choices<Solver>{{"rk4", Solver::rk4}, {"dopri5", Solver::dopri5}},
                                           "ODE solver: fixed-step RK4 or adaptive Dormand-Prince 5(4)");
+const auto kSteps = mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training (and collocation)").at_least(1);
+const auto kEvalSteps =
+    mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob, sample and transport; 0 = steps").at_least(0);
+const auto kRtol = mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0);
+const auto kAtol = mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0);
+const auto kMaxSteps =
+    mfglab::int_param("max_steps", 1000, "dopri5: most steps (accepted + rejected) per solve").at_least(1);
 const auto kDivergence = mfglab::choice_param(
     "divergence", Divergence::automatic,
     mfglab::Choices<Divergence>{{"auto", Divergence::automatic}, {"exact", Divergence::exact},
                                 {"exact_autograd", Divergence::exact_autograd}, {"hutchinson", Divergence::hutchinson}},
     "training divergence: exact (forward sweep of the Jacobian through the MLP), exact_autograd (d reverse passes), "
     "Hutchinson, or auto = exact when d <= exact_max_dim; log_prob is exact (as chosen) when d <= exact_max_dim");
+const auto kExactMaxDim =
+    mfglab::int_param("exact_max_dim", 10, "largest dimension with an exact divergence under auto").at_least(0);
 const auto kProbe = mfglab::choice_param(
     "probe", Probe::rademacher, mfglab::Choices<Probe>{{"gaussian", Probe::gaussian}, {"rademacher", Probe::rademacher}},
     "Hutchinson probe law");
+const auto kProbes =
+    mfglab::int_param("probes", 1, "Hutchinson probes per solve (averaged), drawn once per solve").at_least(1);
+const auto kFused = mfglab::bool_param("fused", true,
+                                       "rk4 with exact or Hutchinson divergence: the training loss, its gradient and "
+                                       "log_prob by a hand-written kernel instead of autograd's graph (same values up "
+                                       "to rounding)");
+const auto kLogEvery =
+    mfglab::int_param("log_every", 100, "log the mean NFE per training solve every this many iterations; 0 = never")
+        .at_least(0);
 
 // Concatenates anything streamable: the messages below mix text and numbers.
 template <class... A>
@@ -71,12 +92,12 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
  public:
   Cnf(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
-        steps_(params.integer("steps")),
-        eval_steps_(params.integer("eval_steps") > 0 ? params.integer("eval_steps") : params.integer("steps")),
-        probes_(params.integer("probes")),
-        log_every_(params.integer("log_every")),
+        steps_(params[kSteps]),
+        eval_steps_(params[kEvalSteps] > 0 ? params[kEvalSteps] : params[kSteps]),
+        probes_(params[kProbes]),
+        log_every_(params[kLogEvery]),
         threads_(std::max(1, ctx.threads)),
-        fused_(params.flag("fused")),
+        fused_(params[kFused]),
         generator_(ctx.generator),
         options_(ctx.options()),
         logger_(ctx.logger) {
@@ -86,9 +107,9 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     // Declared bounds say the same; repeated so that direct construction fails clearly too.
     if (steps_ < 1) throw Error("steps must be at least 1, got " + std::to_string(steps_));
     if (probes_ < 1) throw Error("probes must be at least 1, got " + std::to_string(probes_));
-    dopri_.rtol = params.number("rtol");
-    dopri_.atol = params.number("atol");
-    dopri_.max_steps = params.integer("max_steps");
+    dopri_.rtol = params[kRtol];
+    dopri_.atol = params[kAtol];
+    dopri_.max_steps = params[kMaxSteps];
     if (!(dopri_.rtol > 0) || !(dopri_.atol > 0))
       throw Error(cat("rtol and atol must be > 0, got rtol = ", dopri_.rtol, ", atol = ", dopri_.atol));
     if (dopri_.max_steps < 1) throw Error("max_steps must be at least 1");
@@ -96,13 +117,13 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
     adaptive_ = params[kSolver] == Solver::dopri5;
 
     const Divergence div = params[kDivergence];
-    const int64_t exact_max = params.integer("exact_max_dim");
+    const int64_t exact_max = params[kExactMaxDim];
     hutchinson_ = div == Divergence::hutchinson || (div == Divergence::automatic && d_ > exact_max);
     autograd_trace_ = div == Divergence::exact_autograd;
     eval_hutchinson_ = d_ > exact_max;
     rademacher_ = params[kProbe] == Probe::rademacher;
     activation_ = params[kActivation];
-    const int64_t width = params.integer("width"), depth = params.integer("depth");
+    const int64_t width = params[kWidth], depth = params[kDepth];
     if (width < 1 || depth < 1) throw Error("width and depth must be at least 1");
     std::vector<int64_t> sizes{d_ + 1};
     for (int64_t i = 0; i < depth; ++i) sizes.push_back(width);
@@ -365,20 +386,5 @@ class Cnf final : public mfglab::Model, public mfglab::FlowMap {
 MFGLAB_PLUGIN(Cnf, MFGLAB_KIND_MODEL, "cnf", "1.1.0",
               "FFJORD-style continuous normalizing flow: MLP velocity v(x, t), exact or Hutchinson "
               "divergence, rk4 or dopri5, loss = mean NLL by the change of variables (no transport cost)",
-              "velocity,log_prob,collocation",
-              mfglab::int_param("width", 64, "hidden units per layer of the velocity MLP").at_least(1),
-              mfglab::int_param("depth", 3, "hidden layers of the velocity MLP").at_least(1),
-              kActivation,
-              kSolver,
-              mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training (and collocation)").at_least(1),
-              mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob, sample and transport; 0 = steps").at_least(0),
-              mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0),
-              mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0),
-              mfglab::int_param("max_steps", 1000, "dopri5: most steps (accepted + rejected) per solve").at_least(1),
-              kDivergence,
-              mfglab::int_param("exact_max_dim", 10, "largest dimension with an exact divergence under auto").at_least(0),
-              kProbe,
-              mfglab::int_param("probes", 1, "Hutchinson probes per solve (averaged), drawn once per solve").at_least(1),
-              mfglab::bool_param("fused", true, "rk4 with exact or Hutchinson divergence: the training loss, its gradient "
-                                 "and log_prob by a hand-written kernel instead of autograd's graph (same values up to rounding)"),
-              mfglab::int_param("log_every", 100, "log the mean NFE per training solve every this many iterations; 0 = never").at_least(0))
+              "velocity,log_prob,collocation", kWidth, kDepth, kActivation, kSolver, kSteps, kEvalSteps, kRtol, kAtol,
+              kMaxSteps, kDivergence, kExactMaxDim, kProbe, kProbes, kFused, kLogEvery)

@@ -14,9 +14,12 @@ namespace {
 
 using mfglab::Error;
 
+const auto kLambda =
+    mfglab::numbers_param("lambda", {1.0}, "weights lambda_i of the kinetic cost (1 or d numbers)").above(0);
+
 class DiagonalQuadratic final : public mfglab::Hamiltonian, public mfglab::HamiltonianStructure {
  public:
-  DiagonalQuadratic(const mfglab::Params& params, const mfglab::RunContext& ctx) : lambdas_(params.numbers("lambda")) {
+  DiagonalQuadratic(const mfglab::Params& params, const mfglab::RunContext& ctx) : lambdas_(params[kLambda]) {
     // One number means the same lambda in every dimension.
     if (lambdas_.size() == 1 && ctx.data_dim > 1) lambdas_.assign(ctx.data_dim, lambdas_[0]);
     if (ctx.data_dim > 0 && static_cast<int64_t>(lambdas_.size()) != ctx.data_dim)
@@ -60,4 +63,4 @@ class DiagonalQuadratic final : public mfglab::Hamiltonian, public mfglab::Hamil
 
 MFGLAB_PLUGIN(DiagonalQuadratic, MFGLAB_KIND_HAMILTONIAN, "diagonal_quadratic", "1.0.0",
               "Anisotropic quadratic Hamiltonian H(p) = sum_i p_i^2/(2 lambda_i); running cost sum_i lambda_i/2 v_i^2",
-              "", mfglab::numbers_param("lambda", {1.0}, "weights lambda_i of the kinetic cost (1 or d numbers)").above(0))
+              "", kLambda)

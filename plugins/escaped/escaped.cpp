@@ -7,11 +7,16 @@
 
 namespace {
 
+const auto kMargin = mfglab::number_param("margin", 0.0625,
+                                          "widening of the box on each side, as a fraction of its extent in that "
+                                          "coordinate (0.0625 turns the checkerboard's [-4, 4] into [-4.5, 4.5])")
+                         .at_least(0);
+
 class Escaped final : public mfglab::Metric {
  public:
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
-  Escaped(const mfglab::Params& params, const mfglab::RunContext&) : margin_(params.number("margin")) {}
+  Escaped(const mfglab::Params& params, const mfglab::RunContext&) : margin_(params[kMargin]) {}
 
   mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {
     if (!in.samples.defined() || !in.reference.defined())
@@ -41,8 +46,4 @@ class Escaped final : public mfglab::Metric {
 MFGLAB_PLUGIN(Escaped, MFGLAB_KIND_METRIC, "escaped", "1.0.0",
               "Fraction of samples outside the reference data's bounding box widened by margin x its "
               "extent on each side (non-finite samples count as escaped)",
-              "",
-              mfglab::number_param("margin", 0.0625,
-                                   "widening of the box on each side, as a fraction of its extent in that "
-                                   "coordinate (0.0625 turns the checkerboard's [-4, 4] into [-4.5, 4.5])")
-                  .at_least(0))
+              "", kMargin)

@@ -22,6 +22,14 @@ using torch::Tensor;
 
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
+const auto kPath =
+    mfglab::string_param("path", "", "the data file (relative paths are taken from the working directory)");
+const auto kFormat = mfglab::choice_param("format", "auto", "auto|npy|csv", "auto: by extension (.npy; .csv or .txt)");
+const auto kTestFraction = mfglab::number_param("test_fraction", 0.2, "share of the rows held out").above(0).below(1);
+const auto kStandardize = mfglab::bool_param(
+    "standardize", false, "centre and scale each column by the training split's mean and std (population)");
+const auto kMaxRows = mfglab::int_param("max_rows", 0, "read only the first max_rows rows (0: all)").at_least(0);
+
 // The rows of a data file as a float64 [N, d] tensor: N >= 1 rows, d >= 1 finite columns.
 Tensor load(const std::string& path, const std::string& format, int64_t max_rows) {
   mfglab::array_io::ReadOptions options;
@@ -48,9 +56,9 @@ std::string lower_extension(const std::string& path) {
 class FileDataset final : public mfglab::Dataset {
  public:
   FileDataset(const mfglab::Params& params, const mfglab::RunContext& ctx) {
-    const std::string path = params.string("path");
+    const std::string path = params[kPath];
     if (path.empty()) throw Error("params.path: give the data file (.npy or .csv)");
-    std::string format = params.string("format");
+    std::string format = params[kFormat];
     if (format == "auto") {
       const std::string ext = lower_extension(path);
       if (ext == ".npy") format = "npy";
@@ -59,20 +67,20 @@ class FileDataset final : public mfglab::Dataset {
         throw Error("params.format: cannot tell the format of " + path + " from its extension '" + ext +
                     "'; set params.format to npy or csv");
     }
-    const int64_t max_rows = params.integer("max_rows");
+    const int64_t max_rows = params[kMaxRows];
     const Tensor x = load(path, format, max_rows);
 
     // n_test = round(test_fraction * n), at least 1 and leaving at least 1 for training.
     const int64_t n = x.size(0);
     if (n < 2) throw Error(path + ": holds " + std::to_string(n) + " row; at least 2 are needed to "
                            "split it into a training and a held-out set");
-    const int64_t n_test = std::clamp<int64_t>(std::llround(params.number("test_fraction") * n), 1, n - 1);
+    const int64_t n_test = std::clamp<int64_t>(std::llround(params[kTestFraction] * n), 1, n - 1);
     torch::Generator g = ctx.generator;
     const auto order = torch::randperm(n, g, torch::kLong);
     Tensor train = x.index_select(0, order.slice(0, 0, n - n_test));
     Tensor test = x.index_select(0, order.slice(0, n - n_test));
 
-    if (params.flag("standardize")) {
+    if (params[kStandardize]) {
       // Population statistics of the training split, so that the training set has mean
       // 0 and std 1 exactly; a constant column is only centred.
       const auto mean = train.mean(0);
@@ -104,13 +112,4 @@ class FileDataset final : public mfglab::Dataset {
 MFGLAB_PLUGIN(FileDataset, MFGLAB_KIND_DATASET, "file", "1.0.0",
               "User data from a .npy (float32/float64, (N,) or (N, d)) or CSV file, split at "
               "random into training and held-out sets",
-              "",
-              mfglab::string_param("path", "", "the data file (relative paths are taken from the "
-                                               "working directory)"),
-              mfglab::choice_param("format", "auto", "auto|npy|csv",
-                                   "auto: by extension (.npy; .csv or .txt)"),
-              mfglab::number_param("test_fraction", 0.2, "share of the rows held out").above(0).below(1),
-              mfglab::bool_param("standardize", false,
-                                 "centre and scale each column by the training split's mean and "
-                                 "std (population)"),
-              mfglab::int_param("max_rows", 0, "read only the first max_rows rows (0: all)").at_least(0))
+              "", kPath, kFormat, kTestFraction, kStandardize, kMaxRows)

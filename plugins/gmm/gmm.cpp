@@ -32,6 +32,17 @@ using torch::Tensor;
 constexpr double kPi = 3.14159265358979323846;
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
+const auto kComponents = mfglab::json_param(
+    "components", nullptr,
+    "list of {\"weight\": w (default 1; weights are normalised by their sum), \"mean\": [...], \"cov\": [[...]] or "
+    "\"std\": number or list (diagonal)}; null generates a mixture from k, dim, mean_scale and std");
+const auto kK = mfglab::int_param("k", 8, "components of a generated mixture").at_least(1);
+const auto kDim = mfglab::int_param("dim", 2, "dimension of a generated mixture").at_least(1);
+const auto kMeanScale = mfglab::number_param("mean_scale", 3.0, "generated means are mean_scale * N(0, I)").at_least(0);
+const auto kStd = mfglab::number_param("std", 0.5, "isotropic std of the generated components").above(0);
+const auto kTrainSize = mfglab::int_param("train_size", 20000, "points in the training set").at_least(1);
+const auto kTestSize = mfglab::int_param("test_size", 5000, "points in the held-out set").at_least(1);
+
 std::string show(double v) {
   std::ostringstream out;
   out << v;
@@ -175,11 +186,10 @@ class Gmm final : public mfglab::Dataset, public mfglab::ExactDensity {
  public:
   Gmm(const mfglab::Params& params, const mfglab::RunContext& ctx) {
     torch::Generator g = ctx.generator;
-    const json& spec = params.raw("components");
+    const json spec = params[kComponents];
     const bool given = !spec.is_null();
-    const Mixture m = given ? read_components(spec)
-                            : generate(g, params.integer("k"), params.integer("dim"),
-                                       params.number("mean_scale"), params.number("std"));
+    const Mixture m =
+        given ? read_components(spec) : generate(g, params[kK], params[kDim], params[kMeanScale], params[kStd]);
     weights_ = m.weights;
     means_ = m.means;
     chol_ = torch::linalg_cholesky(m.covs);
@@ -187,8 +197,8 @@ class Gmm final : public mfglab::Dataset, public mfglab::ExactDensity {
     log_weights_ = weights_.log();
     d_ = means_.size(1);
 
-    train_ = sample(g, params.integer("train_size")).to(ctx.options());
-    test_ = sample(g, params.integer("test_size")).to(ctx.options());
+    train_ = sample(g, params[kTrainSize]).to(ctx.options());
+    test_ = sample(g, params[kTestSize]).to(ctx.options());
     ctx.info("gmm: " + std::to_string(weights_.size(0)) + " components in dimension " +
              std::to_string(d_) + (given ? " (given)" : " (generated)"));
   }
@@ -262,16 +272,4 @@ class Gmm final : public mfglab::Dataset, public mfglab::ExactDensity {
 MFGLAB_PLUGIN(Gmm, MFGLAB_KIND_DATASET, "gmm", "1.0.0",
               "Gaussian mixture in any dimension, given or generated; offers its exact density "
               "and score under Gaussian noising",
-              "",
-              mfglab::json_param("components", nullptr,
-                                 "list of {\"weight\": w (default 1; weights are normalised by "
-                                 "their sum), \"mean\": [...], \"cov\": [[...]] or \"std\": number "
-                                 "or list (diagonal)}; null generates a mixture from k, dim, "
-                                 "mean_scale and std"),
-              mfglab::int_param("k", 8, "components of a generated mixture").at_least(1),
-              mfglab::int_param("dim", 2, "dimension of a generated mixture").at_least(1),
-              mfglab::number_param("mean_scale", 3.0,
-                                   "generated means are mean_scale * N(0, I)").at_least(0),
-              mfglab::number_param("std", 0.5, "isotropic std of the generated components").above(0),
-              mfglab::int_param("train_size", 20000, "points in the training set").at_least(1),
-              mfglab::int_param("test_size", 5000, "points in the held-out set").at_least(1))
+              "", kComponents, kK, kDim, kMeanScale, kStd, kTrainSize, kTestSize)

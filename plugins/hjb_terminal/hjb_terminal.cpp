@@ -44,10 +44,16 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
+const auto kQ = mfglab::int_param("q", 2, "exponent of the penalty mean |m - mean m|^q (1 or 2)").range(1, 2);
+const auto kDataDensity = mfglab::choice_param("data_density", "auto", "auto|exact|model",
+                                               "log rho_0 of the data: exact = the dataset's exact density (required), "
+                                               "model = the model's log_prob (target 1: a flat terminal value), auto = "
+                                               "exact when the dataset has one");
+
 class HjbTerminal final : public mfglab::Regularizer {
  public:
   HjbTerminal(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : q_(params.integer("q")), mode_(params.string("data_density")) {
+      : q_(params[kQ]), mode_(params[kDataDensity]) {
     if (q_ != 1 && q_ != 2) throw Error("q must be 1 or 2, got " + std::to_string(q_));
     if (mode_ != "auto" && mode_ != "exact" && mode_ != "model")
       throw Error("data_density must be auto, exact or model, got '" + mode_ + "'");
@@ -108,9 +114,4 @@ MFGLAB_PLUGIN(HjbTerminal, MFGLAB_KIND_REGULARIZER, "hjb_terminal", "1.0.0",
               "variables; alpha_L, alpha_C the model's objective weights (mfglab.objective_weights/1, else 1); x(T) "
               "from the model's flow map; rho_0 the dataset's exact density, or taken as the model's (then target "
               "constant)",
-              "value,log_prob",
-              mfglab::int_param("q", 2, "exponent of the penalty mean |m - mean m|^q (1 or 2)").range(1, 2),
-              mfglab::choice_param("data_density", "auto", "auto|exact|model",
-                                   "log rho_0 of the data: exact = the dataset's exact density (required), "
-                                   "model = the model's log_prob (target 1: a flat terminal value), auto = exact "
-                                   "when the dataset has one"))
+              "value,log_prob", kQ, kDataDensity)

@@ -14,12 +14,16 @@ namespace {
 
 using torch::Tensor;
 
+const auto kSteps = mfglab::int_param("steps", 32, "RK4 steps each way when the model offers no flow map").at_least(1);
+const auto kMaxPoints =
+    mfglab::int_param("max_points", 2000, "use at most this many held-out points (the first ones)").at_least(1);
+
 class InverseError final : public mfglab::Metric {
  public:
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
   InverseError(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : steps_(params.integer("steps")), max_points_(params.integer("max_points")), options_(ctx.options()) {
+      : steps_(params[kSteps]), max_points_(params[kMaxPoints]), options_(ctx.options()) {
     if (steps_ < 1) throw mfglab::Error("steps must be at least 1");
     if (max_points_ < 1) throw mfglab::Error("max_points must be at least 1");
   }
@@ -53,6 +57,4 @@ class InverseError final : public mfglab::Metric {
 MFGLAB_PLUGIN(InverseError, MFGLAB_KIND_METRIC, "inverse_error", "1.0.0",
               "Invertibility of the flow f from t = 0 to the horizon on held-out points: mean and max "
               "|x - f^-1(f(x))| (f = the model's flow_map capability, else RK4 with `steps` steps)",
-              "velocity",
-              mfglab::int_param("steps", 32, "RK4 steps each way when the model offers no flow map").at_least(1),
-              mfglab::int_param("max_points", 2000, "use at most this many held-out points (the first ones)").at_least(1))
+              "velocity", kSteps, kMaxPoints)

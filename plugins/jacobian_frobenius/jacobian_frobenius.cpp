@@ -17,10 +17,13 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
+const auto kProbes =
+    mfglab::int_param("probes", 1, "Gaussian probes per point for the Hutchinson estimate").at_least(1);
+
 class JacobianFrobenius final : public mfglab::Regularizer {
  public:
   JacobianFrobenius(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : probes_(params.integer("probes")), generator_(ctx.generator) {
+      : probes_(params[kProbes]), generator_(ctx.generator) {
     if (probes_ < 1) throw Error("probes must be at least 1, got " + std::to_string(probes_));
   }
 
@@ -54,5 +57,4 @@ class JacobianFrobenius final : public mfglab::Regularizer {
 MFGLAB_PLUGIN(JacobianFrobenius, MFGLAB_KIND_REGULARIZER, "jacobian_frobenius", "1.0.0",
               "RNODE's int_0^T |dv/dx|_F^2 dt = horizon * mean |eps^T dv/dx|^2 at the model's collocation points, "
               "Gaussian probes eps",
-              "velocity,collocation",
-              mfglab::int_param("probes", 1, "Gaussian probes per point for the Hutchinson estimate").at_least(1))
+              "velocity,collocation", kProbes)

@@ -54,17 +54,48 @@ using mfglab::jko::StepRecord;
 using mfglab::nn::Potential;
 using torch::Tensor;
 
-// The choice parameters tied to enums (declared in the manifest, read in the constructor).
+// The parameters, declared once: the manifest lists them, the constructor reads them back (the
+// choices of mode and target tied to enums).
 enum class Mode { generative, particles };
 enum class Target { standard_normal, gaussian, dataset };
 const auto kMode = mfglab::choice_param("mode", Mode::generative,
                                         mfglab::Choices<Mode>{{"generative", Mode::generative}, {"particles", Mode::particles}},
                                         "generative: data -> target, log_prob and sample through the blocks; "
                                         "particles: a Gaussian cloud follows the JKO steps (batches ignored)");
+const auto kBlocks = mfglab::int_param("blocks", 4, "K: JKO steps, one potential-flow block each").at_least(1);
+const auto kHorizon = mfglab::number_param("horizon", 0.0,
+                                           "if > 0: blocks = the number of steps tau_k that reach this time "
+                                           "(overrides blocks)")
+                          .at_least(0);
+const auto kTau = mfglab::number_param("tau", 0.25, "step tau_0 of the first block").above(0);
+const auto kTauGrowth =
+    mfglab::number_param("tau_growth", 1.0, "tau_k = tau * tau_growth^k (1: constant steps)").at_least(1);
+const auto kIterationsPerBlock = mfglab::int_param("iterations_per_block", 250,
+                                                   "loss() calls that train each block before the next starts; "
+                                                   "set train.iterations = blocks x this")
+                                     .at_least(1);
+const auto kEnergy = mfglab::choice_param("energy", "kl", "kl|cross_entropy|free_energy",
+                                          "kl: KL(rho, pi); cross_entropy: -E log pi; free_energy: E[V] + D E[log rho] "
+                                          "with V = -log pi");
+const auto kTemperature = mfglab::number_param("temperature", 1.0, "D of free_energy (kl is D = 1)").at_least(0);
 const auto kTarget = mfglab::choice_param(
     "target", Target::standard_normal,
     mfglab::Choices<Target>{{"standard_normal", Target::standard_normal}, {"gaussian", Target::gaussian}, {"dataset", Target::dataset}},
     "pi: N(0, I); N(target_mean, diag target_std^2); or the dataset's exact density (particle mode only)");
+const auto kTargetMean = mfglab::numbers_param("target_mean", {0.0}, "mean of a gaussian target (1 or d numbers)");
+const auto kTargetStd =
+    mfglab::numbers_param("target_std", {1.0}, "std of a gaussian target (1 or d numbers)").above(0);
+const auto kWidth = mfglab::int_param("width", 32, "ResNet width of each block's potential").at_least(1);
+const auto kLayers = mfglab::int_param("layers", 2, "ResNet layers of each block's potential (>= 2)").at_least(2);
+const auto kSteps = mfglab::int_param("steps", 4, "RK4 steps per block for training").at_least(1);
+const auto kEvalSteps =
+    mfglab::int_param("eval_steps", 0, "RK4 steps per block for log_prob and sample; 0 = steps").at_least(0);
+const auto kAlphaR = mfglab::number_param("alpha_R", 0.0, "weight of each block's HJB residual term R").at_least(0);
+const auto kWarmStart = mfglab::bool_param("warm_start", true, "start block k + 1 from block k's parameters");
+const auto kParticles = mfglab::int_param("particles", 2000, "particle mode: cloud size").at_least(2);
+const auto kInitialMean = mfglab::numbers_param("initial_mean", {1.5}, "particle mode: initial mean (1 or d numbers)");
+const auto kInitialStd =
+    mfglab::numbers_param("initial_std", {2.0}, "particle mode: initial std (1 or d numbers)").above(0);
 
 std::string shape(const Tensor& x) {
   std::ostringstream out;
@@ -79,8 +110,10 @@ std::string num(double v) {
 }
 
 // A list parameter of length 1 (broadcast) or d, as a float64 tensor [d].
-Tensor per_coordinate(const mfglab::Params& p, const std::string& key, int64_t d, bool positive) {
-  const auto v = p.numbers(key);
+Tensor per_coordinate(const mfglab::Params& p, const mfglab::Param<std::vector<double>>& param, int64_t d,
+                      bool positive) {
+  const auto v = p[param];
+  const std::string& key = param.name;
   if (v.size() != 1 && static_cast<int64_t>(v.size()) != d)
     throw Error("params." + key + ": expected 1 or " + std::to_string(d) + " numbers (the data dimension), got " +
                 std::to_string(v.size()));
@@ -96,14 +129,14 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
  public:
   Jko(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
-        K_(params.integer("blocks")),
-        per_block_(params.integer("iterations_per_block")),
-        steps_(params.integer("steps")),
-        eval_steps_(params.integer("eval_steps") > 0 ? params.integer("eval_steps") : params.integer("steps")),
-        alpha_R_(params.number("alpha_R")),
-        warm_start_(params.flag("warm_start")),
+        K_(params[kBlocks]),
+        per_block_(params[kIterationsPerBlock]),
+        steps_(params[kSteps]),
+        eval_steps_(params[kEvalSteps] > 0 ? params[kEvalSteps] : params[kSteps]),
+        alpha_R_(params[kAlphaR]),
+        warm_start_(params[kWarmStart]),
         particles_mode_(params[kMode] == Mode::particles),
-        energy_name_(params.string("energy")),
+        energy_name_(params[kEnergy]),
         generator_(ctx.generator),
         options_(ctx.options()),
         ctx_(ctx) {
@@ -111,18 +144,18 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
       throw Error("the data dimension is " + std::to_string(d_) + "; the engine must set it before creating the model");
     // The declared bounds say the same for experiment files; repeated for direct creation.
     if (K_ < 1) throw Error("params.blocks: expected an integer >= 1, got " + std::to_string(K_));
-    const double tau = params.number("tau"), growth = params.number("tau_growth");
+    const double tau = params[kTau], growth = params[kTauGrowth];
     if (!(tau > 0) || !std::isfinite(tau)) throw Error("params.tau: expected a number > 0, got " + num(tau));
     if (!(growth >= 1) || !std::isfinite(growth))
       throw Error("params.tau_growth: expected a number >= 1, got " + num(growth));
     if (per_block_ < 1)
       throw Error("params.iterations_per_block: expected an integer >= 1, got " + std::to_string(per_block_));
     if (steps_ < 1) throw Error("params.steps: expected an integer >= 1, got " + std::to_string(steps_));
-    const int64_t layers = params.integer("layers"), width = params.integer("width");
+    const int64_t layers = params[kLayers], width = params[kWidth];
     if (layers < 2) throw Error("params.layers: expected an integer >= 2, got " + std::to_string(layers));
     if (width < 1) throw Error("params.width: expected an integer >= 1, got " + std::to_string(width));
     // horizon > 0: as many steps as reach that time (so a sweep over tau keeps the horizon).
-    const double target_time = params.number("horizon");
+    const double target_time = params[kHorizon];
     if (target_time > 0) {
       K_ = 0;
       for (double reached = 0; reached < target_time * (1 - 1e-9); ++K_) {
@@ -140,7 +173,7 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
 
     // The target pi and the energy.
     const Target target = params[kTarget];
-    temperature_ = energy_name_ == "kl" ? 1.0 : energy_name_ == "cross_entropy" ? 0.0 : params.number("temperature");
+    temperature_ = energy_name_ == "kl" ? 1.0 : energy_name_ == "cross_entropy" ? 0.0 : params[kTemperature];
     if (target == Target::dataset) {
       auto* exact = mfglab::capability<mfglab::ExactDensity>(ctx.dataset, mfglab::kExactDensity);
       if (!exact)
@@ -152,8 +185,8 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
       log_target_ = mfglab::energy::exact_density_log_density(*exact);
     } else {
       gaussian_target_ = true;
-      mu_ = target == Target::gaussian ? per_coordinate(params, "target_mean", d_, false) : torch::zeros({d_}, torch::kFloat64);
-      sd_ = target == Target::gaussian ? per_coordinate(params, "target_std", d_, true) : torch::ones({d_}, torch::kFloat64);
+      mu_ = target == Target::gaussian ? per_coordinate(params, kTargetMean, d_, false) : torch::zeros({d_}, torch::kFloat64);
+      sd_ = target == Target::gaussian ? per_coordinate(params, kTargetStd, d_, true) : torch::ones({d_}, torch::kFloat64);
       log_target_ = mfglab::energy::diagonal_gaussian_log_density(mu_, sd_);
     }
     energy_ = mfglab::energy::make(energy_name_, log_target_, temperature_);
@@ -165,12 +198,12 @@ class Jko final : public mfglab::Model, public mfglab::HjbResidual, public mfgla
     state_ = torch::zeros({2}, options_);  // (block being trained, loss calls in it)
 
     if (particles_mode_) {
-      const int64_t n = params.integer("particles");
+      const int64_t n = params[kParticles];
       if (n <= d_)
         throw Error("params.particles: expected more particles than dimensions (" + std::to_string(d_) + "), got " +
                     std::to_string(n));
-      a_ = per_coordinate(params, "initial_mean", d_, false);
-      s0_ = per_coordinate(params, "initial_std", d_, true);
+      a_ = per_coordinate(params, kInitialMean, d_, false);
+      s0_ = per_coordinate(params, kInitialStd, d_, true);
       n_particles_ = n;
       std::tie(x0_, logrho0_) = draw_cloud(generator_);
       // Each block trains on its own fresh cloud (so that the recorded cloud measures the
@@ -545,27 +578,6 @@ MFGLAB_PLUGIN(Jko, MFGLAB_KIND_MODEL, "jko", "1.0.0",
               "JKO flow: K potential-flow blocks, each one JKO step (kinetic + energy) of a Wasserstein "
               "gradient flow; generative (data -> target) or a particle cloud against exact solutions",
               "value,velocity,log_prob",
-              kMode,
-              mfglab::int_param("blocks", 4, "K: JKO steps, one potential-flow block each").at_least(1),
-              mfglab::number_param("horizon", 0.0, "if > 0: blocks = the number of steps tau_k that reach this "
-                                   "time (overrides blocks)").at_least(0),
-              mfglab::number_param("tau", 0.25, "step tau_0 of the first block").above(0),
-              mfglab::number_param("tau_growth", 1.0, "tau_k = tau * tau_growth^k (1: constant steps)").at_least(1),
-              mfglab::int_param("iterations_per_block", 250,
-                                "loss() calls that train each block before the next starts; "
-                                "set train.iterations = blocks x this").at_least(1),
-              mfglab::choice_param("energy", "kl", "kl|cross_entropy|free_energy",
-                                   "kl: KL(rho, pi); cross_entropy: -E log pi; free_energy: E[V] + D E[log rho] with V = -log pi"),
-              mfglab::number_param("temperature", 1.0, "D of free_energy (kl is D = 1)").at_least(0),
-              kTarget,
-              mfglab::numbers_param("target_mean", {0.0}, "mean of a gaussian target (1 or d numbers)"),
-              mfglab::numbers_param("target_std", {1.0}, "std of a gaussian target (1 or d numbers)").above(0),
-              mfglab::int_param("width", 32, "ResNet width of each block's potential").at_least(1),
-              mfglab::int_param("layers", 2, "ResNet layers of each block's potential (>= 2)").at_least(2),
-              mfglab::int_param("steps", 4, "RK4 steps per block for training").at_least(1),
-              mfglab::int_param("eval_steps", 0, "RK4 steps per block for log_prob and sample; 0 = steps").at_least(0),
-              mfglab::number_param("alpha_R", 0.0, "weight of each block's HJB residual term R").at_least(0),
-              mfglab::bool_param("warm_start", true, "start block k + 1 from block k's parameters"),
-              mfglab::int_param("particles", 2000, "particle mode: cloud size").at_least(2),
-              mfglab::numbers_param("initial_mean", {1.5}, "particle mode: initial mean (1 or d numbers)"),
-              mfglab::numbers_param("initial_std", {2.0}, "particle mode: initial std (1 or d numbers)").above(0))
+              kMode, kBlocks, kHorizon, kTau, kTauGrowth, kIterationsPerBlock, kEnergy, kTemperature, kTarget,
+              kTargetMean, kTargetStd, kWidth, kLayers, kSteps, kEvalSteps, kAlphaR, kWarmStart, kParticles,
+              kInitialMean, kInitialStd)

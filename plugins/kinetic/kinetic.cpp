@@ -19,10 +19,15 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
+const auto kLambda = mfglab::number_param("lambda", 1.0,
+                                          "lambda of the running cost lambda/2 |v|^2 used when the experiment has no "
+                                          "Hamiltonian")
+                         .above(0);
+
 class Kinetic final : public mfglab::Regularizer {
  public:
   Kinetic(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : lambda_(params.number("lambda")), H_(ctx.hamiltonian) {
+      : lambda_(params[kLambda]), H_(ctx.hamiltonian) {
     if (!(lambda_ > 0)) throw Error("lambda must be > 0, got " + std::to_string(lambda_));
   }
 
@@ -45,7 +50,4 @@ class Kinetic final : public mfglab::Regularizer {
 MFGLAB_PLUGIN(Kinetic, MFGLAB_KIND_REGULARIZER, "kinetic", "1.0.0",
               "Transport cost int_0^T E L(x, v(x, t)) dt = horizon * mean L at the model's collocation points "
               "(L: the experiment's running cost, else lambda/2 |v|^2)",
-              "velocity,collocation",
-              mfglab::number_param("lambda", 1.0,
-                                   "lambda of the running cost lambda/2 |v|^2 used when the experiment has no "
-                                   "Hamiltonian").above(0))
+              "velocity,collocation", kLambda)

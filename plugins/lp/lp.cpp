@@ -11,6 +11,8 @@ namespace {
 
 using mfglab::Error;
 
+const auto kP = mfglab::number_param("p", 2.0, "exponent p of the running cost |v|^p/p; p = 2 is quadratic").above(1);
+
 // |y|^e / scale, row-wise, written so that y = 0 is safe for the value and the gradient:
 // powers of |y|^2 with a zero base would give 0 * inf = NaN in the backward pass, so zero
 // rows are routed to a constant branch (the true gradient there is 0 for every e > 1).
@@ -24,7 +26,7 @@ torch::Tensor norm_power(const torch::Tensor& y, double e, double scale) {
 class Lp final : public mfglab::Hamiltonian {
  public:
   Lp(const mfglab::Params& params, const mfglab::RunContext&)
-      : p_(params.number("p")), q_(p_ / (p_ - 1)) {
+      : p_(params[kP]), q_(p_ / (p_ - 1)) {
     // The declared bound (p > 1) is enforced by the host; repeated because p = 1 would
     // divide by zero in p* and make H infinite away from the origin.
     if (!(p_ > 1) || !std::isfinite(p_))
@@ -57,5 +59,4 @@ class Lp final : public mfglab::Hamiltonian {
 }  // namespace
 
 MFGLAB_PLUGIN(Lp, MFGLAB_KIND_HAMILTONIAN, "lp", "1.0.0",
-              "L^p Hamiltonian H(q) = |q|^p*/p* (1/p + 1/p* = 1); running cost |v|^p/p", "",
-              mfglab::number_param("p", 2.0, "exponent p of the running cost |v|^p/p; p = 2 is quadratic").above(1))
+              "L^p Hamiltonian H(q) = |q|^p*/p* (1/p + 1/p* = 1); running cost |v|^p/p", "", kP)

@@ -42,6 +42,16 @@ using torch::Tensor;
 
 constexpr int64_t kBlockEntries = 1 << 22;  // distances held at once (32 MB of doubles)
 
+const auto kFraction = mfglab::number_param("fraction", 1.0 / 3,
+                                            "a sample is memorized when closer than fraction x its training "
+                                            "point's nearest-neighbour distance")
+                           .above(0)
+                           .at_most(1);
+const auto kK = mfglab::int_param("k", 3, "neighbour rank of the ball radii for precision and recall").at_least(1);
+const auto kMaxPoints =
+    mfglab::int_param("max_points", 5000, "each set larger than this is replaced by a random subset of this size")
+        .at_least(2);
+
 // Squared distances from row blocks of any set to the rows of a fixed set b, into one
 // reused buffer (fresh large allocations cost more than the arithmetic here). Squared
 // distances order points as distances do, so every comparison below is made on them.
@@ -99,9 +109,9 @@ double share_covered(const Tensor& a, const Tensor& b, const Tensor& radius_squa
 class Memorization final : public mfglab::Metric {
  public:
   Memorization(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : fraction_(params.number("fraction")),
-        k_(params.integer("k")),
-        max_points_(params.integer("max_points")),
+      : fraction_(params[kFraction]),
+        k_(params[kK]),
+        max_points_(params[kMaxPoints]),
         generator_(ctx.generator) {  // shares the run generator's state
     if (!(fraction_ > 0 && fraction_ <= 1)) throw Error("fraction must lie in (0, 1]");
     if (k_ < 1) throw Error("k must be at least 1");
@@ -200,14 +210,4 @@ MFGLAB_PLUGIN(Memorization, MFGLAB_KIND_METRIC, "memorization", "1.0.0",
               "their fresh-sample baselines memorized_fraction_fresh, precision_fresh, recall_fresh "
               "(what as many i.i.d. data points score: held-out points against the training set, "
               "training points against the reference set); each set cut to a random max_points subset",
-              "",
-              mfglab::number_param("fraction", 1.0 / 3, "a sample is memorized when closer than "
-                                   "fraction x its training point's nearest-neighbour distance")
-                  .above(0)
-                  .at_most(1),
-              mfglab::int_param("k", 3, "neighbour rank of the ball radii for precision and recall")
-                  .at_least(1),
-              mfglab::int_param("max_points", 5000,
-                                "each set larger than this is replaced by a random subset of "
-                                "this size")
-                  .at_least(2))
+              "", kFraction, kK, kMaxPoints)

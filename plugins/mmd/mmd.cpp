@@ -19,6 +19,13 @@ using torch::Tensor;
 
 constexpr int64_t kBlock = 512;  // rows per block: a block holds kBlock x (other set) doubles
 
+const auto kBandwidth =
+    mfglab::numbers_param("bandwidth", {1.0}, "kernel bandwidth h, or a list whose kernels are summed").above(0);
+const auto kMedianHeuristic = mfglab::bool_param(
+    "median_heuristic", false,
+    "use h = median pairwise distance of held-out points: in a run, those of the experiment's calibration seed "
+    "(eval.calibration_seed), the same for every run; on sample files, the reference's (bandwidth is then ignored)");
+
 // Squared distances between the rows of a [B, d] and b [M, d], written into out [B, M];
 // b_sq holds |b_j|², [1, M]. One matmul; in float64 the cancellation in
 // |a|² + |b|² - 2 a.b is negligible for data of moderate scale.
@@ -104,7 +111,7 @@ class Mmd final : public mfglab::Metric, public mfglab::MetricCalibration {
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
   Mmd(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : ctx_(ctx), bandwidths_(params.numbers("bandwidth")), median_heuristic_(params.flag("median_heuristic")) {
+      : ctx_(ctx), bandwidths_(params[kBandwidth]), median_heuristic_(params[kMedianHeuristic]) {
     if (bandwidths_.empty()) throw mfglab::Error("bandwidth: give at least one value");
     for (double h : bandwidths_)
       if (!(h > 0)) throw mfglab::Error("bandwidth: every value must be > 0");
@@ -179,11 +186,4 @@ class Mmd final : public mfglab::Metric, public mfglab::MetricCalibration {
 MFGLAB_PLUGIN(Mmd, MFGLAB_KIND_METRIC, "mmd", "1.2.0",
               "Unbiased estimate of MMD^2 between samples and reference with the Gaussian kernel "
               "k(x,y) = sum_h exp(-|x-y|^2/(2h^2))",
-              "",
-              mfglab::numbers_param("bandwidth", {1.0},
-                                    "kernel bandwidth h, or a list whose kernels are summed")
-                  .above(0),
-              mfglab::bool_param("median_heuristic", false,
-                                 "use h = median pairwise distance of held-out points: in a run, those of the experiment's "
-                                 "calibration seed (eval.calibration_seed), the same for every run; on sample files, the "
-                                 "reference's (bandwidth is then ignored)"))
+              "", kBandwidth, kMedianHeuristic)

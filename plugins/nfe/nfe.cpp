@@ -13,15 +13,21 @@
 
 namespace {
 
+const auto kMaxPoints = mfglab::int_param("max_points", 1000, "held-out points solved together").at_least(1);
+const auto kRtol = mfglab::number_param("rtol", 1e-5, "relative tolerance").above(0);
+const auto kAtol = mfglab::number_param("atol", 1e-5, "absolute tolerance").above(0);
+const auto kMaxSteps =
+    mfglab::int_param("max_steps", 10000, "accepted plus rejected steps before the solve is given up").at_least(1);
+
 class Nfe final : public mfglab::Metric {
  public:
   static constexpr const char* kBetter = "nfe=lower,nfe_rejected=lower";  // for comparisons (manifest.h)
 
   Nfe(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : max_points_(params.integer("max_points")), options_(ctx.options()) {
-    dopri_.rtol = params.number("rtol");
-    dopri_.atol = params.number("atol");
-    dopri_.max_steps = params.integer("max_steps");
+      : max_points_(params[kMaxPoints]), options_(ctx.options()) {
+    dopri_.rtol = params[kRtol];
+    dopri_.atol = params[kAtol];
+    dopri_.max_steps = params[kMaxSteps];
   }
 
   mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {
@@ -45,9 +51,4 @@ class Nfe final : public mfglab::Metric {
 MFGLAB_PLUGIN(Nfe, MFGLAB_KIND_METRIC, "nfe", "1.0.0",
               "Function evaluations of an adaptive solver (dopri5) carrying held-out points along the model's "
               "flow from t = 0 to its horizon (nfe), and its rejected steps (nfe_rejected)",
-              "velocity",
-              mfglab::int_param("max_points", 1000, "held-out points solved together").at_least(1),
-              mfglab::number_param("rtol", 1e-5, "relative tolerance").above(0),
-              mfglab::number_param("atol", 1e-5, "absolute tolerance").above(0),
-              mfglab::int_param("max_steps", 10000, "accepted plus rejected steps before the solve is given up")
-                  .at_least(1))
+              "velocity", kMaxPoints, kRtol, kAtol, kMaxSteps)

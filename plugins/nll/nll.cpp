@@ -11,6 +11,8 @@ namespace {
 
 using torch::Tensor;
 
+const auto kBatch = mfglab::int_param("batch", 1000, "points per log_prob call").at_least(1);
+
 std::string shape(const Tensor& t) {
   std::ostringstream out;
   out << t.sizes();
@@ -22,7 +24,7 @@ class Nll final : public mfglab::Metric {
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
   Nll(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : batch_(params.integer("batch")), options_(ctx.options()) {
+      : batch_(params[kBatch]), options_(ctx.options()) {
     if (batch_ < 1) throw mfglab::Error("batch must be at least 1");
   }
 
@@ -60,5 +62,4 @@ class Nll final : public mfglab::Metric {
 MFGLAB_PLUGIN(Nll, MFGLAB_KIND_METRIC, "nll", "1.0.0",
               "Mean negative log-likelihood of the held-out data under the model, "
               "-(1/m) sum_j log p(y_j), in nats",
-              "log_prob",
-              mfglab::int_param("batch", 1000, "points per log_prob call").at_least(1))
+              "log_prob", kBatch)

@@ -41,6 +41,21 @@ using mfglab::Error;
 using torch::Tensor;
 using mfglab::nn::Potential;
 
+const auto kWidth = mfglab::int_param("width", 32, "ResNet width m of the potential").at_least(1);
+const auto kLayers =
+    mfglab::int_param("layers", 2, "ResNet layers (>= 2): an opening layer and layers - 1 residual ones").at_least(2);
+const auto kSteps = mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training").at_least(1);
+const auto kEvalSteps = mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob and sample; 0 = steps").at_least(0);
+const auto kAlphaL = mfglab::number_param("alpha_L", 1.0, "weight of the running cost term L").at_least(0);
+const auto kAlphaC =
+    mfglab::number_param("alpha_C", 100.0, "weight of the terminal term C (negative log-likelihood)").at_least(0);
+const auto kAlphaR = mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0);
+const auto kFused = mfglab::bool_param("fused", true,
+                                       "quadratic H: the training loss and its gradient by a hand-written kernel on "
+                                       "blocks of samples (false: autograd through the closed-form sweep, one "
+                                       "thread); other H: Hess_xx Phi in closed form and autograd through H only "
+                                       "(false: autograd through the network). Same values either way");
+
 std::string shape(const Tensor& x) {
   std::ostringstream out;
   out << x.sizes();
@@ -79,24 +94,24 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
  public:
   OtFlow(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
-        steps_(params.integer("steps")),
-        eval_steps_(params.integer("eval_steps") > 0 ? params.integer("eval_steps") : params.integer("steps")),
-        alpha_L_(params.number("alpha_L")),
-        alpha_C_(params.number("alpha_C")),
-        alpha_R_(params.number("alpha_R")),
+        steps_(params[kSteps]),
+        eval_steps_(params[kEvalSteps] > 0 ? params[kEvalSteps] : params[kSteps]),
+        alpha_L_(params[kAlphaL]),
+        alpha_C_(params[kAlphaC]),
+        alpha_R_(params[kAlphaR]),
         threads_(std::max(1, ctx.threads)),
-        fused_(params.flag("fused")),
+        fused_(params[kFused]),
         generator_(ctx.generator),
         options_(ctx.options()),
         H_(ctx.hamiltonian) {
     if (d_ < 1)
       throw Error("the data dimension is " + std::to_string(d_) +
                   "; the engine must set it before creating the model");
-    const int64_t layers = params.integer("layers");
+    const int64_t layers = params[kLayers];
     // The declared bounds say the same; repeated because layers = 1 divides by zero in h.
     if (layers < 2) throw Error("layers (" + std::to_string(layers) + ") must be at least 2");
     if (steps_ < 1) throw Error("steps (" + std::to_string(steps_) + ") must be at least 1");
-    const int64_t width = params.integer("width");
+    const int64_t width = params[kWidth];
     if (width < 1) throw Error("width (" + std::to_string(width) + ") must be at least 1");
     potential_ = Potential(d_, width, layers, generator_, options_);
     choose_path(ctx);
@@ -420,15 +435,5 @@ class OtFlow final : public mfglab::Model, public mfglab::otflow::Internals, pub
 
 MFGLAB_PLUGIN(OtFlow, MFGLAB_KIND_MODEL, "otflow", "1.1.0",
               "OT-Flow: potential flow with closed-form Hessian trace, RK4, L + C + HJB objective",
-              "value,velocity,log_prob,collocation",
-              mfglab::int_param("width", 32, "ResNet width m of the potential").at_least(1),
-              mfglab::int_param("layers", 2, "ResNet layers (>= 2): an opening layer and layers - 1 residual ones").at_least(2),
-              mfglab::int_param("steps", 8, "RK4 steps on [0, 1] for training").at_least(1),
-              mfglab::int_param("eval_steps", 0, "RK4 steps for log_prob and sample; 0 = steps").at_least(0),
-              mfglab::number_param("alpha_L", 1.0, "weight of the running cost term L").at_least(0),
-              mfglab::number_param("alpha_C", 100.0, "weight of the terminal term C (negative log-likelihood)").at_least(0),
-              mfglab::number_param("alpha_R", 5.0, "weight of the HJB residual term R").at_least(0),
-              mfglab::bool_param("fused", true, "quadratic H: the training loss and its gradient by a hand-written "
-                                 "kernel on blocks of samples (false: autograd through the closed-form sweep, "
-                                 "one thread); other H: Hess_xx Phi in closed form and autograd through H only "
-                                 "(false: autograd through the network). Same values either way"))
+              "value,velocity,log_prob,collocation", kWidth, kLayers, kSteps, kEvalSteps, kAlphaL, kAlphaC, kAlphaR,
+              kFused)

@@ -8,10 +8,12 @@
 
 namespace {
 
+const auto kLambda = mfglab::number_param("lambda", 1.0, "weight of the kinetic running cost").above(0);
+
 class Quadratic final : public mfglab::Hamiltonian, public mfglab::HamiltonianStructure {
  public:
   Quadratic(const mfglab::Params& params, const mfglab::RunContext&)
-      : lambda_(params.number("lambda")) {}
+      : lambda_(params[kLambda]) {}
 
   torch::Tensor hamiltonian(const torch::Tensor&, const torch::Tensor& p) override {
     return p.pow(2).sum(1) / (2 * lambda_);
@@ -37,5 +39,4 @@ class Quadratic final : public mfglab::Hamiltonian, public mfglab::HamiltonianSt
 }  // namespace
 
 MFGLAB_PLUGIN(Quadratic, MFGLAB_KIND_HAMILTONIAN, "quadratic", "1.0.0",
-              "Quadratic Hamiltonian H(p) = |p|^2/(2 lambda); running cost lambda/2 |v|^2", "",
-              mfglab::number_param("lambda", 1.0, "weight of the kinetic running cost").above(0))
+              "Quadratic Hamiltonian H(p) = |p|^2/(2 lambda); running cost lambda/2 |v|^2", "", kLambda)

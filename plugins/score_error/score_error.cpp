@@ -30,6 +30,15 @@ using torch::Tensor;
 
 constexpr int64_t kBatch = 1000;  // points per score call: bounds the memory of a model's graph
 
+const auto kTimes = mfglab::numbers_param("times", {0.01, 0.1, 0.3, 0.5, 0.9},
+                                          "diffusion times, in time_unit; each must land within the model's "
+                                          "[t_min, t_max]")
+                        .above(0);
+const auto kTimeUnit = mfglab::choice_param("time_unit", "horizon", "horizon|absolute",
+                                            "horizon: times are fractions of the model's horizon t_max (0.9 of an "
+                                            "OU process run to T = 3 is t = 2.7); absolute: times as given");
+const auto kPoints = mfglab::int_param("points", 2000, "noised points drawn at each time").at_least(1);
+
 std::string show(double v) {
   std::ostringstream out;
   out << v;
@@ -39,13 +48,13 @@ std::string show(double v) {
 class ScoreError final : public mfglab::Metric {
  public:
   ScoreError(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : given_(params.numbers("times")),
-        relative_(params.string("time_unit") == "horizon"),
-        points_(params.integer("points")),
+      : given_(params[kTimes]),
+        relative_(params[kTimeUnit] == "horizon"),
+        points_(params[kPoints]),
         generator_(ctx.generator),  // shares the run generator's state
         options_(ctx.options()) {
     if (points_ < 1) throw Error("points must be at least 1");
-    const std::string unit = params.string("time_unit");
+    const std::string unit = params[kTimeUnit];
     if (unit != "horizon" && unit != "absolute")
       throw Error("time_unit must be horizon or absolute, got '" + unit + "'");
     std::set<std::string> names;
@@ -172,12 +181,4 @@ MFGLAB_PLUGIN(ScoreError, MFGLAB_KIND_METRIC, "score_error", "1.0.0",
               "time average over [min t, max t] (score_error); and the mean over times of the "
               "error relative to mean |s_exact|^2 (score_rel_error). Needs an exact-density "
               "dataset and a model with a forward process",
-              "score",
-              mfglab::numbers_param("times", {0.01, 0.1, 0.3, 0.5, 0.9},
-                                    "diffusion times, in time_unit; each must land within the model's "
-                                    "[t_min, t_max]")
-                  .above(0),
-              mfglab::choice_param("time_unit", "horizon", "horizon|absolute",
-                                   "horizon: times are fractions of the model's horizon t_max (0.9 of an OU "
-                                   "process run to T = 3 is t = 2.7); absolute: times as given"),
-              mfglab::int_param("points", 2000, "noised points drawn at each time").at_least(1))
+              "score", kTimes, kTimeUnit, kPoints)

@@ -60,15 +60,28 @@ enum class Weighting { sigma2, likelihood };
 enum class Sampler { em, pc, ode };
 enum class OdeSolver { rk4, dopri5 };
 
-// The choice parameters, each tied to its enum by one table (declared in the manifest below,
-// read back in the constructor).
+// The parameters, declared once: the manifest below lists them, the constructor reads them back;
+// each choice is tied to its enum by one table.
 using mfglab::Choices;
+const auto kWidth = mfglab::int_param("width", 128, "hidden units per layer of the score network").at_least(1);
+const auto kDepth = mfglab::int_param("depth", 3, "hidden layers of the score network").at_least(1);
 const auto kActivation = mfglab::choice_param("activation", mfglab::nn::Activation::silu,
                                               mfglab::nn::activation_choices().without({mfglab::nn::Activation::logcosh}),
                                               "activation between the score network's layers");
+const auto kBetaMin = mfglab::number_param("beta_min", 0.1, "vp/subvp noise rate beta at t = 0").at_least(0);
+const auto kBetaMax =
+    mfglab::number_param("beta_max", 20.0, "vp/subvp noise rate beta at t = T; must exceed beta_min").above(0);
+const auto kEps =
+    mfglab::number_param("eps", 1e-3, "smallest diffusion time, where sampling stops; in (0, T)").above(0);
+const auto kSampleSteps =
+    mfglab::int_param("sample_steps", 500, "steps of the em/pc samplers and of the rk4 ODE solver").at_least(1);
 const auto kProcess = mfglab::choice_param("process", sgm::ProcessKind::vp, sgm::process_choices(),
                                            "forward SDE: variance preserving, sub-VP, variance exploding, or "
                                            "OU dY = -Y/2 dt + dW");
+const auto kT = mfglab::number_param("T", 1.0, "final diffusion time (try 3 for ou)").above(0);
+const auto kSigmaMin = mfglab::number_param("sigma_min", 0.01, "ve noise scale at t = 0").above(0);
+const auto kSigmaMax =
+    mfglab::number_param("sigma_max", 10.0, "ve noise scale at t = T (prior std); must exceed sigma_min").above(0);
 const auto kParameterization = mfglab::choice_param(
     "parameterization", Parameterization::score,
     Choices<Parameterization>{{"score", Parameterization::score}, {"potential", Parameterization::potential}},
@@ -81,12 +94,20 @@ const auto kLoss = mfglab::choice_param(
 const auto kWeighting = mfglab::choice_param(
     "weighting", Weighting::sigma2, Choices<Weighting>{{"sigma2", Weighting::sigma2}, {"likelihood", Weighting::likelihood}},
     "loss weight lambda(t): sigma(t)^2, or g(t)^2 (likelihood weighting)");
+const auto kExactDivMaxDim = mfglab::int_param("exact_div_max_dim", 4,
+                                               "largest dimension with exact divergences (ism, log_prob); Hutchinson "
+                                               "above")
+                                 .at_least(0);
 const auto kSampler = mfglab::choice_param("sampler", Sampler::em,
                                            Choices<Sampler>{{"em", Sampler::em}, {"pc", Sampler::pc}, {"ode", Sampler::ode}},
                                            "Euler-Maruyama, predictor-corrector, or probability-flow ODE");
+const auto kSnr =
+    mfglab::number_param("snr", 0.16, "signal-to-noise ratio of the pc sampler's Langevin corrector").above(0);
 const auto kOdeSolver = mfglab::choice_param("ode_solver", OdeSolver::rk4,
                                              Choices<OdeSolver>{{"rk4", OdeSolver::rk4}, {"dopri5", OdeSolver::dopri5}},
                                              "solver of the probability-flow ODE (ode sampler and log_prob)");
+const auto kRtol = mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0);
+const auto kAtol = mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0);
 
 // Also offers its noising marginals as the "mfglab.forward_process/1" capability, so
 // metrics and regularizers can compare the learned score with a dataset's exact one; its
@@ -103,18 +124,18 @@ class Sgm final : public mfglab::Model,
  public:
   Sgm(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : d_(ctx.data_dim),
-        eps_(params.number("eps")),
-        steps_(params.integer("sample_steps")),
-        snr_(params.number("snr")),
-        exact_div_max_dim_(params.integer("exact_div_max_dim")),
+        eps_(params[kEps]),
+        steps_(params[kSampleSteps]),
+        snr_(params[kSnr]),
+        exact_div_max_dim_(params[kExactDivMaxDim]),
         generator_(ctx.generator),
         options_(ctx.options()) {
     proc_.kind = params[kProcess];
-    proc_.T = params.number("T");
-    proc_.beta_min = params.number("beta_min");
-    proc_.beta_max = params.number("beta_max");
-    proc_.sigma_min = params.number("sigma_min");
-    proc_.sigma_max = params.number("sigma_max");
+    proc_.T = params[kT];
+    proc_.beta_min = params[kBetaMin];
+    proc_.beta_max = params[kBetaMax];
+    proc_.sigma_min = params[kSigmaMin];
+    proc_.sigma_max = params[kSigmaMax];
     param_ = params[kParameterization];
     loss_ = params[kLoss];
     if (loss_ == LossKind::esm) {
@@ -131,8 +152,8 @@ class Sgm final : public mfglab::Model,
     weighting_ = params[kWeighting];
     sampler_ = params[kSampler];
     solver_ = params[kOdeSolver];
-    dopri_.rtol = params.number("rtol");
-    dopri_.atol = params.number("atol");
+    dopri_.rtol = params[kRtol];
+    dopri_.atol = params[kAtol];
 
     if (d_ < 1)
       throw Error("the data dimension is " + std::to_string(d_) +
@@ -154,7 +175,7 @@ class Sgm final : public mfglab::Model,
     if (!(dopri_.atol > 0)) throw Error("atol (" + show(dopri_.atol) + ") must be positive");
 
     std::vector<int64_t> sizes{d_ + 1};  // time enters as one extra input column
-    for (int64_t i = 0; i < params.integer("depth"); ++i) sizes.push_back(params.integer("width"));
+    for (int64_t i = 0; i < params[kDepth]; ++i) sizes.push_back(params[kWidth]);
     sizes.push_back(param_ == Parameterization::score ? d_ : 1);
     net_ = mfglab::nn::MLP(sizes, params[kActivation],
                            generator_, options_);
@@ -173,7 +194,7 @@ class Sgm final : public mfglab::Model,
 
   // Read by sample() and log_prob() only: `mfglab evaluate` may change them.
   std::vector<std::string> evaluation_params() const override {
-    return {"sample_steps", "sampler", "snr", "ode_solver", "rtol", "atol"};
+    return {kSampleSteps.name, kSampler.name, kSnr.name, kOdeSolver.name, kRtol.name, kAtol.name};
   }
 
   mfglab::LossTerms loss(const torch::Tensor& batch) override {
@@ -545,24 +566,5 @@ MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.3.0",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
               "score,log_prob,value(parameterization=potential),collocation",
-              mfglab::int_param("width", 128, "hidden units per layer of the score network").at_least(1),
-              mfglab::int_param("depth", 3, "hidden layers of the score network").at_least(1),
-              kActivation,
-              mfglab::number_param("beta_min", 0.1, "vp/subvp noise rate beta at t = 0").at_least(0),
-              mfglab::number_param("beta_max", 20.0, "vp/subvp noise rate beta at t = T; must exceed beta_min").above(0),
-              mfglab::number_param("eps", 1e-3, "smallest diffusion time, where sampling stops; in (0, T)").above(0),
-              mfglab::int_param("sample_steps", 500, "steps of the em/pc samplers and of the rk4 ODE solver").at_least(1),
-              kProcess,
-              mfglab::number_param("T", 1.0, "final diffusion time (try 3 for ou)").above(0),
-              mfglab::number_param("sigma_min", 0.01, "ve noise scale at t = 0").above(0),
-              mfglab::number_param("sigma_max", 10.0, "ve noise scale at t = T (prior std); must exceed sigma_min").above(0),
-              kParameterization,
-              kLoss,
-              kWeighting,
-              mfglab::int_param("exact_div_max_dim", 4,
-                                "largest dimension with exact divergences (ism, log_prob); Hutchinson above").at_least(0),
-              kSampler,
-              mfglab::number_param("snr", 0.16, "signal-to-noise ratio of the pc sampler's Langevin corrector").above(0),
-              kOdeSolver,
-              mfglab::number_param("rtol", 1e-5, "dopri5 relative tolerance").above(0),
-              mfglab::number_param("atol", 1e-5, "dopri5 absolute tolerance").above(0))
+              kWidth, kDepth, kActivation, kBetaMin, kBetaMax, kEps, kSampleSteps, kProcess, kT, kSigmaMin, kSigmaMax,
+              kParameterization, kLoss, kWeighting, kExactDivMaxDim, kSampler, kSnr, kOdeSolver, kRtol, kAtol)

@@ -12,6 +12,9 @@ namespace {
 
 using torch::Tensor;
 
+const auto kProjections = mfglab::int_param("projections", 200, "number of random directions").at_least(1);
+const auto kP = mfglab::number_param("p", 2.0, "order p of the Wasserstein distance").at_least(1);
+
 // W_p^p between the empirical measures of the rows of xs [L, n] and ys [L, m], each
 // sorted along dim 1: ∫_0^1 |F^-1(u) - G^-1(u)|^p du, one value per row.
 Tensor wasserstein_pp(const Tensor& xs, const Tensor& ys, double p) {
@@ -38,8 +41,8 @@ class SlicedWasserstein final : public mfglab::Metric {
 
   SlicedWasserstein(const mfglab::Params& params, const mfglab::RunContext& ctx)
       : generator_(ctx.generator),  // shares the run generator's state
-        projections_(params.integer("projections")),
-        p_(params.number("p")) {}
+        projections_(params[kProjections]),
+        p_(params[kP]) {}
 
   mfglab::MetricValues evaluate(const mfglab::MetricInput& in) override {
     if (!in.samples.defined() || !in.reference.defined())
@@ -74,6 +77,4 @@ class SlicedWasserstein final : public mfglab::Metric {
 MFGLAB_PLUGIN(SlicedWasserstein, MFGLAB_KIND_METRIC, "sliced_wasserstein", "1.0.0",
               "Sliced Wasserstein distance (mean over random unit directions of the exact 1-D "
               "W_p^p of the projections)^(1/p)",
-              "",
-              mfglab::int_param("projections", 200, "number of random directions").at_least(1),
-              mfglab::number_param("p", 2.0, "order p of the Wasserstein distance").at_least(1))
+              "", kProjections, kP)

@@ -17,12 +17,21 @@ namespace {
 using mfglab::Error;
 using torch::Tensor;
 
+const auto kT = mfglab::number_param("t", 0.0,
+                                     "time of the score; 0 = the model's t_min (forward_process capability), or 0 "
+                                     "when the model has none")
+                    .at_least(0);
+const auto kExactUpTo =
+    mfglab::int_param("exact_up_to", 4, "largest dimension with the exact divergence; Hutchinson beyond").at_least(0);
+const auto kProbes =
+    mfglab::int_param("probes", 1, "Rademacher probes per point for the Hutchinson estimate").at_least(1);
+
 class TerminalIsm final : public mfglab::Regularizer {
  public:
   TerminalIsm(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : time_(params.number("t")),
-        exact_up_to_(params.integer("exact_up_to")),
-        probes_(params.integer("probes")),
+      : time_(params[kT]),
+        exact_up_to_(params[kExactUpTo]),
+        probes_(params[kProbes]),
         generator_(ctx.generator) {}
 
   torch::Tensor penalty(mfglab::Model& model, const torch::Tensor& batch) override {
@@ -66,10 +75,4 @@ class TerminalIsm final : public mfglab::Regularizer {
 
 MFGLAB_PLUGIN(TerminalIsm, MFGLAB_KIND_REGULARIZER, "terminal_ism", "1.0.0",
               "Implicit score matching mean(1/2 |s|^2 + div s) of the model's score on the data batch at t = t_min",
-              "score",
-              mfglab::number_param("t", 0.0,
-                                   "time of the score; 0 = the model's t_min (forward_process capability), "
-                                   "or 0 when the model has none").at_least(0),
-              mfglab::int_param("exact_up_to", 4,
-                                "largest dimension with the exact divergence; Hutchinson beyond").at_least(0),
-              mfglab::int_param("probes", 1, "Rademacher probes per point for the Hutchinson estimate").at_least(1))
+              "score", kT, kExactUpTo, kProbes)

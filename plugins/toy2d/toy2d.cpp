@@ -129,6 +129,10 @@ Tensor rings(torch::Generator& g, int64_t n) {
 
 const char* const kChoices = "8gaussians|checkerboard|swissroll|circles|moons|pinwheel|2spirals|rings";
 
+const auto kName = mfglab::choice_param("name", "8gaussians", kChoices, "which toy distribution");
+const auto kTrainSize = mfglab::int_param("train_size", 20000, "points in the training set").at_least(1);
+const auto kTestSize = mfglab::int_param("test_size", 5000, "points in the held-out set").at_least(1);
+
 Recipe find_recipe(const std::string& name) {
   static const std::pair<const char*, Recipe> table[] = {
       {"8gaussians", eight_gaussians}, {"checkerboard", checkerboard}, {"swissroll", swissroll},
@@ -142,10 +146,10 @@ Recipe find_recipe(const std::string& name) {
 class Toy2d final : public mfglab::Dataset {
  public:
   Toy2d(const mfglab::Params& params, const mfglab::RunContext& ctx) {
-    const Recipe recipe = find_recipe(params.string("name"));
+    const Recipe recipe = find_recipe(params[kName]);
     torch::Generator g = ctx.generator;
-    train_ = recipe(g, params.integer("train_size")).to(ctx.options());
-    test_ = recipe(g, params.integer("test_size")).to(ctx.options());
+    train_ = recipe(g, params[kTrainSize]).to(ctx.options());
+    test_ = recipe(g, params[kTestSize]).to(ctx.options());
   }
   torch::Tensor train() override { return train_; }
   torch::Tensor test() override { return test_; }
@@ -159,7 +163,4 @@ class Toy2d final : public mfglab::Dataset {
 MFGLAB_PLUGIN(Toy2d, MFGLAB_KIND_DATASET, "toy2d", "1.0.0",
               "2-D toy distributions of FFJORD (8gaussians, checkerboard, swissroll, circles, "
               "moons, pinwheel, 2spirals, rings)",
-              "",
-              mfglab::choice_param("name", "8gaussians", kChoices, "which toy distribution"),
-              mfglab::int_param("train_size", 20000, "points in the training set").at_least(1),
-              mfglab::int_param("test_size", 5000, "points in the held-out set").at_least(1))
+              "", kName, kTrainSize, kTestSize)

@@ -17,12 +17,16 @@ namespace {
 
 using torch::Tensor;
 
+const auto kSteps = mfglab::int_param("steps", 32, "RK4 steps of the paths (also the quadrature nodes)").at_least(1);
+const auto kMaxPoints =
+    mfglab::int_param("max_points", 2000, "use at most this many held-out points (the first ones)").at_least(1);
+
 class Transport final : public mfglab::Metric {
  public:
   static constexpr const char* kBetter = "transport_cost=lower,path_length=lower,straightness=higher";  // for comparisons (manifest.h)
 
   Transport(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : steps_(params.integer("steps")), max_points_(params.integer("max_points")), options_(ctx.options()) {
+      : steps_(params[kSteps]), max_points_(params[kMaxPoints]), options_(ctx.options()) {
     if (steps_ < 1) throw mfglab::Error("steps must be at least 1");
     if (max_points_ < 1) throw mfglab::Error("max_points must be at least 1");
   }
@@ -78,6 +82,4 @@ MFGLAB_PLUGIN(Transport, MFGLAB_KIND_METRIC, "transport", "1.0.0",
               "Transport along the model's flow from held-out data (t = 0 to the horizon, RK4): "
               "transport_cost = mean int 1/2 |v|^2 dt, path_length = mean int |v + b| dt, "
               "straightness = mean |x(T) - x(0)| / path length (1 = straight lines)",
-              "velocity",
-              mfglab::int_param("steps", 32, "RK4 steps of the paths (also the quadrature nodes)").at_least(1),
-              mfglab::int_param("max_points", 2000, "use at most this many held-out points (the first ones)").at_least(1))
+              "velocity", kSteps, kMaxPoints)

@@ -42,6 +42,11 @@ using torch::Tensor;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
+const auto kMaxPoints = mfglab::int_param("max_points", 2000,
+                                          "use at most the first max_points of each set (time up to O(n^3), memory "
+                                          "about 11 n^2 bytes)")
+                            .at_least(1);
+
 // Squared distances |x_i - y_j|², row-major [n, n], by direct differences: exact zeros for
 // equal points, no cancellation as in |x|² + |y|² - 2 x·y.
 std::vector<double> squared_distance_matrix(const Tensor& x, const Tensor& y) {
@@ -320,7 +325,7 @@ class Wasserstein final : public mfglab::Metric {
   static constexpr const char* kBetter = "lower";  // for comparisons (manifest.h)
 
   Wasserstein(const mfglab::Params& params, const mfglab::RunContext& ctx)
-      : ctx_(&ctx), max_points_(params.integer("max_points")) {
+      : ctx_(&ctx), max_points_(params[kMaxPoints]) {
     if (max_points_ < 1) throw mfglab::Error("max_points must be at least 1");
   }
 
@@ -378,8 +383,4 @@ MFGLAB_PLUGIN(Wasserstein, MFGLAB_KIND_METRIC, "wasserstein", "1.0.0",
               "Exact W2 between equal-size samples and reference, sqrt(min over matchings of "
               "the mean |x_i - y_pi(i)|^2), by an exact assignment solver; uses the first "
               "min(n, m, max_points) points of each",
-              "",
-              mfglab::int_param("max_points", 2000,
-                                "use at most the first max_points of each set (time up to "
-                                "O(n^3), memory about 11 n^2 bytes)")
-                  .at_least(1))
+              "", kMaxPoints)
