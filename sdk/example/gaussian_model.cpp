@@ -24,6 +24,8 @@ namespace {
 
 using torch::Tensor;
 
+const auto kInitStd = mfglab::number_param("init_std", 1.0, "initial sigma of every coordinate").above(0);
+
 class GaussianModel final : public mfglab::Model {
  public:
   GaussianModel(const mfglab::Params& params, const mfglab::RunContext& ctx)
@@ -31,7 +33,7 @@ class GaussianModel final : public mfglab::Model {
     if (ctx.data_dim < 1) throw mfglab::Error("gaussian_model needs the data's dimension");
     const auto d = ctx.data_dim;
     mu_ = torch::zeros({d}, options_).requires_grad_();
-    log_sigma_ = torch::full({d}, std::log(params.number("init_std")), options_).requires_grad_();
+    log_sigma_ = torch::full({d}, std::log(params[kInitStd]), options_).requires_grad_();
   }
 
   std::vector<Tensor> parameters() override { return {mu_, log_sigma_}; }
@@ -103,4 +105,4 @@ class GaussianModel final : public mfglab::Model {
 MFGLAB_PLUGIN(GaussianModel, MFGLAB_KIND_MODEL, "gaussian_model", "1.0.0",
               "Example: a learnable Gaussian N(mu, diag(sigma^2)) transported to N(0, I) in closed form",
               "value,velocity,score,log_prob,collocation",
-              mfglab::number_param("init_std", 1.0, "initial sigma of every coordinate").above(0))
+              kInitStd)
