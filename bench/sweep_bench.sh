@@ -2,7 +2,8 @@
 # Throughput of sweeps and the cost of isolation, on this machine:
 #   jobs      8 short runs of one experiment (sgm on 8gaussians): --jobs 2 against --jobs 1,
 #             every run in a worker process of its own
-#   mpi       the same 8 runs: mpirun -np 2 against -np 1 (one job per rank)
+#   mpi       the same 8 runs: mpirun -np 2 against -np 1 (one job per rank; --bind-to none, so
+#             that -np 1 may use both cores as the plain run does, README "Beyond one machine")
 #   overhead  experiments/quickstart.json, isolated workers against --in-process (wall time)
 #   dp        data-parallel OT-Flow at batch 16384: seconds per step on 2 ranks against 1
 # Wall times are the median of --repeats runs; every run starts from an empty folder. Each
@@ -25,13 +26,13 @@ while [[ $# -gt 0 ]]; do
     --mfglab) mfglab="$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
     --iterations) iterations="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "sweep_bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-mpirun=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader,tcp --mca btl_vader_single_copy_mechanism none)
+mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader,tcp --mca btl_vader_single_copy_mechanism none)
 
 cat > "$work/sweep.json" <<EOF
 {"name": "sweep", "seeds": [0, 1, 2, 3],

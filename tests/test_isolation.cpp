@@ -213,6 +213,33 @@ TEST_CASE("workers come from a fork server that has LibTorch loaded, or by fork+
         read_text((tmp.path / "b" / "forked" / "seed=0" / "samples.npy").string()));
 }
 
+TEST_CASE("by default a run starts as many workers at once as the cores it may use", "[isolation]") {
+  // taskset confines the process, and the workers it starts, to one core, as mpirun's binding
+  // confines a rank: the default counts that core, not the machine's, and more jobs are warned of.
+  if (shell("taskset -c 0 true").exit_code != 0) {
+    WARN("taskset cannot confine this process here: not checked");
+    return;
+  }
+  TempDir tmp("iso_cores");
+  auto file = tmp.file("exp.json", R"({"name": "cores", "seeds": [0, 1, 2],
+    "dataset": {"plugin": "toy2d", "params": {"name": "8gaussians", "train_size": 512, "test_size": 256}},
+    "model": {"plugin": "fault_model", "params": {"at": 5}},
+    "train": {"iterations": 20, "batch_size": 64, "log_every": 10},
+    "eval": {"samples": 100, "metrics": []}})");
+  const std::string confined = "taskset -c 0 \"" + std::string(MFGLAB_BINARY) + "\" ";
+  auto by_default = shell(confined + run_cmd(file, tmp.str() + "/a"));
+  INFO(by_default.err);
+  CHECK(by_default.exit_code == 0);
+  CHECK(by_default.err.find("3 run(s), 1 in parallel") != std::string::npos);
+  CHECK(by_default.err.find("warning") == std::string::npos);
+
+  auto asked = shell(confined + run_cmd(file, tmp.str() + "/b", "--jobs 2"));
+  INFO(asked.err);
+  CHECK(asked.exit_code == 0);
+  CHECK(asked.err.find("3 run(s), 2 in parallel") != std::string::npos);
+  CHECK(asked.err.find("warning: 2 jobs x 1 threads") != std::string::npos);
+}
+
 TEST_CASE("a run whose loss turns non-finite keeps its last good checkpoint and its loss figure", "[isolation]") {
   TempDir tmp("iso_nan");
   auto file = tmp.file("exp.json", fault_experiment("nan", R"(["nan"])"));

@@ -13,7 +13,6 @@
 #include <iostream>
 #include <memory>
 #include <sstream>
-#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -33,6 +32,7 @@
 #include "schema.h"
 #include "text.h"
 #include "version.h"
+#include "running/cores.h"
 #include "running/evaluate.h"
 #include "running/isolation.h"
 #include "running/mpi_sweep.h"
@@ -253,10 +253,8 @@ int cmd_run(const PluginHost& host, const std::string& file, RunOptions options,
   } catch (const ExperimentError& e) {
     return report_experiment_error(e);
   }
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (options.jobs <= 0) options.jobs = std::max(1, std::min<int>(static_cast<int>(ex.runs.size()), cores / options.threads));
-  if (options.jobs * options.threads > cores)
-    std::fprintf(stderr, "warning: %d jobs x %d threads exceeds the %d cores\n", options.jobs, options.threads, cores);
+  if (options.jobs <= 0) options.jobs = std::min(static_cast<int>(ex.runs.size()), default_jobs(1, options.threads));
+  warn_if_oversubscribed(options.jobs, options.threads);
   set_thread_budget(options.threads);
   const bool terminal = ::isatty(STDERR_FILENO) != 0;
   std::fprintf(stderr, "experiment '%s': %zu run(s), %d in parallel%s, %d thread(s) each, results in %s\n", ex.name.c_str(),
@@ -520,7 +518,7 @@ int mfglab_main(int argc, char** argv, const ForkServer* fork_server) {
   bool quiet = false;
   run->add_option("file", run_file, "experiment JSON")->required();
   run->add_option("--out", options.out_dir, "results root (runs go to OUT/<experiment>/<run-id>)")->capture_default_str();
-  run->add_option("--jobs", options.jobs, "runs in parallel (default: min(runs, cores / threads))")->check(CLI::Range(1, 1024));
+  run->add_option("--jobs", options.jobs, "runs in parallel (default: min(runs, cores this process may use / threads))")->check(CLI::Range(1, 1024));
   run->add_option("--threads", options.threads, "intra-op threads per run")->capture_default_str()->check(CLI::Range(1, 256));
   run->add_flag("--force", options.force, "rerun runs that already finished");
   run->add_flag("--quiet", quiet, "no progress output");

@@ -17,12 +17,12 @@
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "launcher/entry.h"
+#include "running/cores.h"
 #include "running/stop_signals.h"
 #include "running/worker_spawn.h"
 
@@ -90,8 +90,7 @@ size_t workers_to_start(int argc, char** argv) {
     else if (!takes_value && arg.rfind("-", 0) != 0 && file.empty()) file = arg;
   }
   if (file.empty()) return 0;
-  const long cores = std::max(1L, static_cast<long>(std::thread::hardware_concurrency()));
-  if (jobs <= 0) jobs = std::max(1L, cores / ranks_on_this_machine() / threads);
+  if (jobs <= 0) jobs = mfglab::engine::default_jobs(static_cast<int>(ranks_on_this_machine()), static_cast<int>(threads));
   return std::min(count_runs(file), static_cast<size_t>(std::min(jobs, 64L)));
 }
 

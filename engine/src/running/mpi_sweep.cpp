@@ -10,7 +10,6 @@
 #include <fstream>
 #include <random>
 #include <sstream>
-#include <thread>
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
@@ -20,6 +19,7 @@
 #include "mfglab/params.h"
 #include "plugin_host.h"
 #include "progress.h"
+#include "running/cores.h"
 #include "running/isolation.h"
 #include "running/run_directory.h"
 
@@ -278,8 +278,9 @@ int run_experiment_mpi(MpiWorld& world, const PluginHost& host, const std::strin
     return 2;
   }
 
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (options.jobs <= 0) options.jobs = std::max(1, cores / std::max(1, world.ranks_on_this_node()) / options.threads);
+  const int ranks_here = world.ranks_on_this_node();
+  if (options.jobs <= 0) options.jobs = default_jobs(ranks_here, options.threads);
+  if (root) warn_if_oversubscribed(options.jobs, options.threads, ranks_here);
   at::set_num_threads(options.threads);
   at::set_num_interop_threads(1);
   options.experiment_text = text;
