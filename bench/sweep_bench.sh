@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --mfglab) mfglab="$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
     --iterations) iterations="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "sweep_bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
