@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "running/cores.h"
 
 namespace fs = std::filesystem;
 using mfglab::test::mfglab_cli;
@@ -238,6 +239,18 @@ TEST_CASE("by default a run starts as many workers at once as the cores it may u
   CHECK(asked.exit_code == 0);
   CHECK(asked.err.find("3 run(s), 2 in parallel") != std::string::npos);
   CHECK(asked.err.find("warning: 2 jobs x 1 threads") != std::string::npos);
+}
+
+TEST_CASE("a cgroup's CPU quota counts as the cores it pays for, rounded up", "[isolation]") {
+  using mfglab::engine::quota_cores;
+  CHECK(quota_cores("200000", "100000") == 2);
+  CHECK(quota_cores("150000", "100000") == 2);
+  CHECK(quota_cores("50000", "100000") == 1);
+  CHECK(quota_cores("max", "100000") == 0);  // cgroup v2: no limit
+  CHECK(quota_cores("-1", "100000") == 0);   // cgroup v1: no limit
+  CHECK(quota_cores("", "") == 0);
+  CHECK(mfglab::engine::usable_cores() >= 1);
+  CHECK(mfglab::engine::usable_cores() <= mfglab::engine::machine_cores());
 }
 
 TEST_CASE("a run whose loss turns non-finite keeps its last good checkpoint and its loss figure", "[isolation]") {
