@@ -356,10 +356,11 @@ class Sgm final : public mfglab::Model,
 
   // ScoreDerivatives2. With a score network grad(div s) needs every mixed second derivative
   // of the network, d (d + 1) / 2 slabs in the sweep: up to kHessianJetsMaxDim; beyond, the
-  // slabs' matrix products grow as d^2 against autograd's d + 1 reverse passes (a bound by
-  // that count, not measured). With a potential both terms are the same, grad(Lap U) (J is
-  // a Hessian, symmetric).
-  static constexpr int64_t kHessianJetsMaxDim = 4;
+  // slabs' matrix products, growing as d^2, cost more than autograd's d + 1 reverse passes
+  // (bench/score_grad_bench: the sweep is 1.8x faster at d = 2, 1.15-1.4x at d = 6, even at 7,
+  // slower at 8; width 128, batch 1024). With a potential both terms are the same,
+  // grad(Lap U) (J is a Hessian, symmetric).
+  static constexpr int64_t kHessianJetsMaxDim = 6;
   bool offers(mfglab::ScoreSecondOrder second) const override {
     return param_ == Parameterization::potential || second == mfglab::ScoreSecondOrder::laplacian ||
            d_ <= kHessianJetsMaxDim;
@@ -375,14 +376,7 @@ class Sgm final : public mfglab::Model,
     auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
     auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
                                               mfglab::nn::SecondOrderKind::hessian);
-    // grad(div net)_j = sum_i d_j d_i net_i: one gather of the Hessian slabs' entries.
-    const int64_t n = x.size(0), S = jets.second.size(0);
-    std::vector<int64_t> index;
-    for (int64_t j = 0; j < d_; ++j)
-      for (int64_t i = 0; i < d_; ++i) index.push_back(mfglab::nn::hessian_slab(i, j, d_) * d_ + i);
-    auto flat = jets.second.permute({1, 0, 2}).reshape({n, S * d_});
-    auto grad_div = flat.index_select(1, torch::tensor(index)).view({n, d_, d_}).sum(2);
-    return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, grad_div);
+    return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, mfglab::nn::divergence_gradient(jets, d_));
   }
 
   // HjbResidual: |r|_2 of the score PDE's residual (mfglab/score_pde.h, Laplacian form).
@@ -562,7 +556,7 @@ class Sgm final : public mfglab::Model,
 
 // Only the potential parameterization has a value function (U with s = grad U); the
 // manifest says so, and validation refuses "value" needs of the score parameterization.
-MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.3.0",
+MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.3.1",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
               "score,log_prob,value(parameterization=potential),collocation",

@@ -562,4 +562,15 @@ inline SecondOrderJets second_order_jets(const MLP& net, const torch::Tensor& in
   return result;
 }
 
+// grad(div out)_j = sum_i d_j d_i out_i, [N, d], from the slabs of a SecondOrderKind::hessian
+// sweep of an output with d components: one gather of the Hessian slabs' entries.
+inline torch::Tensor divergence_gradient(const SecondOrderJets& jets, int64_t d) {
+  const int64_t n = jets.value.size(0), S = jets.second.size(0);
+  std::vector<int64_t> index;
+  for (int64_t j = 0; j < d; ++j)
+    for (int64_t i = 0; i < d; ++i) index.push_back(hessian_slab(i, j, d) * d + i);
+  auto flat = jets.second.permute({1, 0, 2}).reshape({n, S * d});
+  return flat.index_select(1, torch::tensor(index)).view({n, d, d}).sum(2);
+}
+
 }  // namespace mfglab::nn
