@@ -10,6 +10,8 @@
 # sweep also pays the start of its processes once (LibTorch loads in most of a second, MPI
 # starts in a few tenths): with the default 1500 iterations a run trains for about 0.5 s and
 # that fixed cost bounds the ratios; --iterations 10000 shows the throughput of longer runs.
+# The jobs and mpi lines also give the runs' own mean training time in both sweeps: when two
+# runs side by side each train slower (or faster) than one alone, that moves the ratio too.
 #
 # usage: bench/sweep_bench.sh [--repeats R] [--iterations N] [--mfglab PATH] [--parts "jobs mpi overhead dp"]
 set -euo pipefail
@@ -26,7 +28,7 @@ while [[ $# -gt 0 ]]; do
     --mfglab) mfglab="$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
     --iterations) iterations="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "sweep_bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,9 +52,18 @@ cat > "$work/dp.json" <<'EOF'
  "eval": {"samples": 100, "metrics": []}}
 EOF
 
-# Median wall seconds of `"$@"` over the repeats, each into a fresh output folder.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Mean train_seconds of the runs in $work/out: the runs' own training time, which running
+# runs side by side can slow (shared caches, memory and vector units) whatever the runner does.
+train_mean() {
+  python3 -c "import json,glob,sys; v=[json.load(open(f))['train_seconds'] for f in glob.glob(sys.argv[1] + '/*/*/summary.json')]; print(sum(v)/len(v))" "$work/out"
+}
+
+# Median wall seconds of `"$@"` over the repeats, each into a fresh output folder; the median
+# of train_mean goes to $work/train.
 wall() {
-  local times=()
+  local times=() trains=()
   for ((r = 0; r < repeats; r++)); do
     rm -rf "$work/out"
     local t0 t1
@@ -60,8 +71,16 @@ wall() {
     "$@" --out "$work/out" --no-plots --quiet > "$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
     t1=$(date +%s.%N)
     times+=("$(echo "$t1 - $t0" | bc -l)")
+    trains+=("$(train_mean)")
   done
-  printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+  median "${trains[@]}" > "$work/train"
+  median "${times[@]}"
+}
+
+# "each run trained A s alone and B s side by side (+P%)", from the two sweeps' train_mean.
+side_by_side() {
+  printf 'training time per run %.2f s one at a time, %.2f s two at a time (%+.0f%%)' "$1" "$2" \
+    "$(echo "100 * ($2 - $1) / $1" | bc -l)"
 }
 
 # Wall seconds of one `"$@"` into a fresh output folder (figures as the arguments say).
@@ -73,20 +92,19 @@ once() {
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 
 for part in $parts; do
   case "$part" in
     jobs)
-      one=$(wall "$mfglab" run "$work/sweep.json" --jobs 1)
-      two=$(wall "$mfglab" run "$work/sweep.json" --jobs 2)
-      echo "jobs: 8 runs of $iterations iterations, --jobs 1 ${one} s, --jobs 2 ${two} s: $(ratio "$one" "$two")x (goal 1.8x)" ;;
+      one=$(wall "$mfglab" run "$work/sweep.json" --jobs 1); t1=$(cat "$work/train")
+      two=$(wall "$mfglab" run "$work/sweep.json" --jobs 2); t2=$(cat "$work/train")
+      echo "jobs: 8 runs of $iterations iterations, --jobs 1 ${one} s, --jobs 2 ${two} s: $(ratio "$one" "$two")x (goal 1.8x); $(side_by_side "$t1" "$t2")" ;;
     mpi)
-      one=$(wall "${mpirun[@]}" -np 1 "$mfglab" run "$work/sweep.json" --jobs 1)
-      two=$(wall "${mpirun[@]}" -np 2 "$mfglab" run "$work/sweep.json" --jobs 1)
-      echo "mpi: 8 runs of $iterations iterations, -np 1 ${one} s, -np 2 ${two} s: $(ratio "$one" "$two")x (goal 1.8x)" ;;
+      one=$(wall "${mpirun[@]}" -np 1 "$mfglab" run "$work/sweep.json" --jobs 1); t1=$(cat "$work/train")
+      two=$(wall "${mpirun[@]}" -np 2 "$mfglab" run "$work/sweep.json" --jobs 1); t2=$(cat "$work/train")
+      echo "mpi: 8 runs of $iterations iterations, -np 1 ${one} s, -np 2 ${two} s: $(ratio "$one" "$two")x (goal 1.8x); $(side_by_side "$t1" "$t2")" ;;
     overhead)
       # The two modes alternate, so that a change of machine load hits both alike; without
       # figures (the strict case: all of the difference is process start) and with them (the
