@@ -361,53 +361,53 @@ TEST_CASE("sgm grad(div s) from jets and the grad-form score_pde penalty agree w
   namespace pde = mfglab::score_pde;
   // Every process and activation at d = 2; one of each at d = 6, the largest d sgm sweeps.
   for (int64_t d : {2, 6})
-  for (std::string process : {"vp", "subvp", "ve", "ou"})
-    for (std::string activation : {"silu", "tanh", "gelu"}) {
-      if (d > 2 && (process != "vp" || activation != "silu")) continue;
-      INFO("d " << d << ", process " << process << ", activation " << activation);
-      mfglab::RunContext ctx;
-      ctx.generator = at::make_generator<at::CPUGeneratorImpl>(8);
-      ctx.dtype = torch::kFloat64;
-      ctx.data_dim = d;
-      auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 32}, {"depth", 3}, {"process", process}, {"activation", activation}}, ctx);
-      auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
-      REQUIRE(sd != nullptr);
-      REQUIRE(sd->offers(mfglab::ScoreSecondOrder::grad_div));
-      REQUIRE(sd->offers(mfglab::ScoreSecondOrder::laplacian));
-      auto batch = torch::randn({96, d}, at::make_generator<at::CPUGeneratorImpl>(9), torch::kFloat64);
-      auto c = model->collocation(batch);
+    for (std::string process : {"vp", "subvp", "ve", "ou"})
+      for (std::string activation : {"silu", "tanh", "gelu"}) {
+        if (d > 2 && (process != "vp" || activation != "silu")) continue;
+        INFO("d " << d << ", process " << process << ", activation " << activation);
+        mfglab::RunContext ctx;
+        ctx.generator = at::make_generator<at::CPUGeneratorImpl>(8);
+        ctx.dtype = torch::kFloat64;
+        ctx.data_dim = d;
+        auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 32}, {"depth", 3}, {"process", process}, {"activation", activation}}, ctx);
+        auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
+        REQUIRE(sd != nullptr);
+        REQUIRE(sd->offers(mfglab::ScoreSecondOrder::grad_div));
+        REQUIRE(sd->offers(mfglab::ScoreSecondOrder::laplacian));
+        auto batch = torch::randn({96, d}, at::make_generator<at::CPUGeneratorImpl>(9), torch::kFloat64);
+        auto c = model->collocation(batch);
 
-      auto fast = sd->score_derivatives(c.x, c.t, mfglab::ScoreSecondOrder::grad_div);
-      auto slow = pde::autograd_derivatives(*model, c.x, c.t, pde::SecondOrder::grad_div);
-      CHECK(rel_error(fast.score, slow.score) < 1e-12);
-      CHECK(rel_error(fast.jacobian, slow.jacobian) < 1e-10);
-      CHECK(rel_error(fast.laplacian, slow.laplacian) < 1e-10);  // grad(div s)
-      CHECK(rel_error(fast.time, slow.time) < 1e-10);
-      // On a network score grad(div s) is not Lap s: the check above is not the Laplacian's.
-      auto lap = sd->score_derivatives(c.x, c.t, mfglab::ScoreSecondOrder::laplacian);
-      CHECK(rel_error(lap.laplacian, fast.laplacian) > 1e-3);
+        auto fast = sd->score_derivatives(c.x, c.t, mfglab::ScoreSecondOrder::grad_div);
+        auto slow = pde::autograd_derivatives(*model, c.x, c.t, pde::SecondOrder::grad_div);
+        CHECK(rel_error(fast.score, slow.score) < 1e-12);
+        CHECK(rel_error(fast.jacobian, slow.jacobian) < 1e-10);
+        CHECK(rel_error(fast.laplacian, slow.laplacian) < 1e-10);  // grad(div s)
+        CHECK(rel_error(fast.time, slow.time) < 1e-10);
+        // On a network score grad(div s) is not Lap s: the check above is not the Laplacian's.
+        auto lap = sd->score_derivatives(c.x, c.t, mfglab::ScoreSecondOrder::laplacian);
+        CHECK(rel_error(lap.laplacian, fast.laplacian) > 1e-3);
 
-      for (std::string norm : {"l2", "l1"}) {
-        INFO("norm " << norm);
-        auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"norm", norm}, {"form", "grad"}}, ctx);
-        ctx.generator.set_current_seed(5);
-        auto penalty = reg->penalty(*model, batch);
-        CHECK(graph_has(penalty, "SecondOrderSweep"));  // the fast path was taken
-        ctx.generator.set_current_seed(5);
-        auto c2 = model->collocation(batch);
-        auto r = pde::residual(*model, c2.x, c2.t, pde::autograd_derivatives(*model, c2.x, c2.t, pde::SecondOrder::grad_div));
-        auto expected = norm == "l2" ? r.square().sum(1).mean() : r.abs().sum(1).mean();
-        CHECK_FALSE(graph_has(expected, "SecondOrderSweep"));
-        CHECK(std::abs(penalty.item<double>() - expected.item<double>()) <= 1e-10 * std::abs(expected.item<double>()));
-        auto params = model->parameters();
-        auto g_fast = torch::autograd::grad({penalty}, params);
-        auto g_slow = torch::autograd::grad({expected}, params);
-        for (size_t p = 0; p < params.size(); ++p) {
-          INFO("parameter " << p);
-          CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+        for (std::string norm : {"l2", "l1"}) {
+          INFO("norm " << norm);
+          auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"norm", norm}, {"form", "grad"}}, ctx);
+          ctx.generator.set_current_seed(5);
+          auto penalty = reg->penalty(*model, batch);
+          CHECK(graph_has(penalty, "SecondOrderSweep"));  // the fast path was taken
+          ctx.generator.set_current_seed(5);
+          auto c2 = model->collocation(batch);
+          auto r = pde::residual(*model, c2.x, c2.t, pde::autograd_derivatives(*model, c2.x, c2.t, pde::SecondOrder::grad_div));
+          auto expected = norm == "l2" ? r.square().sum(1).mean() : r.abs().sum(1).mean();
+          CHECK_FALSE(graph_has(expected, "SecondOrderSweep"));
+          CHECK(std::abs(penalty.item<double>() - expected.item<double>()) <= 1e-10 * std::abs(expected.item<double>()));
+          auto params = model->parameters();
+          auto g_fast = torch::autograd::grad({penalty}, params);
+          auto g_slow = torch::autograd::grad({expected}, params);
+          for (size_t p = 0; p < params.size(); ++p) {
+            INFO("parameter " << p);
+            CHECK(rel_error(g_fast[p], g_slow[p]) < 1e-10);
+          }
         }
       }
-    }
 }
 
 TEST_CASE("sgm above the Hessian's dimension bound: the grad form falls back to autograd", "[jets][score_pde]") {
@@ -424,6 +424,16 @@ TEST_CASE("sgm above the Hessian's dimension bound: the grad form falls back to 
   auto penalty = reg->penalty(*model, torch::randn({16, 7}, at::make_generator<at::CPUGeneratorImpl>(13), torch::kFloat64));
   CHECK_FALSE(graph_has(penalty, "SecondOrderSweep"));
   CHECK(std::isfinite(penalty.item<double>()));
+}
+
+TEST_CASE("divergence_gradient refuses jets without the whole Hessian", "[jets][hessian]") {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  mfglab::nn::MLP net({3, 8, 2}, mfglab::nn::Activation::silu, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  auto input = torch::randn({5, 3}, gen, torch::kFloat64);
+  auto hessian = mfglab::nn::second_order_jets(net, input, 2, mfglab::nn::SecondOrderKind::hessian);
+  CHECK(mfglab::nn::divergence_gradient(hessian, 2).sizes() == torch::IntArrayRef({5, 2}));
+  auto laplacian = mfglab::nn::second_order_jets(net, input, 2, mfglab::nn::SecondOrderKind::laplacian);
+  CHECK_THROWS_WITH(mfglab::nn::divergence_gradient(laplacian, 2), Catch::Contains("SecondOrderKind::hessian"));
 }
 
 TEST_CASE("the toolkit's fast exp and expm1 agree with libm", "[jets]") {

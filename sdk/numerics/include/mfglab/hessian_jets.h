@@ -565,7 +565,10 @@ inline SecondOrderJets second_order_jets(const MLP& net, const torch::Tensor& in
 // grad(div out)_j = sum_i d_j d_i out_i, [N, d], from the slabs of a SecondOrderKind::hessian
 // sweep of an output with d components: one gather of the Hessian slabs' entries.
 inline torch::Tensor divergence_gradient(const SecondOrderJets& jets, int64_t d) {
-  const int64_t n = jets.value.size(0), S = jets.second.size(0);
+  const int64_t n = jets.value.size(0), S = jets.second.defined() ? jets.second.size(0) : 0;
+  if (S != d * (d + 1) / 2 || jets.value.size(1) != d)
+    throw Error("divergence_gradient: needs the d (d + 1) / 2 slabs of a SecondOrderKind::hessian sweep of an output "
+                "with d = " + std::to_string(d) + " components");
   std::vector<int64_t> index;
   for (int64_t j = 0; j < d; ++j)
     for (int64_t i = 0; i < d; ++i) index.push_back(hessian_slab(i, j, d) * d + i);
