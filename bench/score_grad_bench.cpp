@@ -1,10 +1,12 @@
-// grad(div s) of a score network two ways, by dimension: one sweep of Hessian jets
-// (mfglab/hessian_jets.h; sgm takes it up to its kHessianJetsMaxDim) against reverse-mode
-// autograd (mfglab/score_pde.h's route: d passes for J and d_t s, then one for grad(div s)).
+// grad(div s) of a score network three ways, by dimension: the tangent-and-adjoint sweep
+// (mfglab/divergence_gradient_sweep.h, sgm's route), one sweep of Hessian jets
+// (mfglab/hessian_jets.h) and reverse-mode autograd (mfglab/score_pde.h's route: d passes for
+// J and d_t s, then one for grad(div s)).
 // Each step computes s, J, d_t s and grad(div s) of s = net([x, t]), a residual-like loss
 // |d_t s - grad(div s) - J s|_1 + |s|^2, and its backward into the parameters: the part of a
 // score-PDE training step that the choice of route changes. Prints the median milliseconds
-// per step of each route and their ratio, and the two losses (equal up to rounding).
+// per step of each route, autograd's time over each sweep's, and the losses (equal up to
+// rounding).
 //
 //   score_grad_bench [--dims 2,3,4,5,6,8] [--batch 1024] [--width 128] [--depth 3]
 //                    [--iters 20] [--threads 1]
@@ -21,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <mfglab/divergence_gradient_sweep.h>
 #include <mfglab/hessian_jets.h>
 #include <mfglab/score_pde.h>
 
@@ -42,8 +45,14 @@ Tensor residual_loss(const Tensor& s, const Tensor& jacobian, const Tensor& time
   return (time - grad_div - js).abs().sum(1).mean() + s.square().sum(1).mean();
 }
 
-// As sgm does: one sweep, then grad(div s) gathered from its Hessian slabs.
-Tensor sweep_loss(const mfglab::nn::MLP& net, const Tensor& input, int64_t d) {
+// As sgm does: tangents up, output adjoints down, no second-order slabs.
+Tensor adjoint_sweep_loss(const mfglab::nn::MLP& net, const Tensor& input, int64_t d) {
+  auto jets = mfglab::nn::divergence_gradient_jets(net, input, d);
+  return residual_loss(jets.value, jets.jacobian, jets.time, jets.divergence_gradient);
+}
+
+// One sweep of Hessian jets, then grad(div s) gathered from its slabs.
+Tensor hessian_sweep_loss(const mfglab::nn::MLP& net, const Tensor& input, int64_t d) {
   auto jets = mfglab::nn::second_order_jets(net, input, d, mfglab::nn::SecondOrderKind::hessian);
   return residual_loss(jets.value, jets.jacobian, jets.time, mfglab::nn::divergence_gradient(jets, d));
 }
@@ -99,7 +108,8 @@ int main(int argc, char** argv) {
   std::printf("grad(div s), score network %lld x %lld silu, batch %lld, float32 (GEMM: %s), %d thread(s), median of %d steps\n",
               static_cast<long long>(depth), static_cast<long long>(width), static_cast<long long>(batch),
               mfglab::engine::gemm_backend(), threads, iters);
-  std::printf("%4s %14s %14s %8s %14s %14s\n", "d", "sweep ms", "autograd ms", "ratio", "sweep loss", "autograd loss");
+  std::printf("%4s %13s %13s %13s %9s %9s %13s %13s %13s\n", "d", "adjoint ms", "hessian ms", "autograd ms",
+              "ag/adj", "ag/hess", "adjoint loss", "hessian loss", "autograd loss");
   for (int64_t d : dims) {
     auto gen = torch::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(d));
     std::vector<int64_t> sizes{d + 1};
@@ -107,14 +117,16 @@ int main(int argc, char** argv) {
     sizes.push_back(d);
     mfglab::nn::MLP net(sizes, mfglab::nn::Activation::silu, gen, torch::TensorOptions().dtype(torch::kFloat32));
     auto input = torch::cat({torch::randn({batch, d}, gen), torch::rand({batch, 1}, gen)}, 1);
-    double loss_value[2] = {0, 0};
-    double ms[2] = {0, 0};
-    for (int route = 0; route < 2; ++route) {
+    double loss_value[3] = {0, 0, 0};
+    double ms[3] = {0, 0, 0};
+    for (int route = 0; route < 3; ++route) {
       std::vector<double> times;
       for (int it = 0; it < iters + 3; ++it) {
         for (auto& p : net.parameters()) p.mutable_grad() = Tensor();
         const auto t0 = Clock::now();
-        auto loss = route == 0 ? sweep_loss(net, input, d) : autograd_loss(net, input, d);
+        auto loss = route == 0   ? adjoint_sweep_loss(net, input, d)
+                    : route == 1 ? hessian_sweep_loss(net, input, d)
+                                 : autograd_loss(net, input, d);
         loss.backward();
         const double dt = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         if (it >= 3) times.push_back(dt);  // after warm-up
@@ -122,8 +134,8 @@ int main(int argc, char** argv) {
       }
       ms[route] = median(times);
     }
-    std::printf("%4lld %14.2f %14.2f %7.2fx %14.6g %14.6g\n", static_cast<long long>(d), ms[0], ms[1], ms[1] / ms[0],
-                loss_value[0], loss_value[1]);
+    std::printf("%4lld %13.2f %13.2f %13.2f %8.2fx %8.2fx %13.6g %13.6g %13.6g\n", static_cast<long long>(d), ms[0],
+                ms[1], ms[2], ms[2] / ms[0], ms[2] / ms[1], loss_value[0], loss_value[1], loss_value[2]);
     std::fflush(stdout);
   }
   return 0;
