@@ -198,6 +198,67 @@ inline void up_backward_loop(const double* U, const double* D, const double* Aba
   up_backward_body<double>(U, D, Abar, gg, d1, d2, d3, GZ, d, nb, w);
 }
 
+// Through one hidden layer's activation, up slabs U -> Z: Z_0 = act(a) and, unless `top`
+// (the last hidden layer, whose tangents nothing reads), Z_m = act' da_m. Returns act',
+// act'' and act''' at a, which the down sweep and the reverse pass use.
+inline std::vector<torch::Tensor> up_activation(Activation act, const torch::Tensor& U, const torch::Tensor& Z,
+                                                int64_t d, bool top) {
+  const auto a = U[0];
+  auto z0 = Z[0];
+  std::vector<torch::Tensor> dv;
+  if (looped(act, a)) {
+    for (int i = 0; i < 3; ++i) dv.push_back(torch::empty_like(a));
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "up_activation", [&] {
+      derivs4_loop(act == Activation::silu, a.data_ptr<scalar_t>(), z0.data_ptr<scalar_t>(),
+                   dv[0].data_ptr<scalar_t>(), dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), a.numel());
+    });
+  } else {
+    auto all = derivs5(act, a, false);
+    z0.copy_(all[0]);
+    dv = {all[1], all[2], all[3]};
+  }
+  if (!top) {
+    auto tangents = Z.narrow(0, 1, d);
+    torch::mul_out(tangents, U.narrow(0, 1, d), dv[0].unsqueeze(0));
+  }
+  return dv;
+}
+
+// dst[s][n] = src[s] for every row n: dst [S, nb, w] contiguous, src [S, w]. Row copies: a
+// broadcast copy of a transposed source takes LibTorch's slow strided path.
+inline void fill_rows(const torch::Tensor& dst, const torch::Tensor& src) {
+  auto rows = src.contiguous();
+  const int64_t S = dst.size(0), nb = dst.size(1);
+  const size_t bytes = static_cast<size_t>(dst.size(2) * dst.element_size());
+  auto* out = static_cast<char*>(dst.data_ptr());
+  const auto* in = static_cast<const char*>(rows.data_ptr());
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t n = 0; n < nb; ++n) std::memcpy(out + (s * nb + n) * bytes, in + s * bytes, bytes);
+}
+
+// sum_n x[s][n] for a contiguous x [S, nb, w] (or [nb, w]), [S, w] (or [w]): one pass that
+// vectorises along w, where LibTorch reduces across rows with a strided loop.
+template <class T>
+inline void sum_rows_body(const T* x, T* out, int64_t S, int64_t nb, int64_t w) {
+  for (int64_t s = 0; s < S; ++s) {
+    T* __restrict o = out + s * w;
+    for (int64_t u = 0; u < w; ++u) o[u] = T(0);
+    for (int64_t n = 0; n < nb; ++n) {
+      const T* __restrict row = x + (s * nb + n) * w;
+      for (int64_t u = 0; u < w; ++u) o[u] += row[u];
+    }
+  }
+}
+inline torch::Tensor sum_rows(const torch::Tensor& x_in) {
+  auto x = x_in.dim() == 2 ? x_in.unsqueeze(0) : x_in;
+  auto out = torch::empty({x.size(0), x.size(2)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sum_rows", [&] {
+    sum_rows_body<scalar_t>(x.contiguous().data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(0), x.size(1),
+                            x.size(2));
+  });
+  return x_in.dim() == 2 ? out[0] : out;
+}
+
 // The sweep as one autograd node. tensors = (input, W0, b0, W1, b1, ...), weights [in, out];
 // returns [2 + k, N, d] for an input of k = d or d + 1 columns: row 0 the value, row 1 + m
 // the derivative in input column m, row 1 + k grad(div out).
@@ -211,7 +272,6 @@ struct DivergenceGradientSweep : public torch::autograd::Function<DivergenceGrad
     const int64_t n = input.size(0), k = input.size(1);
     const auto& W0 = tensors[1];
     const auto& Wout = tensors[1 + 2 * H];
-    static const std::vector<PairList> no_slabs;  // the up sweep carries first derivatives only
     auto out = torch::empty({2 + k, n, d}, input.options());
     // Per block, per hidden layer: the up slabs U = (a, da_1..da_d) and Z = act(U) as jets,
     // the down slabs D_i = d out_i / d h and Ahat_i = d out_i / d a, and act' .. act'''.
@@ -221,19 +281,14 @@ struct DivergenceGradientSweep : public torch::autograd::Function<DivergenceGrad
       auto U = torch::empty({1 + d, nb, W0.size(1)}, input.options());
       auto U0 = U[0];
       torch::addmm_out(U0, tensors[2], input.narrow(0, r0, nb), W0);
-      U.narrow(0, 1, d).copy_(W0.narrow(0, 0, d).unsqueeze(1));  // layer 0 is affine: da/dx_m = W0[m]
+      fill_rows(U.narrow(0, 1, d), W0.narrow(0, 0, d));  // layer 0 is affine: da/dx_m = W0[m]
       const size_t first = ups.size();
       for (int64_t l = 0; l < H; ++l) {
         auto Z = torch::empty_like(U);
-        auto dv = derivs5(act, U[0], false);
-        AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "divergence_gradient_up", [&] {
-          jet_forward_loop(U.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), dv[0].data_ptr<scalar_t>(),
-                           dv[1].data_ptr<scalar_t>(), dv[2].data_ptr<scalar_t>(), d, no_slabs, U[0].numel(),
-                           U[0].numel());
-        });
+        auto dv = up_activation(act, U, Z, d, l + 1 == H);
         ups.push_back(U);
         stacks.push_back(Z);
-        derivs.insert(derivs.end(), {dv[1], dv[2], dv[3]});
+        derivs.insert(derivs.end(), dv.begin(), dv.end());
         if (l + 1 < H) {
           U = torch::mm(Z.view({(1 + d) * nb, -1}), tensors[3 + 2 * l]).view({1 + d, nb, -1});
           U[0].add_(tensors[4 + 2 * l]);
@@ -244,7 +299,8 @@ struct DivergenceGradientSweep : public torch::autograd::Function<DivergenceGrad
       // Down: D_i = column i of the output weights at the last hidden layer, then
       // D <- (act' D) W_l^T layer by layer.
       auto grad = torch::zeros({nb, d}, input.options());
-      auto D = Wout.t().unsqueeze(1).expand({d, nb, Wout.size(0)}).contiguous();
+      auto D = torch::empty({d, nb, Wout.size(0)}, input.options());
+      fill_rows(D, Wout.t());
       downs.resize(first + H);
       hats.resize(first + H);
       for (int64_t l = H - 1; l >= 0; --l) {
@@ -329,13 +385,15 @@ struct DivergenceGradientSweep : public torch::autograd::Function<DivergenceGrad
                              w);
         });
       }
-      out[1 + 2 * H].add_(Dbar.sum(1).t());  // D at the last hidden layer is Wout's columns
+      out[1 + 2 * H].add_(sum_rows(Dbar).t());  // D at the last hidden layer is Wout's columns
       // Reverse of the up sweep, from the output down.
       const auto& last = stacks[base + H - 1];
       out[1 + 2 * H].addmm_(last[0].t(), g_value);
       out[2 + 2 * H].add_(g_value.sum(0));
-      auto GZ = torch::zeros_like(last);
-      GZ[0].copy_(g_value.mm(Wout.t()));
+      auto GZ = torch::empty_like(last);
+      GZ.narrow(0, 1, d).zero_();
+      auto GZ0 = GZ[0];
+      torch::mm_out(GZ0, g_value, Wout.t());
       for (int64_t l = H - 1; l >= 0; --l) {
         const auto& Ul = ups[base + l];
         const auto* dv = &derivs[3 * (base + l)];
@@ -348,14 +406,14 @@ struct DivergenceGradientSweep : public torch::autograd::Function<DivergenceGrad
         if (l > 0) {  // GZ is now the gradient of U_l
           auto flat = GZ.view({(1 + d) * nb, -1});
           out[1 + 2 * l].addmm_(stacks[base + l - 1].view({(1 + d) * nb, -1}).t(), flat);
-          out[2 + 2 * l].add_(GZ[0].sum(0));
+          out[2 + 2 * l].add_(sum_rows(GZ[0]));
           GZ = torch::mm(flat, saved[1 + 2 * l].t()).view({1 + d, nb, -1});
         }
       }
       // Layer 0: a = input W0 + b0, da_m = W0[m].
       out[1].addmm_(input.narrow(0, r0, nb).t(), GZ[0]);
-      out[1].narrow(0, 0, d).add_(GZ.narrow(0, 1, d).sum(1));
-      out[2].add_(GZ[0].sum(0));
+      out[1].narrow(0, 0, d).add_(sum_rows(GZ.narrow(0, 1, d)));
+      out[2].add_(sum_rows(GZ[0]));
       if (input_grad) out[0].narrow(0, r0, nb).copy_(GZ[0].mm(W0.t()));
     }
     return out;
