@@ -548,7 +548,7 @@ class Sgm final : public mfglab::Model,
 
 // Only the potential parameterization has a value function (U with s = grad U); the
 // manifest says so, and validation refuses "value" needs of the score parameterization.
-MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.3.1",
+MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.4.0",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
               "score,log_prob,value(parameterization=potential),collocation",

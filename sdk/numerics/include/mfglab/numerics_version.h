@@ -9,7 +9,9 @@
 // find_package(mfglab) reports it as mfglab_NUMERICS_VERSION.
 //
 // 1.1 adds fast_exp.h (nn.h's exp_approx now forwards to it).
+// 1.2 adds divergence_gradient_sweep.h (an MLP field's grad(div) from tangents and adjoints)
+//     and hessian_jets.h's divergence_gradient.
 #pragma once
 
 #define MFGLAB_NUMERICS_VERSION_MAJOR 1
-#define MFGLAB_NUMERICS_VERSION_MINOR 1
+#define MFGLAB_NUMERICS_VERSION_MINOR 2
