@@ -189,8 +189,8 @@ TEST_CASE("divergence_gradient_jets: value, derivatives and grad(div out) match 
           if (hidden == 3) sizes.insert(sizes.end(), {12, 20});
           sizes.push_back(d);
           mfglab::nn::MLP net(sizes, mfglab::nn::parse_activation(name), gen, f64);
-          // 300 rows: more than one block of the sweep, the last one partial.
-          auto input = torch::randn({300, cols}, gen, f64) * 1.5;
+          // 600 rows: more than one block of the sweep (kDivergenceRows), the last one partial.
+          auto input = torch::randn({600, cols}, gen, f64) * 1.5;
           INFO("activation " << name << ", d = " << d << (time_column ? ", with time" : ", no time") << ", "
                              << hidden << " hidden layers");
           auto leaf = input.detach().requires_grad_();

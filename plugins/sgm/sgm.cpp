@@ -356,8 +356,8 @@ class Sgm final : public mfglab::Model,
   }
 
   // ScoreDerivatives2. With a score network grad(div s) comes from one sweep of tangents up
-  // and output adjoints down (mfglab/divergence_gradient_sweep.h), linear in d: 2.4-2.6x
-  // faster than autograd's d + 1 reverse passes at every d from 2 to 16, and 1.35x faster
+  // and output adjoints down (mfglab/divergence_gradient_sweep.h), linear in d: 2.2-2.8x
+  // faster than autograd's d + 1 reverse passes at every d from 2 to 16, and 1.5x faster
   // than a sweep of the whole Hessian at d = 2 (bench/score_grad_bench; width 128, batch
   // 1024). With a potential both terms are the same, grad(Lap U) (J is a Hessian, symmetric).
   bool offers(mfglab::ScoreSecondOrder) const override { return true; }
