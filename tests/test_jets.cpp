@@ -481,6 +481,58 @@ TEST_CASE("sgm grad(div s) from jets and the grad-form score_pde penalty agree w
       }
 }
 
+TEST_CASE("sgm's loss trains on the regularizers' points and reuses the sweep's network output", "[jets][score_pde]") {
+  at::set_num_threads(1);
+  for (std::string form : {"grad", "lap"}) {
+    INFO("form " << form);
+    const int64_t d = 2, n = 96;
+    mfglab::RunContext ctx;
+    ctx.generator = at::make_generator<at::CPUGeneratorImpl>(8);
+    ctx.dtype = torch::kFloat64;
+    ctx.data_dim = d;
+    auto model = mfglab::test::create<mfglab::Model>(host(), "sgm", json{{"width", 32}, {"depth", 3}}, ctx);
+    auto reg = mfglab::test::create<mfglab::Regularizer>(host(), "score_pde", json{{"form", form}}, ctx);
+    auto* fp = mfglab::capability<mfglab::ForwardProcess>(model.get(), mfglab::kForwardProcess);
+    REQUIRE(fp != nullptr);
+    auto batch = torch::randn({n, d}, at::make_generator<at::CPUGeneratorImpl>(9), torch::kFloat64);
+
+    // As the engine does: the penalty first, then the loss on the same batch tensor.
+    ctx.generator.set_current_seed(5);
+    auto penalty = reg->penalty(*model, batch);
+    auto dsm = model->loss(batch).at(0).value;
+    CHECK(graph_has(dsm, form == "grad" ? "DivergenceGradientSweep" : "SecondOrderSweep"));
+    CHECK_FALSE(graph_has(dsm, "MlpSweep"));  // the network was not run a second time
+
+    // Expected: DSM at the points collocation() draws from the same generator state, with
+    // the noise recovered from x = alpha x0 + sigma z and the network run afresh.
+    ctx.generator.set_current_seed(5);
+    auto c = model->collocation(batch);
+    auto sigma = fp->sigma(c.t);
+    auto z = (c.x - fp->alpha(c.t) * batch) / sigma;
+    auto net = -sigma * model->score(c.x, c.t);  // score = -net / sigma
+    auto expected = (net - z).square().sum() / static_cast<double>(n);
+    CHECK(std::abs(dsm.item<double>() - expected.item<double>()) <= 1e-12 * expected.item<double>());
+    auto params = model->parameters();
+    // The gradient of the whole objective, which goes through the sweep's reverse pass once.
+    auto g_shared = torch::autograd::grad({dsm + penalty}, params, {}, /*retain_graph=*/true);
+    auto g_expected = torch::autograd::grad({expected + penalty}, params);
+    for (size_t p = 0; p < params.size(); ++p) {
+      INFO("parameter " << p);
+      CHECK(rel_error(g_shared[p], g_expected[p]) < 1e-10);
+    }
+
+    // A loss on another batch than the one the points were drawn for draws its own and runs
+    // the network itself.
+    reg->penalty(*model, batch);
+    auto other = model->loss(batch.clone()).at(0).value;
+    CHECK(graph_has(other, "MlpSweep"));
+    CHECK_FALSE(graph_has(other, form == "grad" ? "DivergenceGradientSweep" : "SecondOrderSweep"));
+    // And a loss with no penalty before it, too.
+    auto alone = model->loss(batch).at(0).value;
+    CHECK(graph_has(alone, "MlpSweep"));
+  }
+}
+
 TEST_CASE("divergence_gradient refuses jets without the whole Hessian", "[jets][hessian]") {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
   mfglab::nn::MLP net({3, 8, 2}, mfglab::nn::Activation::silu, gen, torch::TensorOptions().dtype(torch::kFloat64));

@@ -25,8 +25,10 @@
 // log_prob(x) integrates the same ODE forward from eps to T together with the change of
 // log-density, d log p / dt = -div(f - g^2 score / 2), and adds the prior's log-density:
 // the model's NLL in nats of the data noised to t = eps.
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -201,8 +203,12 @@ class Sgm final : public mfglab::Model,
   mfglab::LossTerms loss(const torch::Tensor& batch) override {
     // The regularizers are the whole objective, e.g. score_pde + terminal_ism: the
     // HJB-regularized score model trained as the MFG paper trains it.
+    auto shared = std::exchange(shared_, std::nullopt);
     if (loss_ == LossKind::none) return {};
-    auto noised = noised_batch(batch);
+    // The points collocation() drew on this batch for the regularizers, if any, else new ones.
+    const bool reuse = shared && shared->batch.is_same(batch);
+    const auto noised = reuse ? shared->noised : noised_batch(batch);
+    const auto shared_value = reuse ? shared->value : torch::Tensor();
     const double n = static_cast<double>(noised.z.size(0));
     auto t = noised.input.narrow(1, d_, 1);
     if (loss_ == LossKind::esm) {
@@ -224,9 +230,9 @@ class Sgm final : public mfglab::Model,
     }
     if (loss_ == LossKind::dsm) {
       // sigma * score + z = z - eps_hat. The direct network reads the noised batch as is.
-      auto predicted = param_ == Parameterization::score
-                           ? net_.forward(noised.input)
-                           : noise_prediction(noised.input.narrow(1, 0, d_), t, true);
+      auto predicted = param_ == Parameterization::potential ? noise_prediction(noised.input.narrow(1, 0, d_), t, true)
+                       : shared_value.defined()                  ? shared_value
+                                                                 : net_.forward(noised.input);
       // Summed over dimensions, averaged over the batch.
       if (weighting_ == Weighting::sigma2) return {{"dsm", (predicted - noised.z).square().sum() / n}};
       auto per_sample = (predicted - noised.z).square().sum(1, /*keepdim=*/true);
@@ -331,10 +337,13 @@ class Sgm final : public mfglab::Model,
 
   torch::Tensor diffusion(const torch::Tensor& t) override { return torch::sqrt(proc_.g2(t.reshape({-1, 1}))); }
 
+  // Fresh forward-noised points, kept for loss() on the same batch (see SharedDraw).
   mfglab::Collocation collocation(const torch::Tensor& batch) override {
     torch::NoGradGuard no_grad;
     auto noised = noised_batch(batch);
-    return {noised.input.narrow(1, 0, d_).contiguous(), noised.input.narrow(1, d_, 1).contiguous()};
+    mfglab::Collocation points{noised.input.narrow(1, 0, d_).contiguous(), noised.input.narrow(1, d_, 1).contiguous()};
+    shared_ = SharedDraw{batch, noised, points.x, points.t, {}};
+    return points;
   }
 
   // ForwardProcess: X_t = alpha(t) X_0 + sigma(t) Z, differentiable in t.
@@ -352,6 +361,7 @@ class Sgm final : public mfglab::Model,
     auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
     auto jets = mfglab::nn::second_order_jets(net_, torch::cat({x.detach(), tc}, 1), d_,
                                               mfglab::nn::SecondOrderKind::laplacian);
+    remember_value(x, t, jets.value);
     return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, jets.second[0]);
   }
 
@@ -368,6 +378,7 @@ class Sgm final : public mfglab::Model,
     check_batch(x);
     auto tc = column(t, x.size(0)).to(x.scalar_type()).detach();
     auto jets = mfglab::nn::divergence_gradient_jets(net_, torch::cat({x.detach(), tc}, 1), d_);
+    remember_value(x, t, jets.value);
     return scaled_derivatives(tc, jets.value, jets.jacobian, jets.time, jets.divergence_gradient);
   }
 
@@ -385,6 +396,26 @@ class Sgm final : public mfglab::Model,
     torch::Tensor z;      // [N, d]
   };
 
+  // The forward-noised batch that collocation() drew for the regularizers in this training
+  // iteration, kept for loss() on the same batch tensor (the engine asks for the penalties
+  // first). The loss and the regularizers then see the same points, as in the score-PDE
+  // papers and ../shared/ref/sgm_ref.py; and when a jets sweep for the score PDE's
+  // derivatives has already computed the network's output there (score parameterization),
+  // the loss uses that output, so that the network is not run twice on the same points.
+  struct SharedDraw {
+    torch::Tensor batch;  // held, so that its TensorImpl (the identity checked) is not reused
+    Noised noised;
+    torch::Tensor x, t;   // the points collocation() returned
+    torch::Tensor value;  // net([x, t]) from a jets sweep, in the graph; or undefined
+  };
+  std::optional<SharedDraw> shared_;
+
+  void remember_value(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& value) {
+    if (shared_ && loss_ == LossKind::dsm && param_ == Parameterization::score && value.requires_grad() &&
+        x.is_same(shared_->x) && t.is_same(shared_->t))
+      shared_->value = value;
+  }
+
   // Draws t ~ U(eps, T) and z ~ N(0, I) and writes the forward-noised batch straight into
   // the network's input layout.
   Noised noised_batch(const torch::Tensor& batch) {
@@ -395,9 +426,10 @@ class Sgm final : public mfglab::Model,
     auto t = input.narrow(1, d_, 1);
     t.uniform_(eps_, proc_.T, generator_);
     auto z = torch::randn({n, d_}, generator_, options_);
+    auto [alpha, sigma] = at_times<2>(t, [&](double u) { return std::array{proc_.alpha(u), proc_.sigma(u)}; });
     auto xt = input.narrow(1, 0, d_);
-    torch::mul_out(xt, x0, proc_.alpha(t));
-    xt.addcmul_(proc_.sigma(t), z);
+    torch::mul_out(xt, x0, alpha);
+    xt.addcmul_(sigma, z);
     return {input, z};
   }
 
@@ -450,13 +482,16 @@ class Sgm final : public mfglab::Model,
   mfglab::ScoreDerivativeValues scaled_derivatives(const torch::Tensor& tc, const torch::Tensor& value,
                                                    const torch::Tensor& jacobian, const torch::Tensor& time,
                                                    const torch::Tensor& second) {
-    auto inv = 1.0 / proc_.sigma(tc);  // [N, 1]
-    auto dlog_sigma = proc_.drift_coef(tc) + 0.5 * proc_.g2(tc) * inv.square();  // sigma' / sigma
+    // -1 / sigma and (sigma' / sigma) / sigma, [N, 1].
+    auto [neg_inv, time_coef] = at_times<2>(tc, [&](double u) {
+      const double inv = 1.0 / proc_.sigma(u);
+      return std::array{-inv, (proc_.drift_coef(u) + 0.5 * proc_.g2(u) * inv * inv) * inv};
+    });
     mfglab::ScoreDerivativeValues v;
-    v.score = -value * inv;
-    v.jacobian = -jacobian * inv.unsqueeze(2);
-    v.laplacian = -second * inv;
-    v.time = (value * dlog_sigma - time) * inv;
+    v.score = value * neg_inv;
+    v.jacobian = jacobian * neg_inv.unsqueeze(2);
+    v.laplacian = second * neg_inv;
+    v.time = torch::addcmul(value * time_coef, time, neg_inv);
     return v;
   }
 
@@ -520,6 +555,27 @@ class Sgm final : public mfglab::Model,
   }
 
   // Times arrive as [N, 1]; [N] and a single time are accepted too.
+  // K coefficients of the process at each time of t [N, 1], from f(time) -> std::array<double, K>,
+  // by one scalar loop: a coefficient as tensor operations on [N, 1] is a chain of a dozen small
+  // operations, whose overhead costs more than the arithmetic. No graph: the times here are
+  // drawn or detached.
+  template <size_t K, class F>
+  static std::array<torch::Tensor, K> at_times(const torch::Tensor& t, F coefficients) {
+    auto times = t.detach().contiguous();
+    std::array<torch::Tensor, K> out;
+    for (auto& o : out) o = torch::empty_like(times);
+    AT_DISPATCH_FLOATING_TYPES(times.scalar_type(), "sgm_at_times", [&] {
+      const auto* in = times.data_ptr<scalar_t>();
+      std::array<scalar_t*, K> dst;
+      for (size_t k = 0; k < K; ++k) dst[k] = out[k].template data_ptr<scalar_t>();
+      for (int64_t i = 0; i < times.numel(); ++i) {
+        const auto c = coefficients(static_cast<double>(in[i]));
+        for (size_t k = 0; k < K; ++k) dst[k][i] = static_cast<scalar_t>(c[k]);
+      }
+    });
+    return out;
+  }
+
   static torch::Tensor column(const torch::Tensor& t, int64_t n) {
     if (t.numel() == n) return t.reshape({n, 1});
     if (t.numel() == 1) return t.reshape({1, 1}).expand({n, 1});
@@ -548,7 +604,7 @@ class Sgm final : public mfglab::Model,
 
 // Only the potential parameterization has a value function (U with s = grad U); the
 // manifest says so, and validation refuses "value" needs of the score parameterization.
-MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.4.0",
+MFGLAB_PLUGIN(Sgm, MFGLAB_KIND_MODEL, "sgm", "1.5.0",
               "Score-based generative model: VP/sub-VP/VE/OU SDEs, score or potential network, "
               "DSM/ISM losses, EM/PC/probability-flow samplers, ODE log-likelihood",
               "score,log_prob,value(parameterization=potential),collocation",

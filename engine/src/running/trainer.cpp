@@ -544,20 +544,26 @@ RunOutcome run_one(const RunSpec& spec, const PluginHost& host, const std::strin
         batch_state = gen.get_state();
         gen.set_current_seed(rank_stream_seed(spec.seed, group->rank(), iteration));
       }
-      LossTerms terms;
-      stage(model_name + " loss", [&] { terms = o.model->loss(batch); });
+      // The regularizers run before the model's loss, so that a model may train on the
+      // points its collocation() drew for them and reuse the network pass made there (sgm
+      // does: its loss and the score-PDE residual at the same noised points). losses.csv
+      // keeps the model's terms first.
+      LossTerms penalties;
       for (size_t r = 0; r < o.regularizers.size(); ++r) {
         const auto& use = spec.regularizers[r];
         // A weight-0 term (the baseline of a weight sweep) keeps its column in losses.csv but
         // costs nothing: its penalty, and the graph behind it, would only be multiplied by 0.
         if (use.weight == 0) {
-          terms.push_back({use.plugin, torch::zeros({}, train.options())});
+          penalties.push_back({use.plugin, torch::zeros({}, train.options())});
           continue;
         }
         stage("regularizer '" + use.plugin + "'", [&] {
-          terms.push_back({use.plugin, use.weight * o.regularizers[r]->penalty(*o.model, batch)});
+          penalties.push_back({use.plugin, use.weight * o.regularizers[r]->penalty(*o.model, batch)});
         });
       }
+      LossTerms terms;
+      stage(model_name + " loss", [&] { terms = o.model->loss(batch); });
+      terms.insert(terms.end(), penalties.begin(), penalties.end());
       if (terms.empty())
         throw Error(fmt::format("nothing to train: model '{}' returned no loss terms and the experiment has no "
                                 "regularizers (a model whose own loss is off, such as sgm with loss \"none\", "

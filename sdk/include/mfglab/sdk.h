@@ -146,7 +146,9 @@ class Model : public Plugin {
   // Named training loss terms on a data batch ([B, d], a draw from rho_0); each value is a
   // scalar (numel 1) in the graph of parameters(). The engine adds them up (with the
   // regularizers' weighted penalties), logs each, and steps the optimizer. Names are
-  // stable from one call to the next (they are the columns of losses.csv).
+  // stable from one call to the next (they are the columns of losses.csv). In each
+  // training iteration the engine calls it after the regularizers' penalties, with the same
+  // batch tensor: a model may train on the points its collocation() drew for them.
   virtual LossTerms loss(const torch::Tensor& batch) = 0;
   // n generated samples from the model's rho_0, [n, d], detached, finite.
   virtual torch::Tensor sample(int64_t n) = 0;

@@ -354,9 +354,10 @@ struct DivergenceGradientSweep : public torch::autograd::Function<DivergenceGrad
     const auto& W0 = saved[1];
     const auto& Wout = saved[1 + 2 * H];
     const auto& g_out = grads[0];
-    int64_t block = 0;
-    for (int64_t r0 = 0; r0 < n; r0 += kDivergenceRows, ++block) {
-      const int64_t nb = std::min(kDivergenceRows, n - r0);
+    // Blocks last to first: the forward pass touched the last block's slabs most recently.
+    const int64_t blocks = (n + kDivergenceRows - 1) / kDivergenceRows;
+    for (int64_t block = blocks - 1; block >= 0; --block) {
+      const int64_t r0 = block * kDivergenceRows, nb = std::min(kDivergenceRows, n - r0);
       const int64_t base = block * H;
       auto g_value = g_out[0].narrow(0, r0, nb);
       auto g_first = g_out.narrow(0, 1, k).narrow(1, r0, nb).permute({2, 1, 0}).contiguous().view({d * nb, k});
