@@ -5,7 +5,9 @@
 #   dsm       denoising score matching only
 #   hjb-lap   DSM + the score-PDE residual, Laplacian form (the reference's default; mfglab
 #             takes the score's derivatives from sgm's one-sweep forward-mode jets)
-#   hjb-grad  DSM + the score-PDE residual, gradient form (mfglab: one sweep of Hessian jets)
+#   hjb-grad  DSM + the score-PDE residual, gradient form (mfglab: one sweep of tangents up
+#             and output adjoints down). Both sides take the residual at the DSM loss's own
+#             points and run the network there once for both terms.
 #   pot-lap   the potential parameterisation (score = -grad_x U / sigma, U a scalar network of
 #             the same size) with DSM + the score-PDE residual, Laplacian form; the reference
 #             side is bench/sgm_potential_ref.py (plain PyTorch, autograd to third order).
