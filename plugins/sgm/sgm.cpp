@@ -398,8 +398,8 @@ class Sgm final : public mfglab::Model,
 
   // The forward-noised batch that collocation() drew for the regularizers in this training
   // iteration, kept for loss() on the same batch tensor (the engine asks for the penalties
-  // first). The loss and the regularizers then see the same points, as in the score-PDE
-  // papers and ../shared/ref/sgm_ref.py; and when a jets sweep for the score PDE's
+  // first). The loss and the regularizers then see the same points, as in
+  // ../shared/ref/sgm_ref.py; and when a jets sweep for the score PDE's
   // derivatives has already computed the network's output there (score parameterization),
   // the loss uses that output, so that the network is not run twice on the same points.
   struct SharedDraw {
