@@ -554,7 +554,6 @@ class Sgm final : public mfglab::Model,
     return out.str();
   }
 
-  // Times arrive as [N, 1]; [N] and a single time are accepted too.
   // K coefficients of the process at each time of t [N, 1], from f(time) -> std::array<double, K>,
   // by one scalar loop: a coefficient as tensor operations on [N, 1] is a chain of a dozen small
   // operations, whose overhead costs more than the arithmetic. No graph: the times here are
@@ -576,6 +575,7 @@ class Sgm final : public mfglab::Model,
     return out;
   }
 
+  // Times arrive as [N, 1]; [N] and a single time are accepted too.
   static torch::Tensor column(const torch::Tensor& t, int64_t n) {
     if (t.numel() == n) return t.reshape({n, 1});
     if (t.numel() == 1) return t.reshape({1, 1}).expand({n, 1});
