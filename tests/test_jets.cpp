@@ -530,6 +530,16 @@ TEST_CASE("sgm's loss trains on the regularizers' points and reuses the sweep's 
     // And a loss with no penalty before it, too.
     auto alone = model->loss(batch).at(0).value;
     CHECK(graph_has(alone, "MlpSweep"));
+    // Points changed in place after collocation() are no longer the loss's: the network output
+    // there is not kept.
+    auto moved = model->collocation(batch);
+    moved.x.add_(0.5);
+    auto* sd = mfglab::capability<mfglab::ScoreDerivatives2>(model.get(), mfglab::kScoreDerivatives2);
+    REQUIRE(sd != nullptr);
+    sd->score_derivatives(moved.x, moved.t,
+                          form == "grad" ? mfglab::ScoreSecondOrder::grad_div : mfglab::ScoreSecondOrder::laplacian);
+    auto after_move = model->loss(batch).at(0).value;
+    CHECK(graph_has(after_move, "MlpSweep"));
   }
 }
 

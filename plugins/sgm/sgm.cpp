@@ -342,7 +342,7 @@ class Sgm final : public mfglab::Model,
     torch::NoGradGuard no_grad;
     auto noised = noised_batch(batch);
     mfglab::Collocation points{noised.input.narrow(1, 0, d_).contiguous(), noised.input.narrow(1, d_, 1).contiguous()};
-    shared_ = SharedDraw{batch, noised, points.x, points.t, {}};
+    shared_ = SharedDraw{batch, noised, points.x, points.t, points.x._version(), points.t._version(), {}};
     return points;
   }
 
@@ -406,13 +406,15 @@ class Sgm final : public mfglab::Model,
     torch::Tensor batch;  // held, so that its TensorImpl (the identity checked) is not reused
     Noised noised;
     torch::Tensor x, t;   // the points collocation() returned
+    uint32_t x_version, t_version;  // their versions then: points changed in place are not these
     torch::Tensor value;  // net([x, t]) from a jets sweep, in the graph; or undefined
   };
   std::optional<SharedDraw> shared_;
 
   void remember_value(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& value) {
     if (shared_ && loss_ == LossKind::dsm && param_ == Parameterization::score && value.requires_grad() &&
-        x.is_same(shared_->x) && t.is_same(shared_->t))
+        x.is_same(shared_->x) && t.is_same(shared_->t) && x._version() == shared_->x_version &&
+        t._version() == shared_->t_version)
       shared_->value = value;
   }
 
